@@ -1,0 +1,44 @@
+# dltool: `make demo` runs the main job, `make test` the whole test suite.
+# Both create .venv (Python 3.10+) and install dltool into it with `pip install .`.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(abspath $(VENV))/bin
+DEMO_DIR ?= build/demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip "setuptools>=64" wheel
+
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q .
+
+# Scaffold an image-classifier project, train it briefly on the embedded
+# CIFAR-10 sample, evaluate, export and predict, each step visible.
+demo: install
+	rm -rf $(DEMO_DIR)
+	mkdir -p $(dir $(DEMO_DIR))
+	$(BIN)/dltool new image-classifier $(DEMO_DIR)
+	cd $(DEMO_DIR) && $(BIN)/dltool info
+	cd $(DEMO_DIR) && $(BIN)/dltool train --epochs 5
+	cd $(DEMO_DIR) && $(BIN)/dltool evaluate
+	cd $(DEMO_DIR) && $(BIN)/dltool export
+	cd $(DEMO_DIR) && $(BIN)/dltool predict samples/cat.jpg samples/horse.jpg samples/ship.jpg
+
+# The full suite, as CI runs it.
+test: install
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+# Everything but the tests that train, export or build a wheel.
+test-fast: install
+	$(BIN)/pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# Quality and speed on ../shared/data (about 20 minutes; see README).
+bench: install
+	$(BIN)/python bench/image_classifier.py
+
+clean:
+	rm -rf build dist *.egg-info $(VENV)

@@ -1,0 +1,278 @@
+"""Load and validate a project's `config.toml`.
+
+A config has the sections `project`, `data`, `model`, `training`, `runtime`
+and `export`. Every key except those of `model` is declared here with its
+default and allowed values, so a typo or a wrong value is reported with the
+key's name and what it accepts. The `model` section holds the defaults of the
+hyperparameters that `build_model(hp, config)` reads through `hp`; which keys
+it may hold is checked against the model itself (see `dltool.project`).
+
+This module never imports TensorFlow.
+"""
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import tomllib
+from pathlib import Path
+
+import tomli_w
+
+from dltool.errors import ConfigError, ProjectError
+
+CONFIG_FILE = "config.toml"
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One config key: its default and what it accepts.
+
+    Args:
+        default: Value used when the key is absent; its type is the key's type.
+        choices: If set, the only values allowed.
+        minimum: If set, the smallest number allowed.
+        length: For list values, the required number of items.
+    """
+
+    default: object
+    choices: tuple = None
+    minimum: float = None
+    length: int = None
+
+    def describe(self):
+        if self.choices:
+            return "one of " + ", ".join(str(c) for c in self.choices)
+        kind = _KIND_NAMES[type(self.default)]
+        if isinstance(self.default, list):
+            kind = f"a list of {self.length} positive integers"
+        if self.minimum is not None:
+            kind += f" >= {self.minimum}"
+        return kind
+
+
+_KIND_NAMES = {str: "a string", int: "an integer", float: "a number",
+               bool: "true or false", list: "a list"}
+
+STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+COMMON_SECTIONS = {
+    "project": {
+        "name": Field(""),
+        "template": Field(""),
+    },
+    "training": {
+        "epochs": Field(10, minimum=1),
+        "batch_size": Field(64, minimum=1),
+        "lr_schedule": Field("cosine", choices=("cosine", "constant")),
+        "warmup_epochs": Field(0, minimum=0),
+        "monitor": Field("val_accuracy"),
+        "early_stopping_patience": Field(10, minimum=0),
+        "seed": Field(42, minimum=0),
+        "verbose": Field(2, choices=(0, 1, 2)),
+    },
+    "runtime": {
+        "strategy": Field("auto", choices=STRATEGIES),
+        "precision": Field("auto", choices=PRECISIONS),
+    },
+    "export": {
+        "name": Field(""),
+        "top_k": Field(3, minimum=1),
+    },
+}
+
+TEMPLATE_SECTIONS = {
+    "image-classifier": {
+        "data": {
+            "source": Field("builtin:cifar10"),
+            "image_size": Field([32, 32], length=2),
+            "validation_split": Field(0.1, minimum=0.0),
+            "cache": Field("auto", choices=("auto", "memory", "off")),
+            "skip_bad": Field(False),
+        },
+    },
+}
+
+
+@dataclasses.dataclass
+class Config:
+    """A validated project config.
+
+    Attributes:
+        sections: Dict of section name to dict of key to value, with every
+            declared key present (defaults filled in).
+        path: The file it was read from, or None.
+        root: The project folder relative paths in the config refer to.
+    """
+
+    sections: dict
+    path: Path = None
+    root: Path = None
+
+    def __getitem__(self, section):
+        return self.sections[section]
+
+    @property
+    def template(self):
+        return self.sections["project"]["template"]
+
+    @property
+    def model(self):
+        return self.sections["model"]
+
+    def to_toml(self):
+        """Returns the config as TOML text."""
+        return tomli_w.dumps(self.sections)
+
+    def digest(self):
+        """Returns a short hash of the config, stable across key order."""
+        text = json.dumps(self.sections, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def load_config(path, overrides=()):
+    """Reads, overrides and validates a config file.
+
+    Args:
+        path: Path of a `config.toml`.
+        overrides: Strings `section.key=value`; `value` is read as a TOML
+            value when it parses as one, otherwise as a string.
+
+    Returns:
+        A `Config`.
+
+    Raises:
+        ProjectError: if the file does not exist.
+        ConfigError: if the file is not valid TOML, or a key or value is
+            unknown or invalid.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ProjectError(f"no {path.name} at {path.parent}: not a dltool project")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    for override in overrides:
+        section, key, value = parse_override(override)
+        raw.setdefault(section, {})[key] = value
+    return Config(sections=validate(raw), path=path, root=path.parent)
+
+
+def parse_override(text):
+    """Splits `section.key=value` into its parts.
+
+    Returns:
+        A tuple `(section, key, value)` with `value` parsed as TOML if it can
+        be, else kept as a string.
+
+    Raises:
+        ConfigError: if `text` is not of the form `section.key=value`.
+    """
+    target, sep, value_text = text.partition("=")
+    section, dot, key = target.strip().partition(".")
+    if not (sep and dot and section and key):
+        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+    try:
+        value = tomllib.loads(f"v = {value_text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = value_text.strip()
+    return section, key.strip(), value
+
+
+def validate(raw):
+    """Validates a raw config dict and fills in defaults.
+
+    Args:
+        raw: Dict of section to dict of key to value, as read from TOML.
+
+    Returns:
+        A new dict with every declared section and key.
+
+    Raises:
+        ConfigError: naming the first unknown or invalid key.
+    """
+    template = raw.get("project", {}).get("template", "")
+    schema = schema_for(template)
+    unknown = set(raw) - set(schema) - {"model"}
+    if unknown:
+        section = sorted(unknown)[0]
+        raise ConfigError(_unknown_message(section, schema.keys() | {"model"}, "section"))
+    sections = {}
+    for section, fields in schema.items():
+        given = raw.get(section, {})
+        if not isinstance(given, dict):
+            raise ConfigError(f"[{section}] must be a table of keys")
+        for key in given:
+            if key not in fields:
+                raise ConfigError(_unknown_message(f"{section}.{key}", fields, "key",
+                                                   prefix=f"{section}."))
+        sections[section] = {k: _check(f"{section}.{k}", f, given.get(k, f.default))
+                             for k, f in fields.items()}
+    sections["model"] = _check_model(raw.get("model", {}))
+    return sections
+
+
+def schema_for(template):
+    """Returns the schema (section to key to Field) of a template's config.
+
+    Raises:
+        ConfigError: if the template is not known.
+    """
+    if template not in TEMPLATE_SECTIONS:
+        allowed = ", ".join(sorted(TEMPLATE_SECTIONS))
+        raise ConfigError(f"project.template must be one of {allowed}; got {template!r}")
+    return {**COMMON_SECTIONS, **TEMPLATE_SECTIONS[template]}
+
+
+def _unknown_message(name, allowed, what, prefix=""):
+    leaf = name.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(leaf, list(allowed), n=3)
+    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    listed = ", ".join(sorted(allowed))
+    return f"unknown config {what} {name!r}{hint} (allowed: {listed})"
+
+
+def _check(name, field, value):
+    expected = type(field.default)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
+    if ok and field.choices:
+        ok = value in field.choices
+    if ok and field.minimum is not None and isinstance(value, (int, float)):
+        ok = value >= field.minimum
+    if ok and expected is list:
+        ok = len(value) == field.length and all(
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    if not ok:
+        raise ConfigError(f"{name} must be {field.describe()}; got {value!r}")
+    return value
+
+
+def _check_model(model):
+    if not isinstance(model, dict):
+        raise ConfigError("[model] must be a table of keys")
+    for key, value in model.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(
+                f"model.{key} must be a string, number or true/false; got {value!r}")
+    return dict(model)
+
+
+def check_model_keys(model_section, read_names):
+    """Checks that every `[model]` key is a hyperparameter the model reads.
+
+    Args:
+        model_section: The config's `model` dict.
+        read_names: Names the model read through `hp`.
+
+    Raises:
+        ConfigError: naming the first key the model does not read.
+    """
+    for key in sorted(model_section):
+        if key not in read_names:
+            raise ConfigError(_unknown_message(
+                f"model.{key}", read_names, "key", prefix="model.")
+                .replace("(allowed:", "(build_model reads:"))

@@ -1,0 +1,55 @@
+"""Batch tf.data datasets for training and evaluation.
+
+Decoding happens in the sources (in parallel, AUTOTUNE); here the decoded
+examples are cached when they fit in memory, shuffled (training only),
+batched and prefetched.
+"""
+
+import os
+
+from dltool._tf import tf
+
+_CACHE_FRACTION_OF_RAM = 0.25
+
+
+def fits_in_memory(num_bytes):
+    """Returns whether `num_bytes` is under a quarter of physical memory."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return False
+    return num_bytes < _CACHE_FRACTION_OF_RAM * total
+
+
+def should_cache(mode, num_examples, bytes_per_example):
+    """Decides whether to cache decoded examples in memory.
+
+    Args:
+        mode: `auto`, `memory` or `off` (the config's `data.cache`).
+        num_examples: Examples in the split.
+        bytes_per_example: Size of one decoded example.
+    """
+    if mode == "auto":
+        return fits_in_memory(num_examples * bytes_per_example)
+    return mode == "memory"
+
+
+def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=None):
+    """Turns a dataset of examples into a dataset of batches.
+
+    Args:
+        ds: Unbatched `tf.data.Dataset`.
+        batch_size: Global batch size (a distribution strategy splits it).
+        training: Shuffle every epoch when true.
+        seed: Shuffle seed.
+        cache: Cache the decoded examples in memory.
+        shuffle_buffer: Shuffle buffer size; the whole split when it is cached.
+
+    Returns:
+        A batched, prefetched `tf.data.Dataset`.
+    """
+    if cache:
+        ds = ds.cache()
+    if training:
+        ds = ds.shuffle(shuffle_buffer or 10_000, seed=seed, reshuffle_each_iteration=True)
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,115 @@
+"""Export a trained run as a SavedModel that takes raw input.
+
+Layout (TensorFlow Serving's): `saved_models/NAME/VERSION/`, VERSION counting
+up from 1. Each version folder holds the SavedModel (`saved_model.pb`,
+`variables/`, `assets/`) whose `serving_default` signature takes raw input and
+returns readable output, plus `model.keras` (the Keras model) and
+`dltool.json` (run, template, data metadata). The folder is written under a
+temporary name and renamed into place, so a version is complete or absent.
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from dltool import runs
+from dltool._tf import keras
+from dltool.errors import ModelFileError, ProjectError
+from dltool.training import load_trained_model
+
+EXPORT_ROOT = "saved_models"
+METADATA_FILE = "dltool.json"
+KERAS_FILE = "model.keras"
+
+
+def versions(model_root):
+    """Returns the numeric version folders under `model_root`, sorted."""
+    root = Path(model_root)
+    if not root.is_dir():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def export(project_dir, run_name=None, name=None):
+    """Exports a run's best weights as the next version of a SavedModel.
+
+    Args:
+        project_dir: The project folder.
+        run_name: Run to export; the newest trained one when None.
+        name: Model name; `export.name` or the project name when None.
+
+    Returns:
+        A dict with `path` (the version folder), `version`, `name`, `run`.
+
+    Raises:
+        DltoolError: nothing trained yet, weights that do not fit `model.py`.
+    """
+    run = runs.find_trained(project_dir, run_name)
+    model, config, task = load_trained_model(project_dir, run)
+    name = name or config["export"]["name"] or config["project"]["name"]
+    model_root = Path(project_dir) / EXPORT_ROOT / name
+    model_root.mkdir(parents=True, exist_ok=True)
+    version = (versions(model_root) or [0])[-1] + 1
+    staging = model_root / f".tmp-{version}-{os.getpid()}"
+    try:
+        write_saved_model(model, task.serving_endpoint(model, run["meta"]), staging)
+        model.save(staging / KERAS_FILE)
+        metadata = {"name": name, "version": version, "run": run["name"],
+                    "template": config.template, "meta": run["meta"],
+                    "best_value": run.get("best_value"), "monitor": run.get("monitor")}
+        (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+        os.rename(staging, model_root / str(version))
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    runs.update_run(run, exported_version=f"{name}/{version}")
+    return {"path": model_root / str(version), "version": version, "name": name,
+            "run": run["name"]}
+
+
+def write_saved_model(model, endpoint, path):
+    """Writes `model` with one serving endpoint as a SavedModel at `path`.
+
+    Args:
+        model: The Keras model whose variables the endpoint uses.
+        endpoint: A tuple `(fn, input_signature)` from the task.
+        path: Folder to write.
+    """
+    fn, signature = endpoint
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name="serve", fn=fn, input_signature=signature)
+    archive.write_out(str(path), verbose=False)
+
+
+def resolve_export(project_dir, model_path=None):
+    """Finds the SavedModel version folder `dltool predict` should use.
+
+    Args:
+        project_dir: The project folder (used when `model_path` is None), or
+            None.
+        model_path: A version folder, a model folder (its newest version is
+            used), or None for the newest export of the project.
+
+    Returns:
+        The version folder.
+
+    Raises:
+        ProjectError: nothing exported yet.
+        ModelFileError: `model_path` is not an export.
+    """
+    if model_path is None:
+        if project_dir is None:
+            raise ProjectError("no --model given and not in a project folder")
+        roots = [p for p in (Path(project_dir) / EXPORT_ROOT).glob("*") if versions(p)]
+        if not roots:
+            raise ProjectError("nothing exported yet: run `dltool export` first")
+        root = max(roots, key=lambda p: (p / str(versions(p)[-1])).stat().st_mtime)
+        return root / str(versions(root)[-1])
+    path = Path(model_path)
+    if (path / "saved_model.pb").is_file():
+        return path
+    if versions(path):
+        return path / str(versions(path)[-1])
+    raise ModelFileError(f"{path}: not a SavedModel or a folder of numbered versions")

@@ -1,0 +1,78 @@
+"""Predict with an exported model: raw input in, readable output out."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dltool import export as export_lib
+from dltool import modelfiles
+from dltool._tf import tf
+from dltool.errors import ModelFileError
+from dltool.tasks import task_for
+
+_CHUNK = 256
+
+
+def load_predictor(project_dir, model_path=None):
+    """Loads an exported model for prediction.
+
+    Args:
+        project_dir: The project folder, or None.
+        model_path: A SavedModel version folder, a model folder, a `.keras`
+            file next to its `dltool.json`, or None for the project's newest
+            export.
+
+    Returns:
+        A tuple `(serve, task, source)`: `serve` maps a batch of raw inputs
+        to the signature's outputs, `task` the template's task module and
+        `source` the path used.
+
+    Raises:
+        DltoolError: nothing exported, not a dltool export, unsafe file.
+    """
+    if model_path is not None and str(model_path).endswith(".keras"):
+        path = Path(model_path)
+        metadata = _read_metadata(path.parent)
+        model = modelfiles.load_keras_file(path)
+        task = task_for(metadata["template"])
+        fn, _ = task.serving_endpoint(model, metadata["meta"])
+        return fn, task, path
+    version_dir = export_lib.resolve_export(project_dir, model_path)
+    metadata = _read_metadata(version_dir)
+    serve = modelfiles.load_saved_model(version_dir)
+    signature_input = next(iter(serve.structured_input_signature[1]))
+    return (lambda batch: serve(**{signature_input: batch})), \
+        task_for(metadata["template"]), version_dir
+
+
+def _read_metadata(folder):
+    try:
+        return json.loads((Path(folder) / export_lib.METADATA_FILE).read_text())
+    except (OSError, ValueError) as e:
+        raise ModelFileError(f"{folder}: not a dltool export (no readable "
+                             f"{export_lib.METADATA_FILE})") from e
+
+
+def predict(project_dir, items, *, model_path=None, top_k=3):
+    """Predicts every item with an exported model.
+
+    Args:
+        project_dir: The project folder, or None.
+        items: Raw inputs as the template takes them (image file paths).
+        model_path: See `load_predictor`.
+        top_k: How many classes to return per item.
+
+    Returns:
+        A tuple `(source, results)`: the model path used and a list of
+        `(item, [(label, probability), ...])`.
+    """
+    serve, task, source = load_predictor(project_dir, model_path)
+    inputs = task.read_inputs(items)
+    results = []
+    for start in range(0, len(inputs), _CHUNK):
+        chunk = inputs[start:start + _CHUNK]
+        outputs = {k: np.asarray(v) for k, v in serve(tf.constant(chunk)).items()}
+        for i, item in enumerate(items[start:start + _CHUNK]):
+            results.append((item, task.format_prediction(outputs, i, top_k)))
+    return source, results

@@ -1,0 +1,223 @@
+"""Render a project template into a new folder.
+
+Rendering follows copier's safety rules: a sandboxed Jinja2 environment with
+`StrictUndefined`, only plain values in the context, only `*.jinja` files
+rendered (the rest copied byte for byte), no symlinks, every output path kept
+inside the destination, output written to a temporary sibling folder and
+renamed into place, and an existing destination refused.
+
+This module never imports TensorFlow.
+"""
+
+import os
+import re
+import shutil
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+
+import jinja2
+import tomli_w
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+import dltool
+from dltool.errors import DestinationExistsError, TemplateError
+
+ANSWERS_FILE = ".dltool-answers.toml"
+TEMPLATE_META_FILE = "template.toml"
+_NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
+_MAX_RENDERED_BYTES = 1_000_000
+_SKIPPED_NAMES = {"__pycache__", ".pytest_cache"}
+_SKIPPED_SUFFIXES = {".pyc", ".pyo"}
+
+
+def templates_root():
+    """Returns the folder that holds the templates.
+
+    An installed wheel carries them as `dltool/templates`; a source checkout
+    keeps them in the top-level `templates/` folder.
+    """
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "templates", here.parent / "templates"):
+        if candidate.is_dir():
+            return candidate
+    raise TemplateError("dltool's templates are missing from this installation")
+
+
+def list_templates():
+    """Lists the available templates.
+
+    Returns:
+        A list of dicts with `name`, `description` and `path`, sorted by name.
+    """
+    found = []
+    for meta_path in sorted(templates_root().glob(f"*/{TEMPLATE_META_FILE}")):
+        with open(meta_path, "rb") as f:
+            meta = tomllib.load(f)
+        found.append({**meta, "path": meta_path.parent})
+    return found
+
+
+def find_template(name):
+    """Returns the template called `name`.
+
+    Raises:
+        TemplateError: if there is no such template (the message lists them).
+    """
+    templates = list_templates()
+    for template in templates:
+        if template["name"] == name:
+            return template
+    names = ", ".join(t["name"] for t in templates)
+    raise TemplateError(f"unknown template {name!r}; available: {names}")
+
+
+def validate_project_name(name):
+    """Checks that `name` is a safe, identifier-like project name.
+
+    Raises:
+        TemplateError: if the name has a path separator, `..`, or characters
+            other than letters, digits, `_` and `-`, or does not start with a
+            letter.
+    """
+    if not _NAME_PATTERN.match(name or ""):
+        raise TemplateError(
+            f"invalid project name {name!r}: use a letter followed by letters, "
+            "digits, '_' or '-' (at most 64 characters, no path separators)"
+        )
+    return name
+
+
+def render_project(template_name, dest, *, name=None, data=None, force=False):
+    """Renders a template into a new project folder.
+
+    Args:
+        template_name: Name of the template (see `list_templates`).
+        dest: Path of the project folder to create.
+        name: Project name; defaults to the last component of `dest`.
+        data: Data source written into the project's config; defaults to the
+            template's embedded sample.
+        force: Replace an existing `dest`. The existing folder is not merged
+            or deleted: it is renamed to a timestamped backup beside it.
+
+    Returns:
+        A dict with `path` (the new project) and `backup` (where an existing
+        destination was moved, or None).
+
+    Raises:
+        TemplateError: unknown template, invalid name, unsafe template.
+        DestinationExistsError: `dest` exists and `force` is false.
+    """
+    template = find_template(template_name)
+    dest = Path(dest).absolute()
+    name = validate_project_name(name if name is not None else dest.name)
+    if os.path.lexists(dest) and not force:
+        raise DestinationExistsError(
+            f"destination {dest} already exists; choose another or pass --force "
+            "(the existing folder is then kept as a backup)"
+        )
+    if not dest.parent.is_dir():
+        raise TemplateError(f"parent folder {dest.parent} does not exist")
+
+    context = {
+        "project_name": name,
+        "template": template["name"],
+        "dltool_version": dltool.__version__,
+        "data_source": data if data is not None else template["default_data"],
+    }
+    staging = Path(tempfile.mkdtemp(prefix=".dltool-tmp-", dir=dest.parent))
+    try:
+        os.chmod(staging, 0o777 & ~_current_umask())
+        _render_tree(template["path"] / "project", staging, context)
+        _write_answers(staging, context)
+        backup = _move_into_place(staging, dest, force)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return {"path": dest, "backup": backup}
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _environment(source_root):
+    return ImmutableSandboxedEnvironment(
+        loader=jinja2.FileSystemLoader(str(source_root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        autoescape=False,
+    )
+
+
+def _render_tree(source_root, target_root, context):
+    """Renders `*.jinja` files and copies the rest from source to target."""
+    env = _environment(source_root)
+    for source in sorted(source_root.rglob("*")):
+        relative = source.relative_to(source_root)
+        if _is_skipped(relative):
+            continue
+        if source.is_symlink():
+            raise TemplateError(f"template file {relative} is a symlink; refused")
+        target = _contained(target_root, relative)
+        if source.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        elif source.suffix == ".jinja":
+            target = target.with_suffix("")
+            target.write_text(_render_file(env, relative, context), encoding="utf-8")
+        else:
+            shutil.copyfile(source, target)
+
+
+def _is_skipped(relative):
+    return bool(_SKIPPED_NAMES.intersection(relative.parts)) or (
+        relative.suffix in _SKIPPED_SUFFIXES
+    )
+
+
+def _render_file(env, relative, context):
+    try:
+        text = env.get_template(relative.as_posix()).render(context)
+    except jinja2.TemplateError as e:
+        raise TemplateError(f"template file {relative} failed to render: {e}") from e
+    if len(text.encode("utf-8")) > _MAX_RENDERED_BYTES:
+        raise TemplateError(f"template file {relative} renders to more than 1 MB")
+    return text
+
+
+def _contained(root, relative):
+    """Joins `relative` to `root`, refusing anything that escapes `root`."""
+    if relative.is_absolute() or ".." in relative.parts or "\\" in str(relative):
+        raise TemplateError(f"template path {relative} escapes the destination")
+    target = root / relative
+    if not target.resolve().is_relative_to(root.resolve()):
+        raise TemplateError(f"template path {relative} escapes the destination")
+    return target
+
+
+def _write_answers(root, context):
+    answers = {"template": context["template"],
+               "dltool_version": context["dltool_version"],
+               "options": {"project_name": context["project_name"],
+                           "data_source": context["data_source"]}}
+    header = "# Written by `dltool new`: the template and options this project came from.\n"
+    (root / ANSWERS_FILE).write_text(header + tomli_w.dumps(answers), encoding="utf-8")
+
+
+def _move_into_place(staging, dest, force):
+    """Renames the staged project to `dest`; returns the backup path or None."""
+    backup = None
+    if os.path.lexists(dest):
+        if not force:
+            raise DestinationExistsError(f"destination {dest} appeared while rendering")
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        backup = dest.with_name(f"{dest.name}.dltool-backup-{stamp}")
+        os.rename(dest, backup)
+    try:
+        os.rename(staging, dest)
+    except OSError as e:
+        raise DestinationExistsError(f"could not create {dest}: {e.strerror}") from e
+    return backup

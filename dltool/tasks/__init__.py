@@ -1,0 +1,32 @@
+"""What differs between templates: data, model inputs, serving, prediction.
+
+Each template's task module provides:
+
+- `open_data(config, root, *, skip_bad)`: the data, with `splits`, `sizes`,
+  `report` and `meta` (what the exported model needs: class names, ...);
+- `bytes_per_example(config)`: size of one decoded example, for caching;
+- `model_kwargs(meta)`: extra arguments of the project's `build_model`;
+- `serving_endpoint(model, meta)`: the exported signature's function and
+  input signature (raw input in, readable output out);
+- `read_inputs(items)` and `format_prediction(outputs, i, top_k)` for
+  `dltool predict`;
+- `evaluation_report(y_true, probabilities, meta)`: per-class figures.
+"""
+
+import importlib
+
+from dltool.errors import ConfigError
+
+_TASK_MODULES = {"image-classifier": "dltool.tasks.image_classifier"}
+
+
+def task_for(template):
+    """Returns the task module of a template.
+
+    Raises:
+        ConfigError: if the template has no task module.
+    """
+    if template not in _TASK_MODULES:
+        raise ConfigError(f"project.template must be one of {', '.join(_TASK_MODULES)}; "
+                          f"got {template!r}")
+    return importlib.import_module(_TASK_MODULES[template])

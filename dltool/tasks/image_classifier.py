@@ -1,0 +1,125 @@
+"""The image-classifier template's task: images in, class names out."""
+
+from pathlib import Path
+
+import numpy as np
+
+from dltool._tf import tf
+from dltool.data import images
+from dltool.errors import DataError
+
+
+def open_data(config, root, *, skip_bad=False):
+    """Opens the image data of `config["data"]` (see `images.open_image_data`).
+
+    Returns:
+        The `ImageData`, with a `meta` dict added: class names, image size.
+    """
+    data = images.open_image_data(config["data"], root, seed=config["training"]["seed"],
+                                  skip_bad=skip_bad)
+    data.meta = {"class_names": data.class_names, "image_size": list(data.image_size)}
+    return data
+
+
+def bytes_per_example(config):
+    """Returns the memory one decoded float32 image takes."""
+    height, width = config["data"]["image_size"]
+    return height * width * 3 * 4
+
+
+def model_kwargs(meta):
+    """Returns the data-dependent arguments of `build_model`."""
+    return {"num_classes": len(meta["class_names"])}
+
+
+def serving_endpoint(model, meta):
+    """Builds the serving function: encoded image bytes in, class names out.
+
+    Args:
+        model: The trained Keras model (float images in, probabilities out).
+        meta: The run's metadata (`class_names`, `image_size`).
+
+    Returns:
+        A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+        JPEG/PNG/GIF/BMP bytes and returns `probabilities` `(n, classes)`,
+        `classes` (the class names, `(n, classes)`, in the same order),
+        `label` (top class name, `(n,)`) and `score` (its probability).
+    """
+    image_size = tuple(meta["image_size"])
+    class_names = tf.constant(meta["class_names"])
+
+    def serve(images_bytes):
+        pixels = tf.map_fn(lambda b: images.decode_image(b, image_size), images_bytes,
+                           fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
+        probabilities = tf.cast(model(pixels, training=False), tf.float32)
+        top = tf.argmax(probabilities, axis=-1)
+        count = tf.shape(images_bytes)[0]
+        return {
+            "probabilities": probabilities,
+            "classes": tf.tile(class_names[tf.newaxis], [count, 1]),
+            "label": tf.gather(class_names, top),
+            "score": tf.reduce_max(probabilities, axis=-1),
+        }
+
+    signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="images")]
+    return serve, signature
+
+
+def read_inputs(items):
+    """Reads image files for prediction.
+
+    Args:
+        items: Paths of image files.
+
+    Returns:
+        A list of the files' bytes.
+
+    Raises:
+        DataError: naming the first file that is missing or not an image.
+    """
+    contents = []
+    for item in items:
+        reason = images.check_image_file(item)
+        if reason is not None:
+            raise DataError(f"{item}: {reason}")
+        contents.append(Path(item).read_bytes())
+    return contents
+
+
+def format_prediction(outputs, index, top_k):
+    """Returns the top-k `(class name, probability)` pairs of one input."""
+    probabilities = np.asarray(outputs["probabilities"][index])
+    classes = [c.decode() if isinstance(c, bytes) else str(c)
+               for c in np.asarray(outputs["classes"][index])]
+    order = np.argsort(-probabilities)[:top_k]
+    return [(classes[i], float(probabilities[i])) for i in order]
+
+
+def evaluation_report(y_true, probabilities, meta):
+    """Per-class precision and recall, and the confusion matrix.
+
+    Args:
+        y_true: Integer labels, shape `(n,)`.
+        probabilities: Model outputs, shape `(n, classes)`.
+        meta: Run metadata with `class_names`.
+
+    Returns:
+        A dict with `accuracy`, `per_class` (list of dicts: name, precision,
+        recall, support) and `confusion` (list of lists, rows = true class).
+    """
+    names = meta["class_names"]
+    predicted = np.argmax(probabilities, axis=-1)
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+    np.add.at(confusion, (np.asarray(y_true), predicted), 1)
+    per_class = []
+    for i, name in enumerate(names):
+        predicted_i = confusion[:, i].sum()
+        support = confusion[i].sum()
+        per_class.append({
+            "name": name,
+            "precision": float(confusion[i, i] / predicted_i) if predicted_i else 0.0,
+            "recall": float(confusion[i, i] / support) if support else 0.0,
+            "support": int(support),
+        })
+    accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
+    return {"accuracy": accuracy, "per_class": per_class, "confusion": confusion.tolist()}

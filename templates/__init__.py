@@ -1,0 +1,1 @@
+"""dltool's project templates (packaged as `dltool.templates`)."""

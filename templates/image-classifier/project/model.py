@@ -1,0 +1,63 @@
+"""The image classifier's model: yours to edit.
+
+`build_model(hp, config, num_classes)` returns a compiled Keras model.
+keras-tuner calls it directly (`dltool tune`); `dltool train` calls it with a
+fresh `keras_tuner.HyperParameters()`, so every `hp.*` call returns its
+default, read from the `[model]` section of config.toml. Read each
+hyperparameter through `hp` under the same name as its config key.
+
+Images arrive as float32 pixels in [0, 255], shape (height, width, 3); the
+model rescales them itself, so the exported SavedModel takes raw image bytes.
+"""
+
+import keras
+from keras import layers
+
+
+def build_model(hp, config, num_classes):
+    """Builds and compiles a batch-normalized CNN.
+
+    Args:
+        hp: A `keras_tuner.HyperParameters`.
+        config: The project's config (`config["data"]`, `config.model`, ...).
+        num_classes: Number of classes in the data.
+
+    Returns:
+        A compiled `keras.Model` mapping images to class probabilities.
+    """
+    defaults = config.model
+    filters = hp.Int("filters", 16, 128, step=8, default=defaults["filters"])
+    blocks = hp.Int("blocks", 1, 4, default=defaults["blocks"])
+    dropout = hp.Float("dropout", 0.0, 0.6, default=defaults["dropout"])
+    augment = hp.Boolean("augment", default=defaults["augment"])
+    learning_rate = hp.Float("learning_rate", 1e-4, 1e-2, sampling="log",
+                             default=defaults["learning_rate"])
+    weight_decay = hp.Float("weight_decay", 0.0, 1e-2, default=defaults["weight_decay"])
+
+    height, width = config["data"]["image_size"]
+    inputs = keras.Input(shape=(height, width, 3), name="image")
+    x = inputs
+    if augment:
+        # Active only while training; the exported model skips them.
+        x = layers.RandomFlip("horizontal")(x)
+        x = layers.RandomTranslation(0.1, 0.1, fill_mode="reflect")(x)
+    x = layers.Rescaling(1.0 / 255)(x)
+    for block in range(blocks):
+        for _ in range(2):
+            x = layers.Conv2D(filters * 2**block, 3, padding="same", use_bias=False)(x)
+            x = layers.BatchNormalization()(x)
+            x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    x = layers.Dropout(dropout)(x)
+    x = layers.Dense(num_classes)(x)
+    # float32 output even under a mixed precision policy.
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    model = keras.Model(inputs, outputs, name="image_classifier")
+
+    model.compile(
+        optimizer=keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model

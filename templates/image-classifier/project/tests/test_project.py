@@ -1,0 +1,63 @@
+"""This project's own tests: run them with `pytest tests` after every change.
+
+They check that config.toml is valid, that build_model() builds the model the
+config describes, and that the whole loop (train → export → predict) works on
+a copy of this project trained for one epoch on dltool's built-in sample.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dltool import project as project_lib
+from dltool.cli import cli
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_config_is_valid():
+    config = project_lib.load_config(PROJECT)
+    assert config.template == "image-classifier"
+
+
+def test_model_builds_from_config():
+    config = project_lib.load_config(PROJECT)
+    module = project_lib.load_model_module(PROJECT)
+    model, hp = project_lib.build_model(module, config, {"num_classes": 4})
+    height, width = config["data"]["image_size"]
+    assert model.input_shape == (None, height, width, 3)
+    assert model.output_shape == (None, 4)
+    assert model.output.dtype == "float32"
+    images = np.random.uniform(0, 255, (2, height, width, 3)).astype("float32")
+    probabilities = np.asarray(model(images, training=False))
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+    assert set(config.model) <= set(hp.values)
+
+
+@pytest.fixture
+def copy(tmp_path):
+    target = tmp_path / PROJECT.name
+    shutil.copytree(PROJECT, target,
+                    ignore=shutil.ignore_patterns("runs", "saved_models", "__pycache__"))
+    return target
+
+
+def test_train_export_predict(copy):
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(cli, [*map(str, args), "--project", str(copy)],
+                               catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("train", "--epochs", "1", "--set", "data.source=builtin:cifar10",
+        "--set", "training.verbose=0")
+    run("export")
+    output = run("predict", *sorted((copy / "samples").glob("*.jpg")))
+    lines = output.strip().splitlines()
+    assert lines[0].startswith("Model: ")
+    assert len(lines) == 1 + len(list((copy / "samples").glob("*.jpg")))

@@ -1,0 +1,102 @@
+"""Config loading: defaults, overrides, and errors that name the key."""
+
+import pytest
+
+from conftest import invoke
+from dltool import config as config_lib
+from dltool.errors import ConfigError, ProjectError
+
+
+def _load(project, *overrides):
+    return config_lib.load_config(project / "config.toml", overrides)
+
+
+def test_generated_config_loads_with_every_key(project):
+    config = _load(project)
+    assert config.template == "image-classifier"
+    assert config["data"]["source"] == "builtin:cifar10"
+    assert config["runtime"] == {"strategy": "auto", "precision": "auto"}
+    assert config.model["filters"] == 32
+
+
+def test_overrides_are_parsed_as_toml_values(project):
+    config = _load(project, "training.epochs=3", "data.image_size=[64, 48]",
+                   "data.source=some/folder", "model.dropout=0.5", "training.lr_schedule=constant")
+    assert config["training"]["epochs"] == 3
+    assert config["data"]["image_size"] == [64, 48]
+    assert config["data"]["source"] == "some/folder"
+    assert config.model["dropout"] == 0.5
+    assert config["training"]["lr_schedule"] == "constant"
+
+
+def test_integer_accepted_for_float(project):
+    assert _load(project, "data.validation_split=0")["data"]["validation_split"] == 0.0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("training.epochz=3", "unknown config key 'training.epochz'; did you mean training.epochs?"),
+    ("trainin.epochs=3", "unknown config section 'trainin'; did you mean training?"),
+    ("runtime.strategy=mirored",
+     "runtime.strategy must be one of auto, default, mirrored, multi-worker, tpu; got 'mirored'"),
+    ("runtime.precision=fp16", "runtime.precision must be one of auto, float32, mixed_float16"),
+    ("training.epochs=0", "training.epochs must be an integer >= 1; got 0"),
+    ("training.epochs=ten", "training.epochs must be an integer >= 1; got 'ten'"),
+    ("training.epochs=true", "training.epochs must be an integer >= 1; got True"),
+    ("data.image_size=[32]", "data.image_size must be a list of 2 positive integers"),
+    ("data.cache=yes", "data.cache must be one of auto, memory, off; got 'yes'"),
+    ("model.filters=[1, 2]", "model.filters must be a string, number or true/false"),
+    ("epochs=3", "not of the form section.key=value"),
+])
+def test_bad_values_name_key_and_allowed(project, override, message):
+    with pytest.raises(ConfigError) as error:
+        _load(project, override)
+    assert message in str(error.value)
+
+
+def test_unknown_key_in_file_lists_allowed(project):
+    path = project / "config.toml"
+    path.write_text(path.read_text().replace("[export]", "[export]\nformat = 'onnx'"))
+    with pytest.raises(ConfigError, match=r"unknown config key 'export.format'.*allowed: name, "
+                                          r"top_k"):
+        _load(project)
+
+
+def test_invalid_toml_reports_path(project):
+    (project / "config.toml").write_text("[data\nsource = 1")
+    with pytest.raises(ConfigError, match="config.toml: invalid TOML"):
+        _load(project)
+
+
+def test_missing_config_is_not_a_project(tmp_path):
+    with pytest.raises(ProjectError, match="not a dltool project"):
+        config_lib.load_config(tmp_path / "config.toml")
+
+
+def test_unknown_template_in_config(project):
+    with pytest.raises(ConfigError, match="project.template must be one of"):
+        _load(project, "project.template=gan")
+
+
+def test_digest_ignores_key_order(project):
+    a = _load(project)
+    b = config_lib.Config(sections={k: dict(reversed(list(v.items())))
+                                    for k, v in reversed(list(a.sections.items()))})
+    assert a.digest() == b.digest()
+    assert _load(project, "training.epochs=3").digest() != a.digest()
+
+
+def test_cli_reports_config_error_in_one_line(runner, project):
+    result = invoke(runner, "train", "--project", project, "--set", "training.batchsize=8")
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "Error: unknown config key 'training.batchsize'; did you mean training.batch_size? "
+        "(allowed: batch_size, early_stopping_patience, epochs, lr_schedule, monitor, seed, "
+        "verbose, warmup_epochs)")
+
+
+def test_model_key_not_read_by_build_model(runner, project):
+    result = invoke(runner, "train", "--project", project, "--set", "model.filtres=16")
+    assert result.exit_code == 1
+    assert "unknown config key 'model.filtres'; did you mean model.filters?" in result.output
+    assert "build_model reads:" in result.output
+    assert not (project / "runs").exists()

@@ -1,0 +1,34 @@
+"""The wheel carries the templates and the embedded data."""
+
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_wheel_includes_templates_and_sample_data(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(REPO)], check=True)
+    (wheel,) = tmp_path.glob("dltool-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    for required in ("dltool/cli.py",
+                     "dltool/templates/image-classifier/template.toml",
+                     "dltool/templates/image-classifier/project/model.py",
+                     "dltool/templates/image-classifier/project/config.toml.jinja",
+                     "dltool/templates/image-classifier/project/.gitignore",
+                     "dltool/templates/image-classifier/project/samples/cat.jpg",
+                     "dltool/templates/image-classifier/project/tests/test_project.py",
+                     "dltool/data/samples/cifar10/README.md",
+                     "dltool/data/samples/cifar10/train/cat/0000.jpg",
+                     "dltool/data/samples/cifar10/test/truck/0019.jpg"):
+        assert required in names, required
+    assert sum(n.startswith("dltool/data/samples/cifar10/") and n.endswith(".jpg")
+               for n in names) == 700
+    assert not [n for n in names if "__pycache__" in n]
+    metadata = next(n for n in names if n.endswith("METADATA"))
+    requires = zipfile.ZipFile(wheel).read(metadata).decode()
+    assert "Requires-Dist: keras>=3.15.1" in requires

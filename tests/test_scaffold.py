@@ -1,0 +1,168 @@
+"""`dltool new`: safe rendering, refusals, nothing half-written."""
+
+import os
+import stat
+import tomllib
+
+import jinja2
+import pytest
+
+from conftest import invoke
+from dltool import scaffold
+from dltool.errors import TemplateError
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+def test_new_renders_project(runner, tmp_path):
+    result = invoke(runner, "new", "image-classifier", tmp_path / "cats")
+    assert result.exit_code == 0, result.output
+    project = tmp_path / "cats"
+    for name in ("config.toml", "model.py", "README.md", "tests/test_project.py",
+                 ".dltool-answers.toml", "samples/cat.jpg"):
+        assert (project / name).is_file(), name
+    assert not list(project.rglob("*.jinja"))
+    for path in project.rglob("*"):
+        if path.is_file() and path.suffix in (".py", ".toml", ".md"):
+            text = path.read_text()
+            assert "{{" not in text and "{%" not in text, path
+    config = tomllib.loads((project / "config.toml").read_text())
+    assert config["project"] == {"name": "cats", "template": "image-classifier"}
+    answers = tomllib.loads((project / ".dltool-answers.toml").read_text())
+    assert answers["template"] == "image-classifier"
+    assert answers["options"]["project_name"] == "cats"
+    assert "dltool_version" in answers
+    assert stat.S_IMODE(project.stat().st_mode) & 0o755 == 0o755
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".dltool-tmp-")]
+
+
+def test_new_records_data_option(runner, tmp_path):
+    result = invoke(runner, "new", "image-classifier", tmp_path / "p", "--data", "tfds:cifar10")
+    assert result.exit_code == 0
+    config = tomllib.loads((tmp_path / "p" / "config.toml").read_text())
+    assert config["data"]["source"] == "tfds:cifar10"
+
+
+def test_unknown_template_lists_available(runner, tmp_path):
+    result = invoke(runner, "new", "nope", tmp_path / "p")
+    assert result.exit_code == 1
+    assert "unknown template 'nope'; available: image-classifier" in result.output
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("kind", ["nonempty", "empty", "file", "symlink", "dangling"])
+def test_existing_destination_refused_and_untouched(runner, tmp_path, kind):
+    dest = tmp_path / "dest"
+    if kind == "nonempty":
+        dest.mkdir()
+        (dest / "mine.txt").write_text("keep me")
+    elif kind == "empty":
+        dest.mkdir()
+    elif kind == "file":
+        dest.write_text("keep me")
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        dest.symlink_to(tmp_path / "elsewhere")
+    else:
+        dest.symlink_to(tmp_path / "missing")
+    before = _tree(tmp_path)
+    result = invoke(runner, "new", "image-classifier", dest)
+    assert result.exit_code == 2
+    assert "already exists" in result.output
+    assert _tree(tmp_path) == before
+
+
+def test_force_keeps_the_old_folder_as_backup(runner, tmp_path):
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep me")
+    result = invoke(runner, "new", "image-classifier", dest, "--force")
+    assert result.exit_code == 0, result.output
+    backups = list(tmp_path.glob("dest.dltool-backup-*"))
+    assert len(backups) == 1 and (backups[0] / "mine.txt").read_text() == "keep me"
+    assert (dest / "model.py").is_file() and not (dest / "mine.txt").exists()
+
+
+@pytest.mark.parametrize("name", ["..", "a/b", "../evil", "1abc", "", "-x", "a b", "x" * 65,
+                                  "caf\u00e9", "a\\b", "a\x00b"])
+def test_invalid_project_names_refused(runner, tmp_path, name):
+    result = invoke(runner, "new", "image-classifier", tmp_path / "ok", "--name", name)
+    assert result.exit_code == 1
+    assert "invalid project name" in result.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_dest_basename_is_validated(runner, tmp_path):
+    result = invoke(runner, "new", "image-classifier", tmp_path / "bad name")
+    assert result.exit_code == 1 and "invalid project name" in result.output
+
+
+def test_failure_midway_leaves_nothing(tmp_path, monkeypatch):
+    calls = {"n": 0}
+    real = scaffold._render_file
+
+    def failing(env, relative, context):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise TemplateError("injected failure")
+        return real(env, relative, context)
+
+    monkeypatch.setattr(scaffold, "_render_file", failing)
+    with pytest.raises(TemplateError, match="injected"):
+        scaffold.render_project("image-classifier", tmp_path / "p")
+    assert list(tmp_path.iterdir()) == []
+
+
+def _fake_template(tmp_path, files):
+    root = tmp_path / "templates"
+    project = root / "evil" / "project"
+    project.mkdir(parents=True)
+    (root / "evil" / "template.toml").write_text(
+        'name = "evil"\ndescription = "test"\ndefault_data = "x"\n')
+    for name, text in files.items():
+        (project / name).write_text(text)
+    return root
+
+
+@pytest.mark.parametrize("payload", [
+    "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+    "{{ cycler.__init__.__globals__.os }}",
+    "{{ project_name.__class__.__base__.__subclasses__() }}",
+    "{{ ('{0.__class__.__mro__}'|attr('format'))(project_name) }}",
+    "{{ '{0.__class__.__init__.__globals__}'.format(project_name) }}",
+    "{{ undefined_variable }}",
+])
+def test_template_payloads_are_refused(tmp_path, monkeypatch, payload):
+    monkeypatch.setattr(scaffold, "templates_root",
+                        lambda: _fake_template(tmp_path, {"x.txt.jinja": payload}))
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError):
+        scaffold.render_project("evil", out / "p")
+    assert list(out.iterdir()) == []
+
+
+def test_symlink_in_template_refused(tmp_path, monkeypatch):
+    root = _fake_template(tmp_path, {"a.txt": "a"})
+    os.symlink("/etc/passwd", root / "evil" / "project" / "link")
+    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError, match="symlink"):
+        scaffold.render_project("evil", out / "p")
+    assert list(out.iterdir()) == []
+
+
+def test_contained_refuses_escaping_paths(tmp_path):
+    from pathlib import PurePosixPath
+    for bad in ("../x", "a/../../x", "/abs/x"):
+        with pytest.raises(TemplateError, match="escapes"):
+            scaffold._contained(tmp_path, PurePosixPath(bad))
+
+
+def test_environment_is_sandboxed_and_strict(tmp_path):
+    env = scaffold._environment(tmp_path)
+    assert isinstance(env, jinja2.sandbox.ImmutableSandboxedEnvironment)
+    assert env.undefined is jinja2.StrictUndefined
