@@ -32,12 +32,14 @@ class Field:
         default: Value used when the key is absent; its type is the key's type.
         choices: If set, the only values allowed.
         minimum: If set, the smallest number allowed.
+        maximum: If set, the largest number allowed.
         length: For list values, the required number of items.
     """
 
     default: object
     choices: tuple = None
     minimum: float = None
+    maximum: float = None
     length: int = None
 
     def describe(self):
@@ -46,7 +48,9 @@ class Field:
         kind = _KIND_NAMES[type(self.default)]
         if isinstance(self.default, list):
             kind = f"a list of {self.length} positive integers"
-        if self.minimum is not None:
+        if self.minimum is not None and self.maximum is not None:
+            kind += f" from {self.minimum} to {self.maximum}"
+        elif self.minimum is not None:
             kind += f" >= {self.minimum}"
         return kind
 
@@ -87,7 +91,7 @@ TEMPLATE_SECTIONS = {
         "data": {
             "source": Field("builtin:cifar10"),
             "image_size": Field([32, 32], length=2),
-            "validation_split": Field(0.1, minimum=0.0),
+            "validation_split": Field(0.1, minimum=0.0, maximum=0.9),
             "cache": Field("auto", choices=("auto", "memory", "off")),
             "skip_bad": Field(False),
         },
@@ -241,8 +245,9 @@ def _check(name, field, value):
     ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
     if ok and field.choices:
         ok = value in field.choices
-    if ok and field.minimum is not None and isinstance(value, (int, float)):
-        ok = value >= field.minimum
+    if ok and isinstance(value, (int, float)):
+        ok = (field.minimum is None or value >= field.minimum) and \
+            (field.maximum is None or value <= field.maximum)
     if ok and expected is list:
         ok = len(value) == field.length and all(
             isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)

@@ -16,6 +16,7 @@ from pathlib import Path
 from dltool import runs
 from dltool._tf import keras
 from dltool.errors import ModelFileError, ProjectError
+from dltool.scaffold import validate_project_name
 from dltool.training import load_trained_model
 
 EXPORT_ROOT = "saved_models"
@@ -47,7 +48,9 @@ def export(project_dir, run_name=None, name=None):
     """
     run = runs.find_trained(project_dir, run_name)
     model, config, task = load_trained_model(project_dir, run)
-    name = name or config["export"]["name"] or config["project"]["name"]
+    name = validate_project_name(
+        name or config["export"]["name"] or config["project"]["name"] or Path(project_dir).name,
+        what="model name")
     model_root = Path(project_dir) / EXPORT_ROOT / name
     model_root.mkdir(parents=True, exist_ok=True)
     version = (versions(model_root) or [0])[-1] + 1

@@ -150,9 +150,12 @@ def describe(runtime_section):
     found = devices()
     strategy = choose_strategy(runtime_section["strategy"], found)
     precision = choose_precision(runtime_section["precision"], found)
+    import keras_tuner
+
     return {
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        "keras-tuner": keras_tuner.__version__,
         "devices": ", ".join(f"{len(v)} {k}" for k, v in found.items()),
         "strategy": f"{strategy.value} ({strategy.reason})",
         "precision": f"{precision.value} ({precision.reason})",

@@ -73,8 +73,12 @@ def find_template(name):
     raise TemplateError(f"unknown template {name!r}; available: {names}")
 
 
-def validate_project_name(name):
-    """Checks that `name` is a safe, identifier-like project name.
+def validate_project_name(name, what="project name"):
+    """Checks that `name` is a safe, identifier-like name.
+
+    Args:
+        name: The name to check.
+        what: What the name names, for the error message.
 
     Raises:
         TemplateError: if the name has a path separator, `..`, or characters
@@ -83,7 +87,7 @@ def validate_project_name(name):
     """
     if not _NAME_PATTERN.match(name or ""):
         raise TemplateError(
-            f"invalid project name {name!r}: use a letter followed by letters, "
+            f"invalid {what} {name!r}: use a letter followed by letters, "
             "digits, '_' or '-' (at most 64 characters, no path separators)"
         )
     return name

@@ -16,7 +16,7 @@ def test_generated_config_loads_with_every_key(project):
     assert config.template == "image-classifier"
     assert config["data"]["source"] == "builtin:cifar10"
     assert config["runtime"] == {"strategy": "auto", "precision": "auto"}
-    assert config.model["filters"] == 32
+    assert config.model["filters"] == 24
 
 
 def test_overrides_are_parsed_as_toml_values(project):
@@ -43,6 +43,7 @@ def test_integer_accepted_for_float(project):
     ("training.epochs=ten", "training.epochs must be an integer >= 1; got 'ten'"),
     ("training.epochs=true", "training.epochs must be an integer >= 1; got True"),
     ("data.image_size=[32]", "data.image_size must be a list of 2 positive integers"),
+    ("data.validation_split=1.5", "data.validation_split must be a number from 0.0 to 0.9"),
     ("data.cache=yes", "data.cache must be one of auto, memory, off; got 'yes'"),
     ("model.filters=[1, 2]", "model.filters must be a string, number or true/false"),
     ("epochs=3", "not of the form section.key=value"),

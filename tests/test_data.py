@@ -124,7 +124,8 @@ def test_test_split_with_unknown_class_refused(tmp_path):
 
 
 def test_builtin_sample_ships_with_the_package(tmp_path):
-    data = images.open_image_data({**DATA, "source": "builtin:cifar10"}, tmp_path, seed=1)
+    data = images.open_image_data({**DATA, "source": "builtin:cifar10", "validation_split": 0.1},
+                                  tmp_path, seed=1)
     assert len(data.class_names) == 10
     assert data.sizes == {"train": 450, "val": 50, "test": 200}
     with pytest.raises(DataError, match="no built-in data set 'builtin:mnist'"):
@@ -136,8 +137,8 @@ def test_tfds_source_offline_with_mock_data(tmp_path):
 
     with tfds.testing.mock_data(num_examples=12, data_dir=str(tmp_path)):
         data = images.open_image_data({**DATA, "source": "tfds:cifar10"}, tmp_path, seed=1)
-        assert data.class_names[:2] == ["airplane", "automobile"]
-        assert set(data.splits) == {"train", "val", "test"}
+        assert len(data.class_names) == 10  # names come from the TFDS builder's ClassLabel
+        assert {"train", "val"} <= set(data.splits)  # val: a slice of train
         image, label = next(iter(data.splits["train"]))
         assert image.shape == (16, 16, 3) and label.dtype == tf.int32
 

@@ -131,6 +131,13 @@ def test_predict_bad_input_is_one_line(runner, trained_project, tmp_path, conten
     assert result.output.strip() == f"Error: {path}: {message}"
 
 
+def test_export_name_is_validated(runner, trained_project):
+    result = invoke(runner, "export", "--project", trained_project, "--name", "../escape")
+    assert result.exit_code == 1
+    assert "invalid model name '../escape'" in result.output
+    assert not (trained_project.parent / "escape").exists()
+
+
 def test_export_and_predict_before_training(runner, project):
     result = invoke(runner, "export", "--project", project)
     assert result.exit_code == 1
