@@ -1,5 +1,5 @@
 # dltool: `make demo` runs the main job, `make test` the whole test suite.
-# Both create .venv (Python 3.10+) and install dltool into it with `pip install .`.
+# Both create .venv (Python 3.11+) and install dltool into it with `pip install .`.
 
 PYTHON ?= python3
 VENV ?= .venv

@@ -18,14 +18,19 @@ from dltool.errors import ProjectError
 from dltool.tasks import task_for
 
 
-def prepare_runtime(config, echo):
-    """Sets the precision policy and returns the strategy for `config`."""
+def prepare_runtime(config):
+    """Sets the precision policy and creates the strategy for `config`.
+
+    Returns:
+        A tuple `(strategy, description)`, the description a line saying
+        what was chosen and why.
+    """
     strategy = runtime.choose_strategy(config["runtime"]["strategy"])
     precision = runtime.choose_precision(config["runtime"]["precision"])
     runtime.set_precision(precision.value)
-    echo(f"Strategy: {strategy.value} ({strategy.reason}); "
-         f"precision: {precision.value} ({precision.reason})")
-    return runtime.make_strategy(strategy.value)
+    description = (f"Strategy: {strategy.value} ({strategy.reason}); "
+                   f"precision: {precision.value} ({precision.reason})")
+    return runtime.make_strategy(strategy.value), description
 
 
 def training_datasets(task, config, data):
@@ -88,9 +93,9 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, echo=print)
     task = task_for(config.template)
     module = project_lib.load_model_module(project_dir)
     keras.utils.set_random_seed(config["training"]["seed"])
-    strategy = prepare_runtime(config, echo)
+    strategy, description = prepare_runtime(config)
     data = task.open_data(config, project_dir, skip_bad=skip_bad)
-    for line in data.report:
+    for line in [description, *data.report]:
         echo(line)
     train_ds, val_ds = training_datasets(task, config, data)
     with strategy.scope():

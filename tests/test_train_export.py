@@ -198,17 +198,23 @@ def test_unsafe_or_corrupt_model_files_are_refused(tmp_path, name, content, mess
 def test_nan_guard_raises_and_keeps_the_backup(tmp_path):
     from dltool.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
+    class PoisonWeightsAtSecondEpoch(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                kernel = self.model.layers[0].kernel
+                kernel.assign(np.full(kernel.shape, np.nan, dtype="float32"))
+
     x = np.ones((8, 2), dtype="float32")
     y = np.ones((8, 1), dtype="float32")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
     backup = tmp_path / "backup"
-    callbacks = [keras.callbacks.BackupAndRestore(str(backup)), StopOnNonFiniteLoss()]
-    model.fit(x, y, epochs=1, batch_size=4, callbacks=callbacks, verbose=0)
-    x[5] = np.nan
+    callbacks = [StopOnNonFiniteLoss(), keras.callbacks.BackupAndRestore(str(backup)),
+                 PoisonWeightsAtSecondEpoch()]
     with pytest.raises(NonFiniteLossError, match="backup of the last completed epoch is kept"):
         model.fit(x, y, epochs=3, batch_size=4, callbacks=callbacks, verbose=0)
-    assert list(backup.iterdir())
+    # Keras records the number of completed epochs: the first one, before the NaN.
+    assert json.loads((backup / "training_metadata.json").read_text())["epoch"] == 1
 
 
 def test_resume_after_kill_continues_from_last_epoch(project):
@@ -235,3 +241,19 @@ def test_resume_after_kill_continues_from_last_epoch(project):
     with open(run / "history.csv") as f:
         epochs = [row["epoch"] for row in csv.DictReader(f)]
     assert epochs == ["0", "1", "2", "3"]
+
+
+def test_mirrored_strategy_trains(runner, project):
+    result = invoke(runner, "train", "--project", project, "--epochs", 1, "--strategy",
+                    "mirrored", *TINY_MODEL)
+    assert result.exit_code == 0, result.output
+    assert "Strategy: mirrored (set in the config or on the command line)" in result.output
+    _, meta = _only_run(project)
+    assert meta["status"] == "finished" and meta["epochs_done"] == 1
+
+
+def test_tpu_strategy_without_tpu_is_one_line(runner, project):
+    result = invoke(runner, "train", "--project", project, "--strategy", "tpu")
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: strategy 'tpu' needs a TPU and none was found"
+    assert not (project / "runs").exists()
