@@ -26,6 +26,9 @@ def test_wheel_includes_templates_and_sample_data(tmp_path):
                      "dltool/data/samples/cifar10/train/cat/0000.jpg",
                      "dltool/data/samples/cifar10/test/truck/0019.jpg"):
         assert required in names, required
+    sources = {f"dltool/{p.relative_to(REPO / 'dltool').as_posix()}"
+               for p in (REPO / "dltool").rglob("*.py")}
+    assert sources <= names, sorted(sources - names)
     assert sum(n.startswith("dltool/data/samples/cifar10/") and n.endswith(".jpg")
                for n in names) == 700
     assert not [n for n in names if "__pycache__" in n]
