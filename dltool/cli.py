@@ -80,10 +80,11 @@ def templates():
               help="Replace an existing DEST (it is kept as DEST.dltool-backup-TIME).")
 def new(template, dest, name, data, force):
     """Create a project from TEMPLATE in the new folder DEST."""
-    from dltool.scaffold import render_project
+    from dltool.scaffold import find_template, render_project
 
     try:
         result = render_project(template, dest, name=name, data=data, force=force)
+        predict_example = find_template(template).get("predict_example", "samples/*.jpg")
     except DestinationExistsError as e:
         raise click.UsageError(str(e)) from None
     except DltoolError as e:
@@ -92,7 +93,7 @@ def new(template, dest, name, data, force):
         click.echo(f"Moved the existing {dest} to {result['backup']}")
     click.echo(f"Created {template} project {result['path'].name} in {result['path']}")
     click.echo(f"Next:\n  cd {dest}\n  dltool train\n  dltool evaluate\n"
-               "  dltool export\n  dltool predict samples/*.jpg")
+               f"  dltool export\n  dltool predict {predict_example}")
 
 
 @cli.command()
@@ -196,16 +197,24 @@ def export(project_dir, run_name, name):
 
 
 @cli.command()
-@click.argument("inputs", nargs=-1, required=True)
+@click.argument("inputs", nargs=-1)
+@click.option("--file", "input_file", type=click.Path(dir_okay=False, path_type=str),
+              default=None, help="Read more inputs from a UTF-8 file, one per line.")
 @project_option
 @click.option("--model", "model_path", default=None,
               help="SavedModel folder or .keras file (default: the newest export).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Classes to show per input (default: export.top_k).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict(inputs, project_dir, model_path, top_k, as_json):
-    """Predict INPUTS (image files) with an exported model."""
+def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
+    """Predict INPUTS (image files, or texts for text templates) with an exported model."""
+    if not inputs and input_file is None:
+        raise click.UsageError("give INPUTS or --file PATH")
     with user_errors():
+        if input_file is not None:
+            from dltool.data.text import read_input_lines
+
+            inputs = (*inputs, *read_input_lines(input_file))
         project = None
         if model_path is None or project_dir is not None:
             project = _project(project_dir)

@@ -96,6 +96,21 @@ TEMPLATE_SECTIONS = {
             "skip_bad": Field(False),
         },
     },
+    "sentiment": {
+        "data": {
+            "source": Field("builtin:sst2"),
+            "text_column": Field("sentence"),
+            "label_column": Field("label"),
+            "delimiter": Field("auto", choices=("auto", "tab", "comma")),
+            "labels": Field(""),
+            "label_names": Field(""),
+            "validation_split": Field(0.1, minimum=0.0, maximum=0.9),
+            "vocabulary_size": Field(20000, minimum=3),
+            "sequence_length": Field(48, minimum=1),
+            "cache": Field("auto", choices=("auto", "memory", "off")),
+            "skip_bad": Field(False),
+        },
+    },
 }
 
 

@@ -76,12 +76,15 @@ def write_saved_model(model, endpoint, path):
 
     Args:
         model: The Keras model whose variables the endpoint uses.
-        endpoint: A tuple `(fn, input_signature)` from the task.
+        endpoint: A tuple `(fn, input_signature)` from the task; the layers
+            in `fn.resources`, if any, are saved too.
         path: Folder to write.
     """
     fn, signature = endpoint
     archive = keras.export.ExportArchive()
     archive.track(model)
+    for resource in getattr(fn, "resources", ()):  # e.g. a vocabulary lookup table
+        archive.track(resource)
     archive.add_endpoint(name="serve", fn=fn, input_signature=signature)
     archive.write_out(str(path), verbose=False)
 

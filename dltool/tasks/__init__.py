@@ -7,7 +7,9 @@ Each template's task module provides:
 - `bytes_per_example(config)`: size of one decoded example, for caching;
 - `model_kwargs(meta)`: extra arguments of the project's `build_model`;
 - `serving_endpoint(model, meta)`: the exported signature's function and
-  input signature (raw input in, readable output out);
+  input signature (raw input in, readable output out); the function may list
+  in a `resources` attribute layers it uses besides the model (a text
+  vectorizer), so the export saves their lookup tables;
 - `read_inputs(items)` and `format_prediction(outputs, i, top_k)` for
   `dltool predict`;
 - `evaluation_report(y_true, probabilities, meta)`: per-class figures.
@@ -17,7 +19,8 @@ import importlib
 
 from dltool.errors import ConfigError
 
-_TASK_MODULES = {"image-classifier": "dltool.tasks.image_classifier"}
+_TASK_MODULES = {"image-classifier": "dltool.tasks.image_classifier",
+                 "sentiment": "dltool.tasks.sentiment"}
 
 
 def task_for(template):

@@ -1,0 +1,458 @@
+"""Text data: delimited files, class-per-folder text and TensorFlow Datasets.
+
+`open_text_data` reads the `[data]` section of a config and returns a
+`TextData` whose splits are tf.data datasets of `(token_ids, label)` pairs,
+`token_ids` an int32 tensor of shape `(sequence_length,)`. The vocabulary is
+adapted on the training texts only; the texts are turned into token ids in
+the dataset map (the pipeline caches them), so training runs at the model's
+speed. The exported model vectorizes raw strings with `vectorize`, the same
+function, so serving sees the same token ids as training.
+
+Every source is read and checked before training: an empty file, a missing
+column (the columns found are listed), labels outside the declared set (they
+are listed) and bytes that are not UTF-8 (file and line) stop with one line;
+`skip_bad` drops unusable lines or files and says how many.
+"""
+
+import collections
+import csv
+import dataclasses
+from pathlib import Path
+
+from dltool._tf import keras, tf
+from dltool.data import images
+from dltool.errors import ConfigError, DataError
+
+DELIMITED_SUFFIXES = {".tsv": "\t", ".csv": ","}
+_DELIMITERS = {"tab": "\t", "comma": ","}
+_VAL_NAMES = ("val", "validation", "dev")
+# Unicode punctuation and the ASCII symbols of `string.punctuation`; other
+# symbols (emoji) are kept as tokens.
+_PUNCTUATION = r"[\p{P}$+<=>^`|~]"
+_VECTORIZE_BATCH = 1024
+
+
+@dataclasses.dataclass
+class TextData:
+    """Splits of a text classification data set.
+
+    Attributes:
+        class_names: Label names, index = label.
+        vocabulary: The vectorizer's tokens, index = token id (0 is padding,
+            1 out-of-vocabulary).
+        splits: Dict of split name (`train`, `val`, `test`) to an unbatched
+            `tf.data.Dataset` of `(token_ids, label)`.
+        sizes: Dict of split name to number of examples.
+        report: Lines describing the data (counts, skipped lines) to show.
+        meta: What an exported model needs to know of the data (set by the
+            task).
+    """
+
+    class_names: list
+    vocabulary: list
+    splits: dict
+    sizes: dict
+    report: list
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class _Split:
+    """Raw texts and their label strings, and where they were read from."""
+
+    texts: list
+    labels: list
+    origin: str = ""
+
+
+def standardize(texts):
+    """Lower-cases (all of Unicode) and strips punctuation from UTF-8 strings.
+
+    Bytes that are not UTF-8 become U+FFFD first, so the exported model
+    accepts any string.
+    """
+    texts = tf.strings.unicode_transcode(texts, "UTF-8", "UTF-8", errors="replace")
+    texts = tf.strings.lower(texts, encoding="utf-8")
+    return tf.strings.regex_replace(texts, _PUNCTUATION, "")
+
+
+def make_vectorizer(sequence_length, vocabulary_size=None, vocabulary=None):
+    """Returns a `TextVectorization` layer with dltool's standardization.
+
+    Args:
+        sequence_length: Token ids per text (padded with 0 or truncated).
+        vocabulary_size: Most tokens to keep when adapting.
+        vocabulary: A vocabulary from `get_vocabulary()`, or None to adapt.
+    """
+    return keras.layers.TextVectorization(
+        max_tokens=None if vocabulary else vocabulary_size, standardize=standardize,
+        output_sequence_length=sequence_length, vocabulary=vocabulary or None)
+
+
+def vectorize(vectorizer, texts):
+    """Maps a 1-D batch of strings to int32 token ids `(n, sequence_length)`.
+
+    The training pipeline and the exported serving signature both use it.
+    """
+    return tf.cast(vectorizer(texts), tf.int32)
+
+
+def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
+    """Opens the text data a `[data]` config section describes.
+
+    Args:
+        data: The config's `data` dict (`source`, `text_column`,
+            `label_column`, `labels`, `sequence_length`, ...).
+        root: Folder that relative paths in `source` are relative to.
+        seed: Seed of the validation split when there is no validation file.
+        skip_bad: Drop lines and files that are not usable (and say how
+            many) instead of failing.
+        vocabulary: Vocabulary to vectorize with (a trained run's); None
+            adapts one on the training texts.
+
+    Returns:
+        A `TextData`.
+
+    Raises:
+        DataError: missing, empty or undecodable data, missing columns,
+            unexpected labels.
+        ConfigError: `label_names` that do not match the labels.
+    """
+    skip_bad = skip_bad or data["skip_bad"]
+    declared = _comma_list(data["labels"])
+    splits, report, tfds_labels = _read_source(data, root, declared, skip_bad)
+    label_values = _label_values(splits, tfds_labels or declared)
+    class_names = _class_names(label_values, _comma_list(data["label_names"]))
+    if "val" not in splits and data["validation_split"] > 0:
+        splits["train"], splits["val"] = _split(splits["train"], data["validation_split"], seed)
+        report.append(f"validation: {data['validation_split']:.0%} of train per label "
+                      f"(seed {seed})")
+    index = {value: i for i, value in enumerate(label_values)}
+    encoded = {s: (split.texts, [index[y] for y in split.labels]) for s, split in splits.items()}
+    report[:0] = images._count_table(  # same table as images: one row per class
+        class_names, {s: _count(y, len(class_names)) for s, (_, y) in encoded.items()})
+
+    vectorizer = make_vectorizer(data["sequence_length"], data["vocabulary_size"], vocabulary)
+    if vocabulary is None:
+        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(encoded["train"][0])
+                         .batch(_VECTORIZE_BATCH))
+    vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
+    report.append(f"vocabulary: {len(vocabulary)} tokens, texts cut or padded to "
+                  f"{data['sequence_length']} tokens")
+    return TextData(
+        class_names=class_names, vocabulary=vocabulary, report=report,
+        splits={s: _token_dataset(t, y, vectorizer) for s, (t, y) in encoded.items()},
+        sizes={s: len(t) for s, (t, _) in encoded.items()})
+
+
+def _comma_list(text):
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _token_dataset(texts, labels, vectorizer):
+    """Vectorizes in batches (fast), then yields one example at a time."""
+    ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
+                                             tf.constant(labels, tf.int32)))
+    ds = ds.batch(_VECTORIZE_BATCH).map(lambda t, y: (vectorize(vectorizer, t), y),
+                                        num_parallel_calls=tf.data.AUTOTUNE)
+    # unbatch() loses the size; Keras needs it to know the steps per epoch.
+    return ds.unbatch().apply(tf.data.experimental.assert_cardinality(len(texts)))
+
+
+def _label_values(splits, declared):
+    """Returns the label values in class order; refuses unexpected labels."""
+    values = declared or sorted(set(splits["train"].labels))
+    for split in splits.values():
+        unexpected = sorted(set(split.labels) - set(values))
+        if unexpected:
+            allowed = (f"outside data.labels ({', '.join(values)})" if declared
+                       else "not in the training data")
+            shown = ", ".join(map(repr, unexpected[:10]))
+            more = f" and {len(unexpected) - 10} more" if len(unexpected) > 10 else ""
+            raise DataError(f"{split.origin}: labels {allowed}: {shown}{more}")
+    counts = collections.Counter(splits["train"].labels)
+    missing = [v for v in values if not counts[v]]
+    if missing:
+        raise DataError(f"label {missing[0]!r} has no training examples")
+    if len(values) < 2:
+        raise DataError(f"the training data has only one label ({values[0]!r}); "
+                        "a classifier needs at least two")
+    return values
+
+
+def _class_names(label_values, label_names):
+    if not label_names:
+        return list(label_values)
+    if len(label_names) != len(label_values):
+        raise ConfigError(f"data.label_names has {len(label_names)} names for "
+                          f"{len(label_values)} labels ({', '.join(label_values)})")
+    return label_names
+
+
+def _count(labels, num_classes):
+    counts = [0] * num_classes
+    for label in labels:
+        counts[label] += 1
+    return counts
+
+
+def _split(split, fraction, seed):
+    """Splits a `_Split` per label into (train, val), seeded."""
+    train, val = images._split(list(zip(split.texts, split.labels)), fraction, seed)
+    return tuple(_Split([t for t, _ in pairs], [y for _, y in pairs], split.origin)
+                 for pairs in (train, val))
+
+
+# Sources ---------------------------------------------------------------------
+
+
+def _read_source(data, root, declared, skip_bad):
+    """Reads every split of `data.source`.
+
+    Returns:
+        A tuple `(splits, report, tfds_labels)`: a dict of split name to
+        `_Split`, lines to show, and the label names of a TFDS data set (None
+        for files and folders).
+    """
+    source = data["source"]
+    if source.startswith("tfds:"):
+        return _read_tfds(source[len("tfds:"):])
+    path = None if source.startswith("builtin:") else Path(root) / Path(source).expanduser()
+    if path is None or not path.is_file():
+        path = images.resolve_folder(source, root)
+    report = []
+    files = _split_files(path)
+    if files:
+        splits = {s: read_delimited(f, data, skip_bad, report) for s, f in files.items()}
+    else:
+        splits = _read_class_folders(path, declared, skip_bad, report)
+    return splits, report, None
+
+
+def _split_files(path):
+    """Returns `{split: file}` for a delimited file or a folder of them."""
+    if path.is_file():
+        return {"train": path}
+    found = {}
+    for split, names in (("train", ("train",)), ("val", _VAL_NAMES), ("test", ("test",))):
+        for name in names:
+            for suffix in DELIMITED_SUFFIXES:
+                if (path / f"{name}{suffix}").is_file() and split not in found:
+                    found[split] = path / f"{name}{suffix}"
+    if found and "train" not in found:
+        raise DataError(f"{path} has {', '.join(f.name for f in found.values())} "
+                        "but no train.tsv or train.csv")
+    return found
+
+
+def _decode_lines(path, raw, skip_bad, report, hint="fix the file or pass --skip-bad"):
+    """Decodes `raw` line by line as UTF-8.
+
+    Returns:
+        A list of `(line_number, line)`, line endings kept.
+    """
+    lines, bad = [], []
+    for number, line in enumerate(raw.splitlines(keepends=True), start=1):
+        try:
+            lines.append((number, line.decode("utf-8")))
+        except UnicodeDecodeError as e:
+            bad.append((number, e.start))
+    if bad and not skip_bad:
+        number, column = bad[0]
+        more = f" ({len(bad)} such lines)" if len(bad) > 1 else ""
+        raise DataError(f"{path}:{number}: bytes that are not UTF-8 at column {column + 1}"
+                        f"{more}; {hint}")
+    if bad:
+        report.append(f"skipped {len(bad)} line(s) of {path.name} that are not UTF-8 "
+                      "(--skip-bad)")
+    return lines
+
+
+def read_delimited(path, data, skip_bad=False, report=None):
+    """Reads texts and labels from a tab- or comma-separated file.
+
+    The first line is a header when it holds `data.text_column` and
+    `data.label_column`. A two-column file without a header is read as text,
+    label when its first line's second field is a label seen in the file.
+
+    Args:
+        path: The file.
+        data: The config's `data` dict.
+        skip_bad: Drop undecodable or malformed lines instead of failing.
+        report: A list that gets lines to show (skipped lines, no header).
+
+    Returns:
+        A `_Split`.
+
+    Raises:
+        DataError: empty file, missing columns (the columns found are
+            listed), undecodable bytes or malformed lines (file and line).
+    """
+    report = [] if report is None else report
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: unreadable: {e.strerror}") from e
+    if not raw.strip():
+        raise DataError(f"{path} is empty")
+    raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte order mark
+    lines = _decode_lines(path, raw, skip_bad, report)
+    delimiter = _delimiter(path, data["delimiter"])
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader((line for _, line in lines), delimiter=delimiter, quoting=quoting)
+    try:
+        rows = [(lines[reader.line_num - 1][0], row) for row in reader
+                if any(field.strip() for field in row)]
+    except csv.Error as e:
+        raise DataError(f"{path}:{lines[reader.line_num - 1][0]}: {e}") from e
+    if not rows:
+        raise DataError(f"{path} is empty")
+    text_index, label_index, has_header = _columns(path, rows, data, report)
+    needed = max(text_index, label_index) + 1
+    body = rows[1:] if has_header else rows
+    short = [number for number, row in body if len(row) < needed]
+    if short and not skip_bad:
+        raise DataError(f"{path}:{short[0]}: expected at least {needed} fields"
+                        + (f" ({len(short)} such lines)" if len(short) > 1 else "")
+                        + "; fix the file or pass --skip-bad")
+    if short:
+        report.append(f"skipped {len(short)} line(s) of {path.name} with missing fields "
+                      "(--skip-bad)")
+    body = [row for _, row in body if len(row) >= needed]
+    if not body:
+        raise DataError(f"{path} has a header but no examples")
+    return _Split([row[text_index].strip() for row in body],
+                  [row[label_index].strip() for row in body], str(path))
+
+
+def _delimiter(path, setting):
+    if setting != "auto":
+        return _DELIMITERS[setting]
+    return DELIMITED_SUFFIXES.get(path.suffix.lower(), "\t")
+
+
+def _columns(path, rows, data, report):
+    """Finds the text and label columns.
+
+    Returns:
+        A tuple `(text_index, label_index, has_header)`.
+    """
+    header = [field.strip() for field in rows[0][1]]
+    text_column, label_column = data["text_column"], data["label_column"]
+    if text_column in header and label_column in header:
+        return header.index(text_column), header.index(label_column), True
+    second_fields = {row[1].strip() for _, row in rows[1:] if len(row) == 2}
+    if len(header) == 2 and header[1] in second_fields:
+        report.append(f"{path.name} has no header: column 1 is the text, column 2 the label")
+        return 0, 1, False
+    missing = [c for c in (text_column, label_column) if c not in header]
+    raise DataError(f"{path}: no column named {missing[0]!r} (columns found: "
+                    f"{', '.join(header)}); set data.text_column and data.label_column")
+
+
+def _read_class_folders(folder, declared, skip_bad, report):
+    """Reads `[train/]<label>/*.txt`, with optional `val/` and `test/`."""
+    train_dir = folder / "train" if (folder / "train").is_dir() else folder
+    split_dirs = {"train": train_dir}
+    val_dir = next((folder / n for n in _VAL_NAMES if (folder / n).is_dir()), None)
+    if val_dir is not None and train_dir != folder:
+        split_dirs["val"] = val_dir
+    if (folder / "test").is_dir() and train_dir != folder:
+        split_dirs["test"] = folder / "test"
+    found = sorted(p.name for p in train_dir.iterdir() if p.is_dir()
+                   and not p.name.startswith(".") and p.name not in ("test",) + _VAL_NAMES)
+    if not found:
+        raise DataError(f"no train.tsv, train.csv or label folders in {folder}: expected "
+                        f"{folder}/train.tsv or {folder}/<label>/<text>.txt")
+    labels = declared or found
+    ignored = sorted(set(found) - set(labels))
+    if ignored:
+        report.append(f"ignored folders not in data.labels: {', '.join(ignored)}")
+    splits, bad = {}, []
+    for split, split_dir in split_dirs.items():
+        texts, split_labels = [], []
+        for label in labels:
+            for path in sorted((split_dir / label).glob("*.txt")):
+                text = _read_text_file(path, bad)
+                if text is not None:
+                    texts.append(text)
+                    split_labels.append(label)
+        if not texts:
+            raise DataError(f"no .txt files in the label folders of {split_dir}")
+        splits[split] = _Split(texts, split_labels, str(split_dir))
+    if bad and not skip_bad:
+        shown = "; ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise DataError(f"{len(bad)} unusable text file(s): {shown}; "
+                        "fix them or pass --skip-bad")
+    if bad:
+        report.append(f"skipped {len(bad)} unusable text file(s) (--skip-bad)")
+    return splits
+
+
+def _read_text_file(path, bad):
+    """Returns the file's text, or None after adding why it is unusable to `bad`."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        bad.append(f"{path} (unreadable: {e.strerror})")
+        return None
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        bad.append(f"{path}:{line} (bytes that are not UTF-8)")
+        return None
+
+
+def _read_tfds(name):
+    """Reads a TFDS text classification data set (text feature, ClassLabel)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        builder = tfds.builder(name)
+        builder.download_and_prepare()
+    except Exception as e:  # TFDS raises many types: network, registry, checksums.
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise DataError(f"could not load TFDS data set {name!r}: {first_line}") from e
+    info = builder.info
+    keys = info.supervised_keys
+    label_feature = info.features[keys[1]] if keys else None
+    if not isinstance(label_feature, tfds.features.ClassLabel):
+        raise DataError(f"TFDS data set {name!r} is not a (text, class label) data set")
+    names = list(label_feature.names)
+    wanted = {"train": "train", "val": "validation", "test": "test"}
+    splits = {}
+    for split, tfds_split in wanted.items():
+        if split == "train" or tfds_split in info.splits:
+            try:
+                ds = builder.as_dataset(split=tfds_split, as_supervised=True,
+                                        shuffle_files=False)
+            except ValueError as e:
+                raise DataError(f"TFDS data set {name!r} has no {tfds_split!r} split") from e
+            pairs = [(t.decode("utf-8", errors="replace"), names[int(y)])
+                     for t, y in tfds.as_numpy(ds)]
+            splits[split] = _Split([t for t, _ in pairs], [y for _, y in pairs],
+                                   f"TFDS {name} {tfds_split}")
+    report = [f"TFDS {name}: " + ", ".join(f"{s} {len(v.texts)}" for s, v in splits.items())]
+    return splits, report, names
+
+
+def read_input_lines(path):
+    """Reads one input per line of a UTF-8 file; blank lines are skipped.
+
+    Raises:
+        DataError: an unreadable file, no inputs, or bytes that are not UTF-8
+            (file and line).
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: unreadable: {e.strerror}") from e
+    lines = _decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), False, [],
+                          hint="fix the file")
+    inputs = [line.rstrip("\r\n") for _, line in lines if line.strip()]
+    if not inputs:
+        raise DataError(f"{path} has no inputs (one per line)")
+    return inputs

@@ -1,0 +1,89 @@
+"""The sentiment template's task: raw text in, label names out."""
+
+from pathlib import Path
+
+from dltool import runs
+from dltool._tf import tf
+from dltool.data import text
+from dltool.tasks import image_classifier
+
+# Both templates are classifiers: same per-class report, same top-k output.
+evaluation_report = image_classifier.evaluation_report
+format_prediction = image_classifier.format_prediction
+
+
+def open_data(config, root, *, skip_bad=False):
+    """Opens the text data of `config["data"]` (see `text.open_text_data`).
+
+    When `config` is a run's resolved config (`runs/<run>/config.toml`, as
+    `dltool evaluate` loads it), the text is vectorized with that run's
+    vocabulary, exactly as in training; otherwise a vocabulary is adapted on
+    the training texts.
+
+    Returns:
+        The `TextData`, with a `meta` dict added: class names, vocabulary,
+        sequence length.
+    """
+    data = text.open_text_data(config["data"], root, seed=config["training"]["seed"],
+                               skip_bad=skip_bad, vocabulary=_run_vocabulary(config))
+    data.meta = {"class_names": data.class_names, "vocabulary": data.vocabulary,
+                 "sequence_length": config["data"]["sequence_length"]}
+    return data
+
+
+def _run_vocabulary(config):
+    if config.path is None:
+        return None
+    run = runs.read_run(Path(config.path).parent)
+    return (run or {}).get("meta", {}).get("vocabulary")
+
+
+def bytes_per_example(config):
+    """Returns the memory one vectorized example (int32 ids + label) takes."""
+    return 4 * (config["data"]["sequence_length"] + 1)
+
+
+def model_kwargs(meta):
+    """Returns the data-dependent arguments of `build_model`."""
+    return {"num_classes": len(meta["class_names"]),
+            "vocabulary_size": len(meta["vocabulary"])}
+
+
+def serving_endpoint(model, meta):
+    """Builds the serving function: raw UTF-8 strings in, label names out.
+
+    Args:
+        model: The trained Keras model (token ids in, probabilities out).
+        meta: The run's metadata (`class_names`, `vocabulary`,
+            `sequence_length`).
+
+    Returns:
+        A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+        texts and returns `probabilities` `(n, classes)`, `classes` (the
+        label names, `(n, classes)`, in the same order), `label` (top label,
+        `(n,)`) and `score` (its probability). `fn.resources` lists the
+        vectorizer, whose vocabulary table the export must save.
+    """
+    vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
+    vectorizer.build()  # a built layer can be tracked by the export
+    class_names = tf.constant(meta["class_names"])
+
+    def serve(texts):
+        token_ids = text.vectorize(vectorizer, texts)
+        probabilities = tf.cast(model(token_ids, training=False), tf.float32)
+        count = tf.shape(texts)[0]
+        return {
+            "probabilities": probabilities,
+            "classes": tf.tile(class_names[tf.newaxis], [count, 1]),
+            "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
+            "score": tf.reduce_max(probabilities, axis=-1),
+        }
+
+    serve.resources = [vectorizer]
+    signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
+    return serve, signature
+
+
+def read_inputs(items):
+    """Returns the texts to predict: the items themselves (raw strings)."""
+    return [str(item) for item in items]

@@ -1,0 +1,69 @@
+"""This project's own tests: run them with `pytest tests` after every change.
+
+They check that config.toml is valid, that build_model() builds the model the
+config describes, and that the whole loop (train → export → predict) works on
+a copy of this project trained for one epoch on dltool's built-in sample.
+"""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from dltool import project as project_lib
+from dltool.cli import cli
+
+PROJECT = Path(__file__).resolve().parents[1]
+
+
+def test_config_is_valid():
+    config = project_lib.load_config(PROJECT)
+    assert config.template == "sentiment"
+
+
+def test_model_builds_from_config():
+    config = project_lib.load_config(PROJECT)
+    module = project_lib.load_model_module(PROJECT)
+    model, hp = project_lib.build_model(module, config,
+                                        {"num_classes": 3, "vocabulary_size": 100})
+    length = config["data"]["sequence_length"]
+    assert model.input_shape == (None, length)
+    assert model.output_shape == (None, 3)
+    assert model.output.dtype == "float32"
+    token_ids = np.random.randint(0, 100, (2, length)).astype("int32")
+    token_ids[1, 3:] = 0  # a short text: padding after three tokens
+    probabilities = np.asarray(model(token_ids, training=False))
+    np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
+    assert set(config.model) <= set(hp.values)
+
+
+@pytest.fixture
+def copy(tmp_path):
+    target = tmp_path / PROJECT.name
+    shutil.copytree(PROJECT, target,
+                    ignore=shutil.ignore_patterns("runs", "saved_models", "__pycache__"))
+    return target
+
+
+def test_train_export_predict(copy):
+    runner = CliRunner()
+
+    def run(*args):
+        result = runner.invoke(cli, [*map(str, args), "--project", str(copy)],
+                               catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    sample_data = {"source": "builtin:sst2", "text_column": "sentence", "label_column": "label",
+                   "delimiter": "auto", "labels": "0,1", "label_names": "negative,positive"}
+    sets = [arg for key, value in sample_data.items() for arg in ("--set", f"data.{key}={value}")]
+    run("train", "--epochs", "1", *sets, "--set", "training.verbose=0")
+    run("export")
+    texts = (copy / "samples" / "reviews.txt").read_text(encoding="utf-8").splitlines()
+    lines = run("predict", "--file", copy / "samples" / "reviews.txt").strip().splitlines()
+    assert lines[0].startswith("Model: ")
+    assert len(lines) == 1 + len(texts)
+    lines = run("predict", "an utterly charming film").strip().splitlines()
+    assert lines[1].startswith("an utterly charming film: ")
