@@ -2,8 +2,6 @@
 strings, predict from the command line."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -329,14 +327,3 @@ def test_unknown_cell_is_a_config_error(project_files):
     module = project_lib.load_model_module(project_files)
     with pytest.raises(ConfigError, match="model.cell must be one of lstm, gru, rnn; got"):
         project_lib.build_model(module, config, {"num_classes": 2, "vocabulary_size": 50})
-
-
-@pytest.mark.slow
-def test_generated_project_tests_pass(project_files):
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                             str(project_files / "tests")],
-                            cwd=project_files, capture_output=True, text=True)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    summary = result.stdout.strip().splitlines()[-1]
-    assert " passed" in summary and "failed" not in summary
-    assert not (project_files / "runs").exists(), "the project's tests train in a copy"

@@ -51,18 +51,32 @@ def serving_endpoint(model, meta):
     def serve(images_bytes):
         pixels = tf.map_fn(lambda b: images.decode_image(b, image_size), images_bytes,
                            fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
-        probabilities = tf.cast(model(pixels, training=False), tf.float32)
-        top = tf.argmax(probabilities, axis=-1)
-        count = tf.shape(images_bytes)[0]
-        return {
-            "probabilities": probabilities,
-            "classes": tf.tile(class_names[tf.newaxis], [count, 1]),
-            "label": tf.gather(class_names, top),
-            "score": tf.reduce_max(probabilities, axis=-1),
-        }
+        return classifier_outputs(model(pixels, training=False), class_names)
 
     signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="images")]
     return serve, signature
+
+
+def classifier_outputs(probabilities, class_names):
+    """The serving outputs of a classifier.
+
+    Args:
+        probabilities: Model output, `(n, classes)`.
+        class_names: String tensor of the class names, `(classes,)`.
+
+    Returns:
+        A dict: `probabilities` (float32), `classes` (the class names,
+        `(n, classes)`, in the same order), `label` (top class name, `(n,)`)
+        and `score` (its probability).
+    """
+    probabilities = tf.cast(probabilities, tf.float32)
+    count = tf.shape(probabilities)[0]
+    return {
+        "probabilities": probabilities,
+        "classes": tf.tile(class_names[tf.newaxis], [count, 1]),
+        "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
+        "score": tf.reduce_max(probabilities, axis=-1),
+    }
 
 
 def read_inputs(items):

@@ -70,14 +70,8 @@ def serving_endpoint(model, meta):
 
     def serve(texts):
         token_ids = text.vectorize(vectorizer, texts)
-        probabilities = tf.cast(model(token_ids, training=False), tf.float32)
-        count = tf.shape(texts)[0]
-        return {
-            "probabilities": probabilities,
-            "classes": tf.tile(class_names[tf.newaxis], [count, 1]),
-            "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
-            "score": tf.reduce_max(probabilities, axis=-1),
-        }
+        return image_classifier.classifier_outputs(model(token_ids, training=False),
+                                                   class_names)
 
     serve.resources = [vectorizer]
     signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
