@@ -35,8 +35,39 @@ set_option = click.option(
     help="Override a config value, e.g. --set training.epochs=5 (repeatable).")
 skip_bad_option = click.option(
     "--skip-bad", is_flag=True, help="Drop unusable data files and say how many.")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (for scripts).")
+
+
+def _complete_runs(ctx, param, incomplete):
+    """Shell completion of run names: the folders under the project's runs/."""
+    from dltool.runs import RUNS_DIR
+
+    root = Path(ctx.params.get("project_dir") or ".") / RUNS_DIR
+    try:
+        names = sorted((p.name for p in root.iterdir() if p.is_dir()), reverse=True)
+    except OSError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 run_option = click.option(
-    "--run", "run_name", default=None, help="Run name under runs/ (default: the newest).")
+    "--run", "run_name", default=None, shell_complete=_complete_runs,
+    help="Run name under runs/ (default: the newest).")
+
+
+def quiet_option(what):
+    return click.option("--quiet", "-q", is_flag=True,
+                        help=f"Print only {what}, no headers or progress.")
+
+
+def _check_output_flags(quiet, as_json):
+    if quiet and as_json:
+        raise click.UsageError("--quiet and --json cannot be used together")
+
+
+def _progress(quiet):
+    """The echo of progress lines: stderr (stdout stays parseable), or none."""
+    return None if quiet else (lambda line: click.echo(line, err=True))
 
 
 def _project(project_dir):
@@ -70,8 +101,18 @@ def templates():
         click.echo(f"{template['name']:<{width}}  {template['description']}")
 
 
+def _complete_templates(ctx, param, incomplete):
+    from dltool.scaffold import list_templates
+
+    try:
+        names = [t["name"] for t in list_templates()]
+    except DltoolError:
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 @cli.command()
-@click.argument("template")
+@click.argument("template", shell_complete=_complete_templates)
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--name", default=None, help="Project name (default: DEST's folder name).")
 @click.option("--data", default=None,
@@ -99,9 +140,11 @@ def new(template, dest, name, data, force):
 @cli.command()
 @project_option
 @set_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def info(project_dir, overrides, as_json):
+@quiet_option("the strategy and precision a run would use")
+@json_option
+def info(project_dir, overrides, quiet, as_json):
     """Show versions, devices, and the strategy and precision a run would use."""
+    _check_output_flags(quiet, as_json)
     with user_errors():
         runtime_section = _runtime_section(project_dir, overrides)
         from dltool import runtime
@@ -110,6 +153,9 @@ def info(project_dir, overrides, as_json):
                  **runtime.describe(runtime_section)}
     if as_json:
         click.echo(json.dumps(facts, indent=2))
+        return
+    if quiet:
+        click.echo(f"{facts['strategy'].split()[0]} {facts['precision'].split()[0]}")
         return
     for key, value in facts.items():
         click.echo(f"{key + ':':<12} {value}")
@@ -157,19 +203,29 @@ def train(project_dir, overrides, epochs, batch_size, strategy, precision, fresh
 @cli.command()
 @project_option
 @run_option
+@set_option
 @click.option("--split", type=click.Choice(["test", "val"]), default="test",
               help="Split to evaluate on.")
 @skip_bad_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def evaluate(project_dir, run_name, split, skip_bad, as_json):
-    """Evaluate the best weights of a run: loss, accuracy, per-class figures."""
+@quiet_option("the accuracy")
+@json_option
+def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
+    """Evaluate the best weights of a run: loss, accuracy, per-class figures.
+
+    Also writes the run's report (figures, report.html, report.md).
+    """
+    _check_output_flags(quiet, as_json)
     with user_errors():
         project = _project(project_dir)
         from dltool.evaluation import evaluate as run_evaluation
 
-        result = run_evaluation(project, run_name, split, skip_bad=skip_bad)
+        result = run_evaluation(project, run_name, split, skip_bad=skip_bad,
+                                overrides=overrides, echo=_progress(quiet))
     if as_json:
         click.echo(json.dumps(result, indent=2))
+        return
+    if quiet:
+        click.echo(f"{result['accuracy']:.4f}")
         return
     click.echo(f"Run {result['run']}, {split} split, {result['examples']} examples")
     click.echo(f"loss      {result['loss']:.4f}\naccuracy  {result['accuracy']:.4f}")
@@ -184,14 +240,16 @@ def evaluate(project_dir, run_name, split, skip_bad, as_json):
 @cli.command()
 @project_option
 @run_option
+@set_option
 @click.option("--name", default=None, help="Model name under saved_models/.")
-def export(project_dir, run_name, name):
+def export(project_dir, run_name, overrides, name):
     """Export a run as saved_models/NAME/VERSION (raw input in, labels out)."""
     with user_errors():
         project = _project(project_dir)
         from dltool.export import export as run_export
 
-        result = run_export(project, run_name, name)
+        result = run_export(project, run_name, name, overrides=overrides,
+                            echo=_progress(False))
     click.echo(f"Exported run {result['run']} as {result['path']} "
                f"(SavedModel + model.keras, version {result['version']})")
 
@@ -205,9 +263,12 @@ def export(project_dir, run_name, name):
               help="SavedModel folder or .keras file (default: the newest export).")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Classes to show per input (default: export.top_k).")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
+@set_option
+@quiet_option("the top label of each input, one per line")
+@json_option
+def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet, as_json):
     """Predict INPUTS (image files, or texts for text templates) with an exported model."""
+    _check_output_flags(quiet, as_json)
     if not inputs and input_file is None:
         raise click.UsageError("give INPUTS or --file PATH")
     with user_errors():
@@ -216,10 +277,10 @@ def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
 
             inputs = (*inputs, *read_input_lines(input_file))
         project = None
-        if model_path is None or project_dir is not None:
+        if model_path is None or project_dir is not None or overrides:
             project = _project(project_dir)
         if top_k is None:
-            top_k = _config(project, ())["export"]["top_k"] if project else 3
+            top_k = _config(project, overrides)["export"]["top_k"] if project else 3
         from dltool.predict import predict as run_predict
 
         source, results = run_predict(project, list(inputs), model_path=model_path,
@@ -229,10 +290,132 @@ def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
                                                     for lbl, p in top]}
                                for i, top in results], indent=2))
         return
+    if quiet:
+        for _, top in results:
+            click.echo(top[0][0])
+        return
     click.echo(f"Model: {source}")
     for item, top in results:
         shown = ", ".join(f"{label} {probability:.3f}" for label, probability in top)
         click.echo(f"{item}: {shown}")
+
+
+@cli.command()
+@click.argument("run_name", metavar="[RUN]", required=False, shell_complete=_complete_runs)
+@project_option
+def report(run_name, project_dir):
+    """Write the report of RUN (default: the newest trained run) again.
+
+    The report is PNG figures, a self-contained report.html and report.md in
+    the run folder; train, evaluate and export write it too.
+    """
+    with user_errors():
+        project = _project(project_dir)
+        from dltool.reports import report_for
+
+        report_for(project, run_name, echo=click.echo)
+
+
+@cli.command("runs")
+@project_option
+@click.option("--compare", nargs=2, metavar="RUN_A RUN_B", shell_complete=_complete_runs,
+              default=None, help="Show two runs' config differences and metrics side by side.")
+@quiet_option("the run names")
+@json_option
+def runs_command(project_dir, compare, quiet, as_json):
+    """List the project's runs, newest first (or compare two)."""
+    _check_output_flags(quiet, as_json)
+    from dltool import runs
+
+    with user_errors():
+        project = _project(project_dir)
+        if compare:
+            _print_comparison(runs.compare(project, *compare), quiet, as_json)
+            return
+        found = [runs.summary(run) for run in runs.list_runs(project)]
+    if as_json:
+        click.echo(json.dumps(found, indent=2))
+    elif quiet:
+        for facts in found:
+            click.echo(facts["name"])
+    elif not found:
+        click.echo(f"No runs yet in {project / runs.RUNS_DIR}: run `dltool train`")
+    else:
+        header = ["name", "template", "date", "status", "epochs", "best", "test acc.",
+                  "exported"]
+        rows = [[f["name"], f["template"], f["date"], f["status"], str(f["epochs"]),
+                 f"{f['monitor']} {f['best']:.4f}" if f["best"] is not None else "-",
+                 _cell(f.get("test_accuracy")), f["exported"] or "-"] for f in found]
+        _print_table(header, rows)
+
+
+def _print_comparison(comparison, quiet, as_json):
+    if as_json:
+        click.echo(json.dumps(comparison, indent=2))
+        return
+    name_a, name_b = comparison["runs"]
+    config = [[k, _cell(a), _cell(b)] for k, a, b in comparison["config"]]
+    if quiet:
+        for key, _, _ in config:
+            click.echo(key)
+        return
+    click.echo("Config differences:" if config else "Config: the same")
+    if config:
+        _print_table(["key", name_a, name_b], config)
+    click.echo("\nMetrics:")
+    _print_table(["", name_a, name_b], [[k, _cell(a), _cell(b)]
+                                       for k, a, b in comparison["metrics"]])
+
+
+def _cell(value):
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _print_table(header, rows):
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        click.echo("  ".join(f"{cell:<{w}}" for cell, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@project_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 makes it reachable from other machines).")
+@click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
+              help="Port to listen on (0: any free port).")
+def tensorboard(project_dir, host, port):
+    """Start TensorBoard on the project's runs (and tuning searches); Ctrl+C stops it."""
+    from dltool.runs import tensorboard_logdirs
+
+    with user_errors():
+        logdirs = tensorboard_logdirs(_project(project_dir))
+    spec = ",".join(f"{name}:{path}" for name, path in logdirs.items())
+    click.echo("Logs: " + ", ".join(str(p) for p in logdirs.values()), err=True)
+    from tensorboard import program
+
+    board = program.TensorBoard()
+    board.configure(argv=[None, "--logdir_spec", spec, "--host", host, "--port", str(port)])
+    sys.exit(board.main())
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell):
+    """Print the shell completion script for SHELL.
+
+    \b
+    bash:  eval "$(dltool completion bash)"    (add it to ~/.bashrc)
+    zsh:   eval "$(dltool completion zsh)"     (add it to ~/.zshrc)
+    fish:  dltool completion fish > ~/.config/fish/completions/dltool.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)(cli, {}, "dltool", "_DLTOOL_COMPLETE")
+    click.echo(completer.source())
 
 
 def main():

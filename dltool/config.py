@@ -192,12 +192,25 @@ def parse_override(text):
     target, sep, value_text = text.partition("=")
     section, dot, key = target.strip().partition(".")
     if not (sep and dot and section and key):
-        raise ConfigError(f"override {text!r} is not of the form section.key=value")
+        raise ConfigError(f"override {text!r} is not of the form section.key=value"
+                          + _section_hint(target.strip(), value_text))
     try:
         value = tomllib.loads(f"v = {value_text}")["v"]
     except tomllib.TOMLDecodeError:
         value = value_text.strip()
     return section, key.strip(), value
+
+
+def _section_hint(name, value_text):
+    """`; did you mean training.epochs=...?` for an override without a section."""
+    keys = {f"{section}.{key}" for schema in (COMMON_SECTIONS, *TEMPLATE_SECTIONS.values())
+            for section, fields in schema.items() for key in fields}
+    by_leaf = {}
+    for full in sorted(keys):
+        by_leaf.setdefault(full.rsplit(".", 1)[1], []).append(full)
+    close = [name] if name in by_leaf else difflib.get_close_matches(name, list(by_leaf), n=2)
+    matches = [f"{full}={value_text}" for leaf in close for full in by_leaf[leaf]]
+    return f"; did you mean {' or '.join(matches)}?" if matches else ""
 
 
 def validate(raw):

@@ -13,7 +13,7 @@ import os
 import shutil
 from pathlib import Path
 
-from dltool import runs
+from dltool import reports, runs
 from dltool._tf import keras
 from dltool.errors import ModelFileError, ProjectError
 from dltool.scaffold import validate_project_name
@@ -32,13 +32,15 @@ def versions(model_root):
     return sorted(int(p.name) for p in root.iterdir() if p.is_dir() and p.name.isdigit())
 
 
-def export(project_dir, run_name=None, name=None):
+def export(project_dir, run_name=None, name=None, *, overrides=(), echo=None):
     """Exports a run's best weights as the next version of a SavedModel.
 
     Args:
         project_dir: The project folder.
         run_name: Run to export; the newest trained one when None.
         name: Model name; `export.name` or the project name when None.
+        overrides: `section.key=value` strings applied to the run's config.
+        echo: Function that prints a progress line for the user, or None.
 
     Returns:
         A dict with `path` (the version folder), `version`, `name`, `run`.
@@ -46,8 +48,10 @@ def export(project_dir, run_name=None, name=None):
     Raises:
         DltoolError: nothing trained yet, weights that do not fit `model.py`.
     """
+    echo = echo or (lambda line: None)
     run = runs.find_trained(project_dir, run_name)
-    model, config, task = load_trained_model(project_dir, run)
+    echo(f"Loading run {run['name']}")
+    model, config, task = load_trained_model(project_dir, run, overrides)
     name = validate_project_name(
         name or config["export"]["name"] or config["project"]["name"] or Path(project_dir).name,
         what="model name")
@@ -56,7 +60,9 @@ def export(project_dir, run_name=None, name=None):
     version = (versions(model_root) or [0])[-1] + 1
     staging = model_root / f".tmp-{version}-{os.getpid()}"
     try:
+        echo("Writing the SavedModel (serving signature: raw input in, readable output out)")
         write_saved_model(model, task.serving_endpoint(model, run["meta"]), staging)
+        echo(f"Writing {KERAS_FILE}")
         model.save(staging / KERAS_FILE)
         metadata = {"name": name, "version": version, "run": run["name"],
                     "template": config.template, "meta": run["meta"],
@@ -67,6 +73,7 @@ def export(project_dir, run_name=None, name=None):
         shutil.rmtree(staging, ignore_errors=True)
         raise
     runs.update_run(run, exported_version=f"{name}/{version}")
+    reports.write_report(project_dir, run, echo=echo)
     return {"path": model_root / str(version), "version": version, "name": name,
             "run": run["name"]}
 

@@ -9,6 +9,7 @@ atomically (temporary file, then rename).
 This module never imports TensorFlow.
 """
 
+import difflib
 import json
 import os
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from dltool.errors import ProjectError
 
 RUNS_DIR = "runs"
+TUNING_DIR = "tuning"
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "best.weights.h5"
 
@@ -103,21 +105,115 @@ def find_resumable(project_dir, config):
     return None
 
 
+def find_run(project_dir, name):
+    """Returns the metadata of the run called `name`.
+
+    Raises:
+        ProjectError: if there is no such run (naming close matches).
+    """
+    runs = list_runs(project_dir)
+    for run in runs:
+        if run["name"] == name:
+            return run
+    close = difflib.get_close_matches(name, [r["name"] for r in runs], n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    raise ProjectError(f"no run named {name!r} in {Path(project_dir) / RUNS_DIR}{hint}")
+
+
 def find_trained(project_dir, name=None):
     """Returns the named run, or the newest one with trained weights.
 
     Raises:
         ProjectError: if there is no such run or nothing was trained yet.
     """
-    runs = list_runs(project_dir)
     if name is not None:
-        for run in runs:
-            if run["name"] == name:
-                if not (run["dir"] / WEIGHTS_FILE).is_file():
-                    raise ProjectError(f"run {name} has no trained weights yet")
-                return run
-        raise ProjectError(f"no run named {name!r} in {Path(project_dir) / RUNS_DIR}")
-    for run in runs:
+        run = find_run(project_dir, name)
+        if not (run["dir"] / WEIGHTS_FILE).is_file():
+            raise ProjectError(f"run {name} has no trained weights yet")
+        return run
+    for run in list_runs(project_dir):
         if (run["dir"] / WEIGHTS_FILE).is_file():
             return run
     raise ProjectError("no trained model yet: run `dltool train` first")
+
+
+def summary(run):
+    """Returns the facts `dltool runs` shows of a run, as a flat dict.
+
+    Keys: `name`, `template`, `date`, `status`, `epochs`, `monitor`,
+    `best` (best value of the monitored metric, or None), `exported`
+    (`NAME/VERSION` or None), and the `test_accuracy` and `test_loss` of
+    `dltool evaluate` when it ran.
+    """
+    facts = {"name": run["name"], "template": run.get("template", ""),
+             "date": run.get("started", ""), "status": run.get("status", ""),
+             "epochs": run.get("epochs_done", 0), "monitor": run.get("monitor"),
+             "best": run.get("best_value"), "exported": run.get("exported_version")}
+    try:
+        evaluation = json.loads((run["dir"] / "evaluation-test.json").read_text("utf-8"))
+        facts.update(test_accuracy=evaluation.get("accuracy"), test_loss=evaluation.get("loss"))
+    except (OSError, ValueError):
+        pass
+    return facts
+
+
+def compare(project_dir, name_a, name_b):
+    """Compares two runs: config differences and metrics side by side.
+
+    Returns:
+        A dict with `runs` (the two names), `config` (list of
+        `(key, value_a, value_b)` for every `section.key` that differs; None
+        for a key one config lacks) and `metrics` (list of `(name, a, b)`:
+        epochs, best value, training time, last epoch's metrics, test
+        results).
+
+    Raises:
+        ProjectError: no such run, or a run folder without its config.
+    """
+    import tomllib
+
+    runs = [find_run(project_dir, name) for name in (name_a, name_b)]
+    configs = []
+    for run in runs:
+        path = run["dir"] / "config.toml"
+        try:
+            configs.append(_flatten(tomllib.loads(path.read_text(encoding="utf-8"))))
+        except (OSError, ValueError) as e:
+            raise ProjectError(f"{path}: not a readable config ({e})") from e
+    keys = sorted(configs[0].keys() | configs[1].keys())
+    config = [(k, configs[0].get(k), configs[1].get(k)) for k in keys
+              if configs[0].get(k) != configs[1].get(k)]
+    facts = [summary(run) for run in runs]
+    metrics = [("template", facts[0]["template"], facts[1]["template"]),
+               ("epochs", facts[0]["epochs"], facts[1]["epochs"])]
+    if facts[0]["monitor"] or facts[1]["monitor"]:
+        metrics.append((f"best {facts[0]['monitor'] or facts[1]['monitor']}",
+                        facts[0]["best"], facts[1]["best"]))
+    metrics.append(("train_seconds", runs[0].get("train_seconds"),
+                    runs[1].get("train_seconds")))
+    metrics.append(("parameters", runs[0].get("parameters"), runs[1].get("parameters")))
+    last = [run.get("last_metrics", {}) for run in runs]
+    metrics += [(f"last {k}", last[0].get(k), last[1].get(k))
+                for k in sorted(last[0].keys() | last[1].keys())]
+    metrics += [(k, facts[0].get(k), facts[1].get(k)) for k in ("test_accuracy", "test_loss")
+                if k in facts[0] or k in facts[1]]
+    metrics.append(("exported", facts[0]["exported"], facts[1]["exported"]))
+    return {"runs": [r["name"] for r in runs], "config": config, "metrics": metrics}
+
+
+def _flatten(sections):
+    return {f"{section}.{key}": value for section, table in sections.items()
+            for key, value in table.items()}
+
+
+def tensorboard_logdirs(project_dir):
+    """Returns `{name: folder}` of the TensorBoard logs of a project.
+
+    Raises:
+        ProjectError: if there are no runs or tuning searches yet.
+    """
+    found = {name: Path(project_dir) / name for name in (RUNS_DIR, TUNING_DIR)
+             if (Path(project_dir) / name).is_dir()}
+    if not found:
+        raise ProjectError(f"no {RUNS_DIR}/ in {project_dir} yet: run `dltool train` first")
+    return found

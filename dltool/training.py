@@ -11,7 +11,7 @@ import warnings
 from dltool import callbacks as dl_callbacks
 from dltool import config as config_lib
 from dltool import project as project_lib
-from dltool import runs, runtime
+from dltool import reports, runs, runtime
 from dltool._tf import keras
 from dltool.data import pipeline
 from dltool.errors import ProjectError
@@ -121,12 +121,19 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, echo=print)
     echo(f"Best {monitor}: {run.get('best_value', float('nan')):.4f} at epoch "
          f"{run.get('best_epoch')} ({run['epochs_done']} epochs, "
          f"{run.get('train_seconds', 0):.0f} s of training)")
+    reports.write_report(project_dir, run, echo=echo)
     return run
 
 
-def load_trained_model(project_dir, run):
+def load_trained_model(project_dir, run, overrides=()):
     """Rebuilds a run's model from `model.py` and its resolved config, with
     the run's best weights.
+
+    Args:
+        project_dir: The project folder.
+        run: The run's metadata dict.
+        overrides: `section.key=value` strings applied to the run's config
+            (e.g. `data.source` to evaluate on other data).
 
     Returns:
         A tuple `(model, config, task)`.
@@ -134,7 +141,7 @@ def load_trained_model(project_dir, run):
     Raises:
         ProjectError: if the weights do not fit the current `model.py`.
     """
-    config = config_lib.load_config(run["dir"] / "config.toml")
+    config = config_lib.load_config(run["dir"] / "config.toml", overrides)
     config.root = project_dir
     task = task_for(config.template)
     module = project_lib.load_model_module(project_dir)

@@ -46,6 +46,7 @@ class TextData:
         report: Lines describing the data (counts, skipped lines) to show.
         meta: What an exported model needs to know of the data (set by the
             task).
+        texts: Dict of split name to its raw texts, in the split's order.
     """
 
     class_names: list
@@ -54,6 +55,7 @@ class TextData:
     sizes: dict
     report: list
     meta: dict = dataclasses.field(default_factory=dict)
+    texts: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -142,7 +144,8 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
     return TextData(
         class_names=class_names, vocabulary=vocabulary, report=report,
         splits={s: _token_dataset(t, y, vectorizer) for s, (t, y) in encoded.items()},
-        sizes={s: len(t) for s, (t, _) in encoded.items()})
+        sizes={s: len(t) for s, (t, _) in encoded.items()},
+        texts={s: t for s, (t, _) in encoded.items()})
 
 
 def _comma_list(text):

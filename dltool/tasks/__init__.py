@@ -12,7 +12,14 @@ Each template's task module provides:
   vectorizer), so the export saves their lookup tables;
 - `read_inputs(items)` and `format_prediction(outputs, i, top_k)` for
   `dltool predict`;
-- `evaluation_report(y_true, probabilities, meta)`: per-class figures.
+- `evaluation_report(y_true, probabilities, meta)`: per-class figures;
+- `readable_inputs(data, split)`: the split's inputs as text for
+  `predictions-SPLIT.csv` (texts), or None;
+- `report_sections(run, split, evaluation)`: the template's part of the run
+  report (`dltool.reports.Section`s; classifiers start from
+  `reports.classifier_sections`);
+- optionally `save_examples(run_dir, split, examples)`: keep the evaluation
+  inputs a report shows (images).
 """
 
 import importlib

@@ -137,3 +137,67 @@ def evaluation_report(y_true, probabilities, meta):
         })
     accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
     return {"accuracy": accuracy, "per_class": per_class, "confusion": confusion.tolist()}
+
+
+def readable_inputs(data, split):
+    """Images have no one-line readable form for `predictions-SPLIT.csv`."""
+    return None
+
+
+def save_examples(run_dir, split, examples):
+    """Saves the images the report shows as `examples-SPLIT.npz` (uint8).
+
+    Args:
+        run_dir: The run folder.
+        split: The split evaluated.
+        examples: `(indices, images, in_sample)` from the evaluation: example
+            indices in the split, their float pixels `(n, h, w, 3)` in
+            0-255, and whether each is in the random sample (the others are
+            confident mistakes).
+    """
+    from dltool import reports
+
+    indices, pixels, in_sample = examples
+    if pixels is None:
+        return
+    path = Path(run_dir) / reports.examples_file(split)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, index=indices, in_sample=in_sample,
+                            images=np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+
+
+def report_sections(run, split, evaluation):
+    """The classifier's report sections, then a grid of sample predictions
+    and one of the most confident mistakes, titled true / predicted."""
+    from dltool import plots, reports
+
+    sections = reports.classifier_sections(run, split, evaluation)
+    rows = {r["index"]: r for r in reports.read_predictions(run["dir"], split)}
+    path = Path(run["dir"]) / reports.examples_file(split)
+    if not rows or not path.is_file():
+        return sections
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            indices, pixels, in_sample = saved["index"], saved["images"], saved["in_sample"]
+    except (OSError, ValueError, KeyError) as e:
+        raise DataError(f"{path}: not readable ({e})") from e
+    position = {int(i): k for k, i in enumerate(indices)}
+    sample = [int(i) for i, s in zip(indices, in_sample) if s and int(i) in rows]
+    mistakes = [r["index"] for r in reports.confident_mistakes(rows.values())
+                if r["index"] in position]
+    for kind, chosen, text in (
+            ("samples", sample, "A random sample (seeded); title: true label / predicted "
+             "label and its probability, green when right."),
+            ("mistakes", mistakes, "The wrong predictions made with the highest "
+             "probability.")):
+        if not chosen:
+            continue
+        image = f"{kind}-{split}.png"
+        plots.image_grid(pixels[[position[i] for i in chosen]],
+                         [f"{rows[i]['true']} / {rows[i]['predicted']} "
+                          f"{rows[i]['confidence']:.2f}" for i in chosen],
+                         [rows[i]["true"] == rows[i]["predicted"] for i in chosen],
+                         Path(run["dir"]) / image)
+        title = "Sample predictions" if kind == "samples" else "Most confident mistakes"
+        sections.append(reports.Section(f"{title} ({split})", text=text, image=image))
+    return sections

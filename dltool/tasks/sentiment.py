@@ -81,3 +81,31 @@ def serving_endpoint(model, meta):
 def read_inputs(items):
     """Returns the texts to predict: the items themselves (raw strings)."""
     return [str(item) for item in items]
+
+
+def readable_inputs(data, split):
+    """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
+    return data.texts.get(split)
+
+
+def report_sections(run, split, evaluation):
+    """The classifier's report sections, then the most confidently wrong
+    texts as a figure and a table."""
+    from dltool import plots, reports
+
+    sections = reports.classifier_sections(run, split, evaluation)
+    mistakes = reports.confident_mistakes(reports.read_predictions(run["dir"], split))
+    if not mistakes:
+        return sections
+    image = f"mistakes-{split}.png"
+    plots.confident_mistakes([r["input"] for r in mistakes],
+                             [r["confidence"] for r in mistakes],
+                             [f"{r['true']} → {r['predicted']}" for r in mistakes],
+                             Path(run["dir"]) / image)
+    table = [["text", "true", "predicted", "probability"]]
+    table += [[r["input"], r["true"], r["predicted"], f"{r['confidence']:.3f}"]
+              for r in mistakes]
+    sections.append(reports.Section(
+        f"Most confident mistakes ({split})", image=image, table=table,
+        text=f"The {len(mistakes)} wrong predictions made with the highest probability."))
+    return sections
