@@ -264,7 +264,7 @@ def test_predict_with_keras_file(runner, trained_text_project):
 def test_evaluate_uses_the_test_file(runner, trained_text_project):
     result = invoke(runner, "evaluate", "--project", trained_text_project)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # progress lines go to stderr
     assert lines[0].endswith("test split, 200 examples")
     assert [line.split()[0] for line in lines[4:]] == ["negative", "positive"]
 

@@ -42,7 +42,7 @@ def test_train_fills_the_run_folder(trained_project):
 def test_evaluate_prints_loss_accuracy_and_per_class(runner, trained_project):
     result = invoke(runner, "evaluate", "--project", trained_project)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()  # progress lines go to stderr
     assert lines[0].endswith("test split, 200 examples")
     assert lines[1].startswith("loss") and lines[2].startswith("accuracy")
     assert lines[3].split() == ["class", "precision", "recall", "support"]
