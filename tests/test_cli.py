@@ -1,7 +1,10 @@
 """The command surface: help, templates, lazy imports, one-line errors."""
 
+import json
 import subprocess
 import sys
+
+import pytest
 
 from conftest import invoke
 
@@ -61,3 +64,67 @@ def test_error_is_one_line_without_traceback(runner, tmp_path):
     assert result.output.startswith("Error: no config.toml in")
     assert len(result.output.strip().splitlines()) == 1
     assert "Traceback" not in result.output
+
+
+def test_help_lists_the_everyday_commands(runner):
+    result = invoke(runner, "--help")
+    for command in ("report", "runs", "tensorboard", "completion"):
+        assert command in result.output
+
+
+def test_override_without_section_suggests_the_key(runner, project):
+    result = invoke(runner, "info", "--project", project, "--set", "epochs=3")
+    assert result.exit_code == 1
+    assert result.output.strip() == ("Error: override 'epochs=3' is not of the form "
+                                     "section.key=value; did you mean training.epochs=3?")
+    result = invoke(runner, "info", "--project", project, "--set", "trainng.epochs=3")
+    assert result.exit_code == 1 and "did you mean training?" in result.output
+
+
+def test_info_quiet_and_json(runner, project):
+    result = invoke(runner, "info", "--project", project, "--quiet")
+    assert result.exit_code == 0 and result.output == "default float32\n"
+    result = invoke(runner, "info", "--project", project, "--set", "runtime.precision=float32",
+                    "--json")
+    assert json.loads(result.output)["precision"].startswith("float32")
+    assert invoke(runner, "info", "--quiet", "--json").exit_code == 2
+
+
+@pytest.mark.slow
+def test_evaluate_set_quiet_and_json(runner, trained_project, copy_project):
+    project = copy_project(trained_project)
+    result = invoke(runner, "evaluate", "--project", project, "--set", "training.batch_size=50",
+                    "--json")
+    assert result.exit_code == 0, result.output
+    assert "Evaluating on the test split: 200 examples, 4 batches of 50" in result.output
+    evaluated = json.loads(result.stdout)  # progress went to stderr
+    assert evaluated["examples"] == 200
+    result = invoke(runner, "evaluate", "--project", project, "--quiet")
+    assert result.exit_code == 0
+    assert result.output == f"{evaluated['accuracy']:.4f}\n"  # and nothing else
+    result = invoke(runner, "evaluate", "--project", project, "--set", "training.epochz=1")
+    assert result.exit_code == 1 and result.stdout == ""
+    assert result.output.splitlines()[-1].startswith(
+        "Error: unknown config key 'training.epochz'; did you mean training.epochs?")
+
+
+@pytest.mark.slow
+def test_export_and_predict_take_overrides(runner, trained_project, copy_project):
+    project = copy_project(trained_project)
+    result = invoke(runner, "export", "--project", project, "--set", "export.name=renamed")
+    assert result.exit_code == 0, result.output
+    assert "Writing the SavedModel" in result.output  # progress
+    assert (project / "saved_models" / "renamed" / "1" / "saved_model.pb").is_file()
+    samples = [str(project / "samples" / name) for name in ("cat.jpg", "ship.jpg")]
+    result = invoke(runner, "predict", *samples, "--project", project, "--quiet")
+    assert result.exit_code == 0, result.output
+    names = json.loads((project / "saved_models" / "renamed" / "1" / "dltool.json")
+                       .read_text())["meta"]["class_names"]
+    labels = result.output.split("\n")
+    assert labels[2:] == [""] and set(labels[:2]) <= set(names)
+    result = invoke(runner, "predict", samples[0], "--project", project, "--json",
+                    "--set", "export.top_k=1")
+    assert [len(item["top"]) for item in json.loads(result.output)] == [1]
+    result = invoke(runner, "predict", samples[0], "--project", project,
+                    "--set", "export.topk=1")
+    assert result.exit_code == 1 and "did you mean export.top_k?" in result.output
