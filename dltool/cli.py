@@ -284,7 +284,7 @@ def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet
         from dltool.predict import predict as run_predict
 
         source, results = run_predict(project, list(inputs), model_path=model_path,
-                                      top_k=top_k)
+                                      top_k=top_k, echo=_progress(quiet))
     if as_json:
         click.echo(json.dumps([{"input": i, "top": [{"label": lbl, "probability": p}
                                                     for lbl, p in top]}

@@ -54,7 +54,7 @@ def _read_metadata(folder):
                              f"{export_lib.METADATA_FILE})") from e
 
 
-def predict(project_dir, items, *, model_path=None, top_k=3):
+def predict(project_dir, items, *, model_path=None, top_k=3, echo=None):
     """Predicts every item with an exported model.
 
     Args:
@@ -62,6 +62,8 @@ def predict(project_dir, items, *, model_path=None, top_k=3):
         items: Raw inputs as the template takes them (image file paths).
         model_path: See `load_predictor`.
         top_k: How many classes to return per item.
+        echo: Function that prints a progress line for the user (once per
+            chunk of 256 inputs, when there is more than one), or None.
 
     Returns:
         A tuple `(source, results)`: the model path used and a list of
@@ -75,4 +77,6 @@ def predict(project_dir, items, *, model_path=None, top_k=3):
         outputs = {k: np.asarray(v) for k, v in serve(tf.constant(chunk)).items()}
         for i, item in enumerate(items[start:start + _CHUNK]):
             results.append((item, task.format_prediction(outputs, i, top_k)))
+        if echo is not None and len(inputs) > _CHUNK:
+            echo(f"Predicted {len(results)}/{len(inputs)}")
     return source, results

@@ -128,3 +128,14 @@ def test_export_and_predict_take_overrides(runner, trained_project, copy_project
     result = invoke(runner, "predict", samples[0], "--project", project,
                     "--set", "export.topk=1")
     assert result.exit_code == 1 and "did you mean export.top_k?" in result.output
+
+
+@pytest.mark.slow
+def test_predict_shows_progress_on_many_inputs(runner, trained_project):
+    many = [str(trained_project / "samples" / "cat.jpg")] * 300
+    result = invoke(runner, "predict", *many, "--project", trained_project, "--top-k", "1")
+    assert result.exit_code == 0, result.output
+    assert "Predicted 256/300\nPredicted 300/300\n" in result.output
+    assert len(result.stdout.splitlines()) == 301  # "Model: ..." + one line per input
+    result = invoke(runner, "predict", *many, "--project", trained_project, "--quiet")
+    assert len(result.output.splitlines()) == 300 and "Predicted" not in result.output
