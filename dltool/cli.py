@@ -371,7 +371,7 @@ def _cell(value):
     if value is None:
         return "-"
     if isinstance(value, float):
-        return f"{value:.4f}"
+        return f"{value:.1f}" if abs(value) >= 100 else f"{value:.4f}"
     return str(value)
 
 

@@ -189,7 +189,7 @@ def compare(project_dir, name_a, name_b):
     if facts[0]["monitor"] or facts[1]["monitor"]:
         metrics.append((f"best {facts[0]['monitor'] or facts[1]['monitor']}",
                         facts[0]["best"], facts[1]["best"]))
-    metrics.append(("train_seconds", runs[0].get("train_seconds"),
+    metrics.append(("training seconds", runs[0].get("train_seconds"),
                     runs[1].get("train_seconds")))
     metrics.append(("parameters", runs[0].get("parameters"), runs[1].get("parameters")))
     last = [run.get("last_metrics", {}) for run in runs]
