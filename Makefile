@@ -17,7 +17,8 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q .
 
 # Scaffold an image-classifier project, train it briefly on the embedded
-# CIFAR-10 sample, evaluate, export and predict, each step visible.
+# CIFAR-10 sample, evaluate (which writes the run's report), export, predict
+# and list the runs, each step visible.
 demo: install
 	rm -rf $(DEMO_DIR)
 	mkdir -p $(dir $(DEMO_DIR))
@@ -27,6 +28,8 @@ demo: install
 	cd $(DEMO_DIR) && $(BIN)/dltool evaluate
 	cd $(DEMO_DIR) && $(BIN)/dltool export
 	cd $(DEMO_DIR) && $(BIN)/dltool predict samples/cat.jpg samples/horse.jpg samples/ship.jpg
+	cd $(DEMO_DIR) && $(BIN)/dltool runs
+	ls $(DEMO_DIR)/runs/*/report.html
 
 # The full suite, as CI runs it.
 test: install
