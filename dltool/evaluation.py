@@ -49,12 +49,14 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
     echo(f"Evaluating on the {split} split: {size} examples, "
          f"{-(-size // batch_size)} batches of {batch_size}")
     started = time.perf_counter()
-    keeper = _ExampleKeeper(size, config["training"]["seed"])
+    keeper = _ExampleKeeper(size, config["training"]["seed"]) \
+        if hasattr(task, "save_examples") else None
     labels, probabilities = [], []
     for x, y in pipeline.batched(data.splits[split], batch_size, training=False):
         labels.append(y.numpy())
         probabilities.append(np.asarray(model(x, training=False), dtype=np.float32))
-        keeper.add(x, labels[-1], probabilities[-1])
+        if keeper is not None:
+            keeper.add(x, labels[-1], probabilities[-1])
     labels = np.concatenate(labels)
     probabilities = np.concatenate(probabilities)
     loss = keras.losses.get(model.loss)(labels, probabilities)
@@ -65,7 +67,7 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
     runs.write_json_atomic(run["dir"] / reports.evaluation_file(split), result)
     reports.save_predictions(run["dir"], split, labels, probabilities,
                              run["meta"]["class_names"], task.readable_inputs(data, split))
-    if hasattr(task, "save_examples"):
+    if keeper is not None:
         task.save_examples(run["dir"], split, keeper.examples())
     reports.write_report(project_dir, run, echo=echo)
     return result
@@ -89,7 +91,7 @@ class _ExampleKeeper:
 
     def add(self, x, labels, probabilities):
         predicted = np.argmax(probabilities, axis=-1)
-        x = None if x is None else np.asarray(x)
+        x = np.asarray(x)
         for i, (label, guess) in enumerate(zip(labels, predicted)):
             index = self.seen + i
             if index in self.sample:

@@ -29,11 +29,14 @@ def learning_curves(history, path):
         path: PNG file to write.
 
     Returns:
-        The names of the metrics plotted (without `val_`).
+        The names of the metrics plotted (without `val_`); nothing is
+        written when there are none.
     """
     names = [k for k in history if k not in ("epoch", "learning_rate")
              and not k.startswith("val_")]
     names.sort(key=lambda k: (k != "loss", k))
+    if not names:
+        return []
     epochs = [e + 1 for e in history["epoch"]]
     figure = _figure(4.2 * len(names), 3.2)
     axes = figure.subplots(1, len(names), squeeze=False)[0]
@@ -64,7 +67,7 @@ def confusion_matrix(matrix, class_names, path):
 
     counts = np.asarray(matrix)
     shares = counts / np.maximum(1, counts.sum(axis=1, keepdims=True))
-    size = 2.5 + 0.45 * len(class_names)
+    size = min(16.0, 2.5 + 0.45 * len(class_names))
     figure = _figure(size + 1.0, size)
     ax = figure.subplots()
     image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)

@@ -150,6 +150,8 @@ def learning_curve_sections(run_dir):
     if history is None:
         return []
     names = plots.learning_curves(history, Path(run_dir) / "learning_curves.png")
+    if not names:
+        return []
     last = {k: v[-1] for k, v in history.items()}
     summary = ", ".join(f"{k} {last[k]:.4f}" + (f" (validation {last['val_' + k]:.4f})"
                                                  if f"val_{k}" in last else "")
