@@ -1,0 +1,248 @@
+"""Scale and fault tolerance: several devices and workers, kill and SIGTERM
+resume, damaged checkpoints, mixed precision, determinism, bad cluster input.
+
+Multi-device and multi-worker runs happen in subprocesses: the CPU must be
+split into logical devices before TensorFlow starts, and each worker is its
+own process. Every subprocess has a timeout, so a test cannot hang.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from conftest import TINY_MODEL, invoke
+from dltool import cluster as cluster_lib
+from dltool.errors import ConfigError
+
+TIMEOUT = 240
+
+
+def free_ports(count):
+    """Returns `count` TCP ports free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def dltool_command(*args):
+    return [sys.executable, "-m", "dltool.cli", *[str(a) for a in args]]
+
+
+def start(command, log):
+    return subprocess.Popen(command, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def finish(process, timeout=TIMEOUT):
+    """Waits for `process`; kills it and fails if it outlives `timeout`."""
+    try:
+        return process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+        pytest.fail(f"process {process.args} did not finish in {timeout} s")
+
+
+def wait_for_epochs(project, epochs, processes, timeout=TIMEOUT):
+    """Waits until a run of `project` recorded `epochs` epochs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for path in (project / "runs").glob("*/run.json"):
+            try:
+                if json.loads(path.read_text()).get("epochs_done", 0) >= epochs:
+                    return
+            except ValueError:
+                pass
+        if any(p.poll() is not None for p in processes):
+            pytest.fail("a training process ended before it could be interrupted")
+        time.sleep(0.05)
+    pytest.fail(f"no epoch {epochs} within {timeout} s")
+
+
+def only_run(project):
+    (run,) = (project / "runs").iterdir()
+    return run, json.loads((run / "run.json").read_text())
+
+
+def history_epochs(run):
+    with open(run / "history.csv") as f:
+        return [int(row["epoch"]) for row in csv.DictReader(f)]
+
+
+def leftovers(folder):
+    """Temporary files or folders dltool left under `folder`."""
+    return [p for p in Path(folder).rglob(".tmp-*")]
+
+
+def worker_commands(project, epochs, *extra):
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    return [dltool_command("train", "--project", project, "--epochs", epochs, *TINY_MODEL,
+                           "--worker-hosts", hosts, "--task-index", index, *extra)
+            for index in (0, 1)]
+
+
+def run_workers(commands, logs):
+    processes = [start(c, log) for c, log in zip(commands, logs)]
+    codes = [finish(p) for p in processes]
+    return codes, [Path(log).read_text() for log in logs]
+
+
+# --- bad cluster input: one line, non-zero exit, nothing written ---------------------
+
+@pytest.mark.parametrize("hosts, index, message", [
+    ("127.0.0.1:1234,nohostport", 0,
+     "--worker-hosts: 'nohostport' is not HOST:PORT (a port from 1 to 65535)"),
+    ("127.0.0.1:1234,127.0.0.1:99999", 0, "'127.0.0.1:99999' is not HOST:PORT"),
+    ("127.0.0.1:1234,127.0.0.1:1234", 0, "--worker-hosts: 127.0.0.1:1234 is listed twice"),
+    ("127.0.0.1:1234,127.0.0.1:1235", 2,
+     "--task-index must be from 0 to 1 for 2 worker hosts; got 2"),
+    ("127.0.0.1:1234,127.0.0.1:1235", None, "--worker-hosts needs --task-index"),
+])
+def test_bad_worker_flags_are_one_line(runner, project, hosts, index, message):
+    args = ["train", "--project", project, "--worker-hosts", hosts]
+    if index is not None:
+        args += ["--task-index", index]
+    result = invoke(runner, *args)
+    assert result.exit_code == 1
+    assert len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("Error: ") and message in result.output
+    assert not (project / "runs").exists()
+
+
+def test_task_index_without_hosts_and_bad_tf_config(runner, project, monkeypatch):
+    result = invoke(runner, "train", "--project", project, "--task-index", 0)
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: --task-index needs --worker-hosts"
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    result = invoke(runner, "train", "--project", project)
+    assert result.exit_code == 1 and len(result.output.strip().splitlines()) == 1
+    assert result.output.startswith("Error: TF_CONFIG is not valid JSON")
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1234", "127.0.0.1:1235"]},
+        "task": {"type": "worker", "index": 5}}))
+    result = invoke(runner, "train", "--project", project)
+    assert result.output.strip() == "Error: TF_CONFIG task index must be from 0 to 1; got 5"
+    assert not (project / "runs").exists()
+
+
+@pytest.mark.slow
+def test_port_in_use_is_one_line(runner, project):
+    with socket.socket() as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        (other,) = free_ports(1)
+        result = invoke(runner, "train", "--project", project, "--worker-hosts",
+                        f"127.0.0.1:{port},127.0.0.1:{other}", "--task-index", 0)
+    assert result.exit_code == 1
+    assert result.output.strip() == (f"Error: port {port} of worker 0 (127.0.0.1:{port}) is "
+                                     "already in use; pick another port")
+    assert not (project / "runs").exists()
+
+
+def test_strategy_that_cannot_use_a_cluster_is_refused(runner, project):
+    result = invoke(runner, "train", "--project", project, "--strategy", "mirrored",
+                    "--worker-hosts", "127.0.0.1:1234,127.0.0.1:1235", "--task-index", 0)
+    assert result.exit_code == 1
+    assert "strategy 'mirrored' cannot use a cluster of workers" in result.output
+
+
+def test_tf_config_is_respected_and_chief_is_found():
+    spec = {"cluster": {"chief": ["a:1"], "worker": ["b:2", "c:3"]},
+            "task": {"type": "worker", "index": 0}}
+    found = cluster_lib.find_cluster(environ={"TF_CONFIG": json.dumps(spec)})
+    assert found.size == 3 and found.address == "b:2" and not found.is_chief
+    assert json.loads(found.tf_config()) == spec
+    flags = cluster_lib.find_cluster("h:1,h:2", 0, environ={"TF_CONFIG": json.dumps(spec)})
+    assert flags.source == "--worker-hosts" and flags.is_chief and flags.size == 2
+    single = {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 0}}
+    assert cluster_lib.find_cluster(environ={"TF_CONFIG": json.dumps(single)}) is None
+    with pytest.raises(ConfigError, match="task type must be one of chief, worker"):
+        cluster_lib.from_tf_config(json.dumps({**spec, "task": {"type": "ps"}}))
+
+
+def test_auto_strategy_with_a_cluster_is_multi_worker():
+    from dltool import runtime
+
+    cluster = cluster_lib.from_flags("h:1,h:2", 1)
+    choice = runtime.choose_strategy("auto", {"GPU": [], "TPU": [], "CPU": [0]}, cluster)
+    assert choice.value == "multi-worker"
+    assert choice.reason == "auto: --worker-hosts lists 2 workers"
+
+
+def test_pipeline_shards_by_data():
+    from dltool._tf import tf
+    from dltool.data import pipeline
+
+    ds = pipeline.batched(tf.data.Dataset.range(10), 4, training=True, seed=1)
+    assert ds.options().experimental_distribute.auto_shard_policy == \
+        tf.data.experimental.AutoShardPolicy.DATA
+
+
+# --- several devices: MirroredStrategy on 2 logical CPU devices ----------------------
+
+def write_color_images(folder, per_class=24, seed=0):
+    """Writes an easy 3-class image folder: noisy red, green and blue squares."""
+    from dltool._tf import tf
+
+    rng = np.random.default_rng(seed)
+    for channel, name in enumerate(("red", "green", "blue")):
+        (folder / "train" / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = rng.integers(0, 120, (32, 32, 3))
+            pixels[..., channel] += 120
+            png = tf.io.encode_png(pixels.astype(np.uint8)).numpy()
+            (folder / "train" / name / f"{i}.png").write_bytes(png)
+    return folder
+
+
+PARITY = """
+import json, sys
+from dltool.training import train
+project, data = sys.argv[1], sys.argv[2]
+common = ["data.source=" + json.dumps(data), "data.validation_split=0.0",
+          "model.filters=8", "model.blocks=1", "model.augment=false",
+          "model.learning_rate=0.01", "training.warmup_epochs=0", "training.epochs=5",
+          "training.batch_size=8", "training.seed=3", "training.deterministic=true",
+          "training.verbose=2", "runtime.cpu_devices=2"]
+for strategy in ("default", "mirrored"):
+    run = train(project, [*common, "runtime.strategy=" + strategy], fresh=True)
+    print("RESULT", json.dumps({"strategy": strategy, "replicas": run["replicas"],
+                                "accuracy": run["last_metrics"]["accuracy"]}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_mirrored_on_two_cpu_devices_matches_one_device(project, tmp_path):
+    data = write_color_images(tmp_path / "colors")
+    result = subprocess.run([sys.executable, "-c", PARITY, str(project), str(data)],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = {r["strategy"]: r for r in (json.loads(line.split(" ", 1)[1])
+                                          for line in result.stdout.splitlines()
+                                          if line.startswith("RESULT "))}
+    assert results["default"]["replicas"] == 1 and results["mirrored"]["replicas"] == 2
+    assert "Strategy: mirrored (set in the config or on the command line), 2 replica(s)" \
+        in result.stdout
+    # The global batch is the configured one: the same steps per epoch (72 / 8).
+    steps = [line.split(" - ")[0] for line in result.stdout.splitlines() if " - loss" in line
+             or " - accuracy" in line]
+    assert steps and set(steps) == {"9/9"}, steps
+    one, two = results["default"]["accuracy"], results["mirrored"]["accuracy"]
+    # Each replica normalizes its half batch with its own BatchNormalization
+    # statistics, so the two runs differ by a few examples, not more.
+    assert one >= 0.9 and abs(one - two) <= 0.1, results
