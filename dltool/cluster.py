@@ -71,6 +71,9 @@ class Cluster:
         """
         port = int(self.address.rsplit(":", 1)[1])
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # As TensorFlow's server does: connections of an earlier run
+            # waiting to close (TIME_WAIT) do not hold the port, a listener does.
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 probe.bind(("", port))
             except OSError as e:

@@ -10,6 +10,7 @@ write their own files into temporary folders they delete at the end.
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -168,12 +169,13 @@ def worker_failures(cluster, run):
         yield
     except (tf.errors.UnavailableError, tf.errors.AbortedError,
             tf.errors.DeadlineExceededError) as e:
-        lines = [line for line in str(e).splitlines() if "task" in line and line.strip()]
-        detail = lines[0].strip() if lines else type(e).__name__
+        lost = sorted(set(re.findall(r"^/job:(\w+)/replica:\d+/task:(\d+)$", str(e), re.M)))
+        what = (", ".join(f"{kind} {index}" for kind, index in lost) + " stopped responding"
+                if lost else str(e).strip().splitlines()[0])
         raise DltoolError(
-            f"{cluster.name}: the cluster lost a worker ({detail}); {run.get('epochs_done', 0)} "
-            "epoch(s) are saved: start every worker again with the same command to "
-            "resume") from None
+            f"{cluster.name}: the cluster lost a worker ({what}); "
+            f"{run.get('epochs_done', 0)} epoch(s) are saved: start every worker again "
+            "with the same command to resume") from None
 
 
 def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=None,
@@ -230,7 +232,8 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         backup_dir, write_dir=run["dir"] / "backup",
         warn=lambda line: echo(f"Warning: {line}"))
     backup.set_model(model)
-    restore_backup(backup, strategy, cluster)
+    with strategy.scope():  # restoring may create the optimizer's variables
+        restore_backup(backup, strategy, cluster)
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
     with stop_on_sigterm(backup, enabled=cluster is None), worker_failures(cluster, run):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],

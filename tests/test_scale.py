@@ -91,14 +91,24 @@ def leftovers(folder):
 def worker_commands(project, epochs, *extra):
     hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
     return [dltool_command("train", "--project", project, "--epochs", epochs, *TINY_MODEL,
-                           "--worker-hosts", hosts, "--task-index", index, *extra)
+                           "--set", "training.verbose=2", "--worker-hosts", hosts, "--task-index", index, *extra)
             for index in (0, 1)]
 
 
-def run_workers(commands, logs):
+def run_workers(commands, logs, timeout=TIMEOUT):
+    """Runs one process per command; when one fails, stops the others (a
+    worker whose peer is gone would wait for it) and returns all exit codes."""
     processes = [start(c, log) for c, log in zip(commands, logs)]
-    codes = [finish(p) for p in processes]
-    return codes, [Path(log).read_text() for log in logs]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.poll() is None for p in processes):
+        if any(p.poll() not in (None, 0) for p in processes):
+            break
+        time.sleep(0.2)
+    for process in processes:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    return [p.returncode for p in processes], [Path(log).read_text() for log in logs]
 
 
 # --- bad cluster input: one line, non-zero exit, nothing written ---------------------
@@ -246,3 +256,89 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(project, tmp_path):
     # Each replica normalizes its half batch with its own BatchNormalization
     # statistics, so the two runs differ by a few examples, not more.
     assert one >= 0.9 and abs(one - two) <= 0.1, results
+
+
+# --- several workers: MultiWorkerMirroredStrategy on 127.0.0.1 -----------------------
+
+SHARDS = """
+import json, sys
+from dltool import cluster, runtime
+from dltool._tf import tf
+from dltool.data import pipeline
+strategy = runtime.make_strategy("multi-worker", cluster.from_flags(sys.argv[1], int(sys.argv[2])))
+ds = pipeline.batched(tf.data.Dataset.range(64), 16, training=True, seed=3)
+seen = [int(v) for batch in strategy.experimental_distribute_dataset(ds)
+        for part in strategy.experimental_local_results(batch) for v in part.numpy()]
+print("SEEN", json.dumps(seen), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_workers_get_disjoint_shards_of_each_global_batch(tmp_path):
+    hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
+    codes, outputs = run_workers(
+        [[sys.executable, "-c", SHARDS, hosts, str(i)] for i in (0, 1)],
+        [tmp_path / f"shard{i}.log" for i in (0, 1)])
+    assert codes == [0, 0], outputs
+    seen = [json.loads(next(line for line in out.splitlines() if line.startswith("SEEN "))[5:])
+            for out in outputs]
+    assert len(seen[0]) == len(seen[1]) == 32  # half of each global batch of 16
+    assert sorted(seen[0] + seen[1]) == list(range(64))
+
+
+@pytest.mark.slow
+def test_two_workers_train_and_only_the_chief_writes(project, tmp_path):
+    logs = [tmp_path / "worker0.log", tmp_path / "worker1.log"]
+    codes, outputs = run_workers(worker_commands(project, 2), logs)
+    assert codes == [0, 0], outputs
+    assert "Worker: worker 0 of 2" in outputs[0] and "(chief)" in outputs[0]
+    assert "multi-worker (auto: --worker-hosts lists 2 workers), 2 replica(s)" in outputs[1]
+    # 450 training images in global batches of 64: 8 steps on each worker.
+    for output in outputs:
+        assert output.count("8/8 - ") == 2, output
+    run, meta = only_run(project)
+    assert meta["status"] == "finished" and meta["epochs_done"] == 2
+    assert meta["replicas"] == 2
+    assert history_epochs(run) == [0, 1]
+    assert (run / "best.weights.h5").is_file() and list((run / "tensorboard").rglob("*.v2"))
+    assert not (run / "backup").exists() and not leftovers(project)
+    scratch = Path(outputs[1].split("this worker writes to ", 1)[1].split(")")[0])
+    assert scratch.name.startswith("dltool-worker1-") and not scratch.exists()
+
+
+@pytest.mark.slow
+def test_killed_worker_then_restarted_job_completes(project, tmp_path):
+    commands = worker_commands(project, 3)
+    logs = [tmp_path / f"worker{i}.log" for i in (0, 1)]
+    chief, worker = [start(c, log) for c, log in zip(commands, logs)]
+    try:
+        wait_for_epochs(project, 1, [chief, worker])
+        worker.send_signal(signal.SIGKILL)
+        finish(worker)
+        # The chief notices (heartbeats stop) and ends with one line.
+        code = finish(chief, timeout=120)
+    finally:
+        for process in (chief, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    chief_output = logs[0].read_text()
+    assert code == 1, chief_output
+    assert "Error: worker 0: the cluster lost a worker (worker 1 stopped responding); " \
+        in chief_output
+    assert "start every worker again with the same command to resume" in chief_output
+    _, meta = only_run(project)
+    done = meta["epochs_done"]
+    assert 1 <= done < 3
+
+    codes, outputs = run_workers(commands, [tmp_path / f"again{i}.log" for i in (0, 1)])
+    assert codes == [0, 0], outputs
+    assert f"resuming an unfinished run with the same config, {done} epoch(s) done" \
+        in outputs[0]
+    run, meta = only_run(project)
+    assert meta["status"] == "finished" and meta["epochs_done"] == 3
+    # No completed epoch was lost or trained twice.
+    assert history_epochs(run) == [0, 1, 2]
+    for output in outputs:
+        assert output.count("8/8 - ") == 3 - done, output
+    assert not leftovers(project)
