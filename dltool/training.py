@@ -247,8 +247,8 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
 
 
 def load_trained_model(project_dir, run):
-    """Rebuilds a run's model from `model.py` and its resolved config, with
-    the run's best weights.
+    """Rebuilds a run's model from `model.py` and its resolved config, under
+    the run's precision policy, with the run's best weights.
 
     Returns:
         A tuple `(model, config, task)`.
@@ -260,7 +260,10 @@ def load_trained_model(project_dir, run):
     config.root = project_dir
     task = task_for(config.template)
     module = project_lib.load_model_module(project_dir)
-    model, _ = project_lib.build_model(module, config, task.model_kwargs(run["meta"]))
+    # The precision policy it was trained with (its variables are float32 in
+    # every policy, so the weights load either way).
+    with runtime.precision_scope(run.get("precision", "float32")):
+        model, _ = project_lib.build_model(module, config, task.model_kwargs(run["meta"]))
     model.optimizer.build(model.trainable_variables)  # so its saved state loads too
     try:
         model.load_weights(str(run["dir"] / runs.WEIGHTS_FILE))

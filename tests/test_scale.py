@@ -342,3 +342,212 @@ def test_killed_worker_then_restarted_job_completes(project, tmp_path):
     for output in outputs:
         assert output.count("8/8 - ") == 3 - done, output
     assert not leftovers(project)
+
+
+# --- one process: SIGTERM, damaged checkpoints, determinism --------------------------
+
+@pytest.mark.slow
+def test_sigterm_saves_a_checkpoint_and_damaged_newest_falls_back(project, tmp_path):
+    command = dltool_command("train", "--project", project, "--epochs", 3, *TINY_MODEL)
+    process = start(command, tmp_path / "first.log")
+    try:
+        wait_for_epochs(project, 1, [process])
+        process.send_signal(signal.SIGTERM)
+        code = finish(process)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    output = (tmp_path / "first.log").read_text()
+    assert code == 143, output
+    assert "Error: stopped by SIGTERM at epoch " in output
+    assert "run the same command to resume" in output
+    run, meta = only_run(project)
+    newest, previous = sorted((run / "backup").glob("ckpt-*"), reverse=True)[:2]
+    state = json.loads((newest / "state.json").read_text())
+    assert state["batch"] >= 1  # saved mid-epoch, after the current batch
+    assert state["epoch"] == meta["epochs_done"]
+    assert json.loads((previous / "state.json").read_text())["batch"] == 0
+
+    weights = newest / "state.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert (f"Warning: checkpoint {newest} is damaged (checksum mismatch); falling back "
+            f"to {previous.name}") in result.stdout
+    _, meta = only_run(project)
+    assert meta["status"] == "finished" and meta["epochs_done"] == 3
+    assert history_epochs(run) == [0, 1, 2]
+    assert not leftovers(project)
+
+
+def _tiny_model():
+    from dltool._tf import keras
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(4),
+                              keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    return model
+
+
+def _backed_up_twice(tmp_path):
+    from dltool.callbacks import TrainingBackup
+
+    x = np.random.default_rng(0).random((16, 3), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype("int32")
+    model = _tiny_model()
+    backup = TrainingBackup(tmp_path / "backup", delete_at_end=False, warn=lambda line: None)
+    model.fit(x, y, epochs=3, batch_size=8, callbacks=[backup], verbose=0)
+    return model, [p.name for p in backup.checkpoints()]
+
+
+def test_backup_keeps_two_complete_checkpoints(tmp_path):
+    model, names = _backed_up_twice(tmp_path)
+    assert names == ["ckpt-000003", "ckpt-000002"]
+    assert not leftovers(tmp_path)
+    from dltool.callbacks import TrainingBackup
+
+    warnings = []
+    restored = _tiny_model()
+    backup = TrainingBackup(tmp_path / "backup", warn=warnings.append)
+    backup.set_model(restored)
+    assert backup.restore()["epoch"] == 3 and not warnings
+    for a, b in zip(model.get_weights(), restored.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert restored.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 6
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda ckpt: (ckpt / "state.json").write_text("{"), "Expecting property name"),
+    (lambda ckpt: (ckpt / "state.weights.h5").unlink(), "No such file"),
+    (lambda ckpt: (ckpt / "state.weights.h5").write_bytes(b"\0" * 64), "checksum mismatch"),
+])
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, damage, reason):
+    from dltool.callbacks import DamagedBackupError, TrainingBackup
+
+    _backed_up_twice(tmp_path)
+    newest, previous = sorted((tmp_path / "backup").glob("ckpt-*"), reverse=True)
+    damage(newest)
+    warnings = []
+    backup = TrainingBackup(tmp_path / "backup", warn=warnings.append)
+    backup.set_model(_tiny_model())
+    assert backup.restore()["epoch"] == 2
+    (warning,) = warnings
+    assert warning.startswith(f"checkpoint {newest} is damaged (") and reason in warning
+    assert warning.endswith(f"falling back to {previous.name}")
+    damage(previous)
+    with pytest.raises(DamagedBackupError, match="every checkpoint in .* is damaged; start "
+                                                 "a new run with --fresh"):
+        backup.restore()
+
+
+DETERMINISM = """
+import sys
+from dltool.training import train
+for _ in range(2):
+    train(sys.argv[1], ["model.filters=8", "model.blocks=1", "training.verbose=0",
+                        "training.epochs=2", "training.seed=7", "training.deterministic=true"],
+          fresh=True)
+"""
+
+
+def _weights(path):
+    arrays = {}
+    with h5py.File(path) as f:
+        f.visititems(lambda name, item: arrays.__setitem__(name, item[()])
+                     if isinstance(item, h5py.Dataset) else None)
+    return arrays
+
+
+@pytest.mark.slow
+def test_seed_and_deterministic_give_bit_identical_weights(project):
+    result = subprocess.run([sys.executable, "-c", DETERMINISM, str(project)],
+                            capture_output=True, text=True, timeout=TIMEOUT)
+    assert result.returncode == 0, result.stdout + result.stderr
+    first, second = sorted((project / "runs").iterdir())
+    a, b = _weights(first / "best.weights.h5"), _weights(second / "best.weights.h5")
+    assert a.keys() == b.keys() and len(a) > 10
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    for run in (first, second):
+        assert "deterministic = true" in (run / "config.toml").read_text()
+
+
+# --- mixed precision -------------------------------------------------------------------
+
+
+def _has_gpu():
+    from dltool._tf import tf
+
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+@pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"),
+                                             ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_trains_with_float32_outputs_and_loss(project, policy, compute):
+    from dltool import project as project_lib
+    from dltool import runtime
+    from dltool._tf import keras
+
+    config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])
+    module = project_lib.load_model_module(project)
+    with runtime.precision_scope(policy):
+        model, _ = project_lib.build_model(module, config, {"num_classes": 10})
+    assert keras.mixed_precision.global_policy().name == "float32"  # restored
+    conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
+    assert conv.compute_dtype == compute and conv.kernel.dtype == "float32"
+    # Keras wraps the optimizer for loss scaling under float16 only.
+    scaled = isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert scaled == (policy == "mixed_float16")
+    x = np.random.default_rng(0).uniform(0, 255, (16, 32, 32, 3)).astype("float32")
+    y = np.arange(16) % 10
+    before = model.get_weights()
+    for _ in range(3):
+        logs = model.train_on_batch(x, y, return_dict=True)
+    assert np.isfinite(logs["loss"])
+    probabilities = model(x)
+    assert probabilities.dtype == "float32"
+    loss = model.compute_loss(x=x, y=y, y_pred=probabilities)
+    assert loss.dtype == "float32"
+    assert any(not np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    if scaled:
+        assert model.optimizer.dynamic_scale.numpy() > 0
+
+
+@pytest.mark.slow
+def test_mixed_float16_run_exports_a_float32_saved_model(runner, project):
+    from dltool import runs
+    from dltool._tf import tf
+    from dltool.training import load_trained_model
+
+    result = invoke(runner, "train", "--project", project, "--epochs", 1,
+                    "--precision", "mixed_float16", *TINY_MODEL)
+    assert result.exit_code == 0, result.output
+    assert "precision: mixed_float16 (set in the config or on the command line)" \
+        in result.output
+    _, meta = only_run(project)
+    assert meta["precision"] == "mixed_float16"
+    result = invoke(runner, "export", "--project", project)
+    assert result.exit_code == 0, result.output
+
+    model, _, _ = load_trained_model(project, runs.find_trained(project))
+    assert model.layers[-2].compute_dtype == "float16"  # as trained
+    jpegs = [p.read_bytes() for p in sorted((project / "samples").glob("*.jpg"))]
+    serve = tf.saved_model.load(str(project / "saved_models" / "proj" / "1")) \
+        .signatures["serving_default"]
+    probabilities = serve(images=tf.constant(jpegs))["probabilities"]
+    assert probabilities.dtype == tf.float32
+    np.testing.assert_allclose(probabilities.numpy().sum(-1), 1.0, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif("not _has_gpu()", reason="needs a GPU")
+def test_auto_precision_on_a_modern_gpu_is_mixed_float16():
+    from dltool import runtime
+
+    capabilities = runtime.gpu_compute_capabilities()
+    expected = "mixed_float16" if min(capabilities) >= (7, 0) else "float32"
+    assert runtime.choose_precision("auto").value == expected
+    with runtime.precision_scope(expected):
+        from dltool._tf import keras
+
+        layer = keras.layers.Dense(4)
+        assert layer(np.ones((2, 3), "float32")).dtype == expected.removeprefix("mixed_")
