@@ -302,7 +302,9 @@ class RunRecorder(keras.callbacks.Callback):
                                   (value > best if self.mode_max else value < best)):
             best = float(value)
             self.run.update(best_value=best, best_epoch=epoch + 1)
-        seconds = self.run.get("train_seconds", 0.0) + time.perf_counter() - self.epoch_started
+        epoch_seconds = round(time.perf_counter() - self.epoch_started, 2)
+        seconds = self.run.get("train_seconds", 0.0) + epoch_seconds
         runs.update_run(self.run, epochs_done=epoch + 1, train_seconds=round(seconds, 2),
+                        epoch_seconds=[*self.run.get("epoch_seconds", []), epoch_seconds],
                         last_metrics={k: float(v) for k, v in logs.items()
                                       if np.isscalar(v) or np.ndim(v) == 0})

@@ -269,8 +269,10 @@ def auto_summary():
     lines = []
     for label, found, capabilities in _EXAMPLE_MACHINES:
         strategy = choose_strategy("auto", found).value
-        precision = choose_precision("auto", found, capabilities).value
-        lines.append(f"{label}: {strategy} + {precision}")
+        policy = choose_precision("auto", found, capabilities).value
+        lines.append(f"{label}: {strategy} + {policy}")
+    lines.append("several workers (--worker-hosts or TF_CONFIG): multi-worker + the "
+                 "precision of their devices")
     return "; ".join(lines)
 
 
@@ -280,8 +282,10 @@ def describe(runtime_section):
     Returns:
         A dict of printable facts: versions, devices, strategy, precision.
     """
+    from dltool.cluster import find_cluster
+
     found = devices()
-    strategy = choose_strategy(runtime_section["strategy"], found)
+    strategy = choose_strategy(runtime_section["strategy"], found, find_cluster())
     precision = choose_precision(runtime_section["precision"], found)
     import keras_tuner
 
