@@ -71,20 +71,23 @@ class TrainingBackup(keras.callbacks.Callback):
         delete_at_end: Delete the written checkpoints when training ends
             normally.
         warn: Function called with a warning line.
+        on_restore: Function called with the epoch training resumes at (0
+            when it starts), e.g. to check that all workers agree.
     """
 
     STATE_FILE = "state.json"
     WEIGHTS_FILE = "state.weights.h5"
 
-    def __init__(self, backup_dir, write_dir=None, keep=2, delete_at_end=True, warn=print):
+    def __init__(self, backup_dir, write_dir=None, keep=2, delete_at_end=True, warn=print,
+                 on_restore=None):
         super().__init__()
+        self.on_restore = on_restore
         self.backup_dir = Path(backup_dir)
         self.write_dir = Path(write_dir or backup_dir)
         self.keep = max(2, keep)
         self.delete_at_end = delete_at_end
         self.warn = warn
         self.restored = None
-        self.restore_done = False
         self._epoch = 0
         self._stop_requested = None
 
@@ -100,10 +103,13 @@ class TrainingBackup(keras.callbacks.Callback):
         self._stop_requested = reason
 
     def on_train_begin(self, logs=None):
-        if not self.restore_done:  # not restored before `fit` already
-            self.restore()
-            if self.restored is not None:
-                self.model._initial_epoch = self.restored["epoch"]
+        # After the callbacks before it read their starting state (the
+        # learning-rate schedule reads the initial rate), before any step.
+        self.restore()
+        epoch = self.restored["epoch"] if self.restored else 0
+        if self.on_restore is not None:
+            self.on_restore(epoch)
+        self.model._initial_epoch = epoch
 
     def restore(self):
         """Loads the newest checkpoint that is intact.
@@ -115,7 +121,7 @@ class TrainingBackup(keras.callbacks.Callback):
         Raises:
             DamagedBackupError: if there are checkpoints and none loads.
         """
-        self.restore_done = True
+        self.restored = None
         found = self.checkpoints()
         for i, folder in enumerate(found):
             try:

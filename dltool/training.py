@@ -9,6 +9,7 @@ write their own files into temporary folders they delete at the end.
 """
 
 import contextlib
+import functools
 import os
 import re
 import shutil
@@ -125,25 +126,17 @@ def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def restore_backup(backup, strategy, cluster):
-    """Restores the newest intact checkpoint before `fit`.
-
-    Returns:
-        The epoch training resumes at (0 when starting).
+def check_same_epoch(strategy, cluster, backup_dir, epoch):
+    """Checks that every worker restored the same epoch (a collective op).
 
     Raises:
-        DltoolError: if the workers of a multi-worker run did not restore
-            the same epoch (their project folders are not shared).
+        DltoolError: if they did not (their project folders are not shared).
     """
-    restored = backup.restore()
-    epoch = restored["epoch"] if restored else 0
-    if cluster is not None and not runtime.all_equal(strategy, epoch):
+    if not runtime.all_equal(strategy, epoch):
         raise DltoolError(
-            f"{cluster.name} restored epoch {epoch} from {backup.backup_dir}, other workers "
+            f"{cluster.name} restored epoch {epoch} from {backup_dir}, other workers "
             "a different one: to resume, every worker needs the chief's project folder "
             "(shared storage)")
-    backup.model._initial_epoch = epoch
-    return epoch
 
 
 @contextlib.contextmanager
@@ -230,10 +223,9 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         monitor = monitor.removeprefix("val_")
     backup = dl_callbacks.TrainingBackup(
         backup_dir, write_dir=run["dir"] / "backup",
-        warn=lambda line: echo(f"Warning: {line}"))
-    backup.set_model(model)
-    with strategy.scope():  # restoring may create the optimizer's variables
-        restore_backup(backup, strategy, cluster)
+        warn=lambda line: echo(f"Warning: {line}"),
+        on_restore=None if cluster is None else
+        functools.partial(check_same_epoch, strategy, cluster, backup_dir))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
     with stop_on_sigterm(backup, enabled=cluster is None), worker_failures(cluster, run):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],

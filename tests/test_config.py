@@ -15,7 +15,7 @@ def test_generated_config_loads_with_every_key(project):
     config = _load(project)
     assert config.template == "image-classifier"
     assert config["data"]["source"] == "builtin:cifar10"
-    assert config["runtime"] == {"strategy": "auto", "precision": "auto"}
+    assert config["runtime"] == {"strategy": "auto", "precision": "auto", "cpu_devices": 1}
     assert config.model["filters"] == 24
 
 

@@ -416,6 +416,30 @@ def test_backup_keeps_two_complete_checkpoints(tmp_path):
     assert restored.optimizer.iterations.numpy() == model.optimizer.iterations.numpy() == 6
 
 
+def test_resume_keeps_the_learning_rate_schedule(tmp_path):
+    from dltool._tf import keras
+    from dltool.callbacks import EpochLearningRate, TrainingBackup
+
+    x = np.random.default_rng(0).random((16, 3), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype("int32")
+
+    def fit(epochs):
+        model = _tiny_model()
+        model.optimizer.learning_rate.assign(0.01)
+        schedule = EpochLearningRate("cosine", 4)
+        backup = TrainingBackup(tmp_path / "backup", delete_at_end=False, warn=print)
+        history = model.fit(x, y, epochs=epochs, batch_size=8, verbose=0,
+                            callbacks=[schedule, backup])
+        return model, schedule, history
+
+    fit(2)  # "interrupted" after 2 of 4 epochs
+    model, schedule, history = fit(4)
+    assert history.epoch == [2, 3]
+    assert schedule.base_rate == pytest.approx(0.01)  # not the restored, decayed rate
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(schedule.rate(3))
+    assert model.optimizer.iterations.numpy() == 8  # 2 + 2 epochs of 2 steps
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda ckpt: (ckpt / "state.json").write_text("{"), "Expecting property name"),
     (lambda ckpt: (ckpt / "state.weights.h5").unlink(), "No such file"),
