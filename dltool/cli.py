@@ -114,7 +114,10 @@ def info(project_dir, overrides, as_json):
         click.echo(json.dumps(facts, indent=2))
         return
     for key, value in facts.items():
-        click.echo(f"{key + ':':<12} {value}")
+        lines = value if isinstance(value, list) else [value]
+        click.echo(f"{key + ':':<12} {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"{'':<12} {line}")
 
 
 def _runtime_section(project_dir, overrides):

@@ -12,6 +12,7 @@ This module never imports TensorFlow.
 import contextlib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -51,6 +52,27 @@ def replacing(path):
         fsync_path(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def remove_leftovers(run_dir):
+    """Deletes the temporary files and folders a killed process left in a run.
+
+    Returns:
+        The number removed.
+    """
+    found = [p for p in Path(run_dir).rglob(f"{TMP_PREFIX}*")
+             if not _alive(_tmp_pid(p.name))]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(found)
+
+
+def _tmp_pid(name):
+    pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
 
 
 def write_json_atomic(path, data):

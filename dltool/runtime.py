@@ -265,15 +265,15 @@ _EXAMPLE_MACHINES = (
 
 
 def auto_summary():
-    """Returns what `auto` picks on typical machines, one line each."""
+    """Returns what `auto` picks on typical machines: a list of lines."""
     lines = []
     for label, found, capabilities in _EXAMPLE_MACHINES:
         strategy = choose_strategy("auto", found).value
         policy = choose_precision("auto", found, capabilities).value
         lines.append(f"{label}: {strategy} + {policy}")
     lines.append("several workers (--worker-hosts or TF_CONFIG): multi-worker + the "
-                 "precision of their devices")
-    return "; ".join(lines)
+                 "precision their devices get")
+    return lines
 
 
 def describe(runtime_section):

@@ -113,6 +113,7 @@ def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
         else:
             echo(f"Run: {run['dir']} (resuming an unfinished run with the same config, "
                  f"{run.get('epochs_done', 0)} epoch(s) done)")
+            runs.remove_leftovers(run["dir"])
         if cluster is not None:
             runtime.broadcast_text(strategy, run["name"], cluster.is_chief)
         yield run, run["dir"] / "backup"

@@ -194,6 +194,20 @@ def test_auto_strategy_with_a_cluster_is_multi_worker():
     assert choice.reason == "auto: --worker-hosts lists 2 workers"
 
 
+def test_info_explains_auto_and_respects_tf_config(runner, project, monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({
+        "cluster": {"worker": ["127.0.0.1:1234", "127.0.0.1:1235"]},
+        "task": {"type": "worker", "index": 1}}))
+    result = invoke(runner, "info", "--project", project)
+    assert result.exit_code == 0, result.output
+    assert "strategy:    multi-worker (auto: TF_CONFIG lists 2 workers)" in result.output
+    for line in ("CPU only: default + float32",
+                 "1 GPU, compute capability 8.0: default + mixed_float16",
+                 "TPU (set strategy = tpu): default + mixed_bfloat16",
+                 "several workers (--worker-hosts or TF_CONFIG): multi-worker"):
+        assert line in result.output
+
+
 def test_pipeline_shards_by_data():
     from dltool._tf import tf
     from dltool.data import pipeline
@@ -370,6 +384,9 @@ def test_sigterm_saves_a_checkpoint_and_damaged_newest_falls_back(project, tmp_p
 
     weights = newest / "state.weights.h5"
     weights.write_bytes(weights.read_bytes()[:weights.stat().st_size // 2])
+    # What a kill in the middle of a write leaves: removed on resume.
+    (run / f".tmp-{process.pid}-best.weights.h5").write_bytes(b"partial")
+    (run / "backup" / f".tmp-{process.pid}-ckpt").mkdir()
     result = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT)
     assert result.returncode == 0, result.stdout + result.stderr
     assert (f"Warning: checkpoint {newest} is damaged (checksum mismatch); falling back "
