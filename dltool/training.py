@@ -68,14 +68,23 @@ def training_datasets(task, config, data):
     return train, val
 
 
-def make_callbacks(config, run, monitor, backup):
+def make_callbacks(config, run, monitor, backup=None):
     """Returns the callbacks of a training run, in the order they must run.
 
     The backup is written before the epoch's log lines, and `run.json` last,
     so a run killed at any moment resumes from an epoch it fully recorded.
+
+    Args:
+        config: The run's `Config`.
+        run: The run's metadata dict.
+        monitor: Metric that picks the best epoch.
+        backup: A `callbacks.TrainingBackup`; by default one in the run's
+            `backup/` folder.
     """
     training = config["training"]
     run_dir = run["dir"]
+    if backup is None:
+        backup = dl_callbacks.TrainingBackup(run_dir / "backup")
     return [
         dl_callbacks.EpochLearningRate(training["lr_schedule"], training["epochs"],
                                        training["warmup_epochs"]),
@@ -154,7 +163,7 @@ def stop_on_sigterm(backup, enabled=True):
 
 
 @contextlib.contextmanager
-def worker_failures(cluster, run):
+def worker_failures(cluster):
     """Turns the error a worker gets when another one died into one line."""
     if cluster is None:
         yield
@@ -167,9 +176,8 @@ def worker_failures(cluster, run):
         what = (", ".join(f"{kind} {index}" for kind, index in lost) + " stopped responding"
                 if lost else str(e).strip().splitlines()[0])
         raise DltoolError(
-            f"{cluster.name}: the cluster lost a worker ({what}); "
-            f"{run.get('epochs_done', 0)} epoch(s) are saved: start every worker again "
-            "with the same command to resume") from None
+            f"{cluster.name}: the cluster lost a worker ({what}); the completed epochs "
+            "are saved: start every worker again with the same command to resume") from None
 
 
 def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=None,
@@ -203,8 +211,8 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         train_ds, val_ds = training_datasets(task, config, data)
         with strategy.scope():
             model, _ = project_lib.build_model(module, config, task.model_kwargs(data.meta))
-        with open_run(project_dir, config, strategy, fresh=fresh, cluster=cluster,
-                      echo=echo) as (run, backup_dir):
+        with worker_failures(cluster), open_run(project_dir, config, strategy, fresh=fresh,
+                                                cluster=cluster, echo=echo) as (run, backup_dir):
             return fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
                        backup_dir=backup_dir, cluster=cluster, echo=echo)
 
@@ -228,7 +236,7 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         on_restore=None if cluster is None else
         functools.partial(check_same_epoch, strategy, cluster, backup_dir))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
-    with stop_on_sigterm(backup, enabled=cluster is None), worker_failures(cluster, run):
+    with stop_on_sigterm(backup, enabled=cluster is None):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
                   callbacks=make_callbacks(config, run, monitor, backup),
                   verbose=config["training"]["verbose"])
