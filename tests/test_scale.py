@@ -322,7 +322,7 @@ def test_two_workers_train_and_only_the_chief_writes(project, tmp_path):
 
 @pytest.mark.slow
 def test_killed_worker_then_restarted_job_completes(project, tmp_path):
-    commands = worker_commands(project, 3)
+    commands = worker_commands(project, 2)
     logs = [tmp_path / f"worker{i}.log" for i in (0, 1)]
     chief, worker = [start(c, log) for c, log in zip(commands, logs)]
     try:
@@ -343,18 +343,18 @@ def test_killed_worker_then_restarted_job_completes(project, tmp_path):
             "resume") in chief_output
     _, meta = only_run(project)
     done = meta["epochs_done"]
-    assert 1 <= done < 3
+    assert done == 1
 
     codes, outputs = run_workers(commands, [tmp_path / f"again{i}.log" for i in (0, 1)])
     assert codes == [0, 0], outputs
     assert f"resuming an unfinished run with the same config, {done} epoch(s) done" \
         in outputs[0]
     run, meta = only_run(project)
-    assert meta["status"] == "finished" and meta["epochs_done"] == 3
+    assert meta["status"] == "finished" and meta["epochs_done"] == 2
     # No completed epoch was lost or trained twice.
-    assert history_epochs(run) == [0, 1, 2]
+    assert history_epochs(run) == [0, 1]
     for output in outputs:
-        assert output.count("8/8 - ") == 3 - done, output
+        assert output.count("8/8 - ") == 1, output
     assert not leftovers(project)
 
 
