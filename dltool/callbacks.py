@@ -1,7 +1,12 @@
 """Keras callbacks dltool adds to every training run."""
 
+import hashlib
+import json
 import math
+import os
+import shutil
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -12,6 +17,214 @@ from dltool.errors import DltoolError
 
 class NonFiniteLossError(DltoolError):
     """The training loss became NaN or infinite."""
+
+
+class TrainingInterrupted(DltoolError):
+    """Training stopped on a signal after saving a checkpoint."""
+
+    exit_code = 143  # 128 + SIGTERM, what schedulers expect
+
+
+class DamagedBackupError(DltoolError):
+    """No backup of a run can be loaded."""
+
+
+def monitor_mode(monitor):
+    """Returns `max` for accuracy-like metrics, `min` for losses."""
+    return "max" if "acc" in monitor or "auc" in monitor else "min"
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TrainingBackup(keras.callbacks.Callback):
+    """Backs up the training state after every epoch; restores it on resume.
+
+    Like `keras.callbacks.BackupAndRestore`, it saves the weights with the
+    optimizer state and the epoch, and a resumed `fit` starts at the epoch
+    after the last one saved. Unlike it:
+
+    - each checkpoint is a folder `ckpt-NNNNNN/` (`state.weights.h5` and
+      `state.json` with the epoch and the weights' SHA-256) written under a
+      temporary name, flushed to disk and renamed, so it is complete or
+      absent; the newest `keep` are kept;
+    - on resume a checkpoint whose file is damaged (wrong checksum, unreadable)
+      is skipped with a warning and the previous one is used;
+    - `request_stop()` (called by a SIGTERM handler) saves a checkpoint
+      after the current batch and raises `TrainingInterrupted`. That epoch is
+      then run again from its first batch, starting from the saved weights
+      (as in Keras' `BackupAndRestore` with `save_freq` in batches);
+    - in multi-worker training every worker saves (the save reads the
+      replicated variables), but only the chief into `backup_dir`: the others
+      pass their own temporary `write_dir`, and all restore from `backup_dir`.
+
+    Args:
+        backup_dir: Folder of the checkpoints restored from (and written to,
+            without `write_dir`).
+        write_dir: Folder written to instead, for non-chief workers.
+        keep: Checkpoints kept (at least 2, so a damaged one has a fallback).
+        delete_at_end: Delete the written checkpoints when training ends
+            normally.
+        warn: Function called with a warning line.
+        on_restore: Function called with the epoch training resumes at (0
+            when it starts), e.g. to check that all workers agree.
+    """
+
+    STATE_FILE = "state.json"
+    WEIGHTS_FILE = "state.weights.h5"
+
+    def __init__(self, backup_dir, write_dir=None, keep=2, delete_at_end=True, warn=print,
+                 on_restore=None):
+        super().__init__()
+        self.on_restore = on_restore
+        self.backup_dir = Path(backup_dir)
+        self.write_dir = Path(write_dir or backup_dir)
+        self.keep = max(2, keep)
+        self.delete_at_end = delete_at_end
+        self.warn = warn
+        self.restored = None
+        self._epoch = 0
+        self._stop_requested = None
+
+    def checkpoints(self, folder=None):
+        """Returns the checkpoint folders in `folder`, newest first."""
+        folder = Path(folder or self.backup_dir)
+        if not folder.is_dir():
+            return []
+        return sorted((p for p in folder.glob("ckpt-*") if p.is_dir()), reverse=True)
+
+    def request_stop(self, reason="SIGTERM"):
+        """Asks training to save and stop after the current batch."""
+        self._stop_requested = reason
+
+    def on_train_begin(self, logs=None):
+        # After the callbacks before it read their starting state (the
+        # learning-rate schedule reads the initial rate), before any step.
+        self.restore()
+        epoch = self.restored["epoch"] if self.restored else 0
+        if self.on_restore is not None:
+            self.on_restore(epoch)
+        self.model._initial_epoch = epoch
+
+    def restore(self):
+        """Loads the newest checkpoint that is intact.
+
+        Returns:
+            Its `state.json` dict (with `path` added), or None if there is
+            no checkpoint.
+
+        Raises:
+            DamagedBackupError: if there are checkpoints and none loads.
+        """
+        self.restored = None
+        found = self.checkpoints()
+        for i, folder in enumerate(found):
+            try:
+                state = self._load(folder)
+            except (OSError, ValueError, KeyError) as e:
+                reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+                fallback = (f"falling back to {found[i + 1].name}" if i + 1 < len(found)
+                            else "no older checkpoint left")
+                self.warn(f"checkpoint {folder} is damaged ({reason}); {fallback}")
+                continue
+            self.restored = {**state, "path": str(folder)}
+            return self.restored
+        if found:
+            raise DamagedBackupError(f"every checkpoint in {self.backup_dir} is damaged; "
+                                     "start a new run with --fresh")
+        return None
+
+    def _load(self, folder):
+        state = json.loads((folder / self.STATE_FILE).read_text(encoding="utf-8"))
+        weights = folder / self.WEIGHTS_FILE
+        if _sha256(weights) != state["sha256"]:
+            raise ValueError("checksum mismatch")
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(str(weights))
+        return {"epoch": int(state["epoch"]), "batch": int(state["batch"])}
+
+    def save(self, epoch, batch=0):
+        """Writes a checkpoint of the current state.
+
+        Args:
+            epoch: Index of the epoch a resumed `fit` starts at.
+            batch: Batches of that epoch already trained (0 at an epoch end).
+
+        Returns:
+            The checkpoint folder.
+        """
+        self.write_dir.mkdir(parents=True, exist_ok=True)
+        newest = self.checkpoints(self.write_dir)
+        number = int(newest[0].name.split("-")[1]) + 1 if newest else 1
+        staging = self.write_dir / f".tmp-{os.getpid()}-ckpt"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        weights = staging / self.WEIGHTS_FILE
+        self.model.save_weights(str(weights))
+        state = {"epoch": epoch, "batch": batch, "sha256": _sha256(weights)}
+        (staging / self.STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
+        for path in (weights, staging / self.STATE_FILE, staging):
+            runs.fsync_path(path)
+        target = self.write_dir / f"ckpt-{number:06d}"
+        os.rename(staging, target)
+        runs.fsync_path(self.write_dir)
+        for old in self.checkpoints(self.write_dir)[self.keep:]:
+            shutil.rmtree(old, ignore_errors=True)
+        return target
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.save(epoch + 1)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._stop_requested:
+            folder = self.save(self._epoch, batch + 1)
+            raise TrainingInterrupted(
+                f"stopped by {self._stop_requested} at epoch {self._epoch + 1}, batch "
+                f"{batch + 1}, after saving checkpoint {folder}; run the same command "
+                "to resume (that epoch restarts from its first batch)")
+
+    def on_train_end(self, logs=None):
+        if self.delete_at_end:
+            shutil.rmtree(self.write_dir, ignore_errors=True)
+
+
+class BestWeights(keras.callbacks.Callback):
+    """Saves the weights of the best epoch so far, atomically.
+
+    Like `keras.callbacks.ModelCheckpoint(save_best_only=True,
+    save_weights_only=True)`, but the file is written under a temporary name
+    and renamed, so a kill never leaves a truncated file.
+
+    Args:
+        path: The weights file (`*.weights.h5`).
+        monitor: Metric that decides which epoch is best.
+        best: Best value of an earlier part of the run, or None.
+    """
+
+    def __init__(self, path, monitor, best=None):
+        super().__init__()
+        self.path = Path(path)
+        self.monitor = monitor
+        self.better = np.greater if monitor_mode(monitor) == "max" else np.less
+        self.best = best
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None or (self.best is not None and not self.better(value, self.best)):
+            return
+        self.best = float(value)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with runs.replacing(self.path) as tmp:
+            self.model.save_weights(str(tmp))
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
@@ -81,7 +294,7 @@ class RunRecorder(keras.callbacks.Callback):
         super().__init__()
         self.run = run
         self.monitor = monitor
-        self.mode_max = "acc" in monitor or "auc" in monitor
+        self.mode_max = monitor_mode(monitor) == "max"
         self.epoch_started = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -95,7 +308,9 @@ class RunRecorder(keras.callbacks.Callback):
                                   (value > best if self.mode_max else value < best)):
             best = float(value)
             self.run.update(best_value=best, best_epoch=epoch + 1)
-        seconds = self.run.get("train_seconds", 0.0) + time.perf_counter() - self.epoch_started
+        epoch_seconds = round(time.perf_counter() - self.epoch_started, 2)
+        seconds = self.run.get("train_seconds", 0.0) + epoch_seconds
         runs.update_run(self.run, epochs_done=epoch + 1, train_seconds=round(seconds, 2),
+                        epoch_seconds=[*self.run.get("epoch_seconds", []), epoch_seconds],
                         last_metrics={k: float(v) for k, v in logs.items()
                                       if np.isscalar(v) or np.ndim(v) == 0})

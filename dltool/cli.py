@@ -24,7 +24,9 @@ def user_errors():
     try:
         yield
     except DltoolError as e:
-        raise click.ClickException(str(e)) from None
+        error = click.ClickException(str(e))
+        error.exit_code = getattr(e, "exit_code", 1)
+        raise error from None
 
 
 project_option = click.option(
@@ -158,7 +160,10 @@ def info(project_dir, overrides, quiet, as_json):
         click.echo(f"{facts['strategy'].split()[0]} {facts['precision'].split()[0]}")
         return
     for key, value in facts.items():
-        click.echo(f"{key + ':':<12} {value}")
+        lines = value if isinstance(value, list) else [value]
+        click.echo(f"{key + ':':<12} {lines[0]}")
+        for line in lines[1:]:
+            click.echo(f"{'':<12} {line}")
 
 
 def _runtime_section(project_dir, overrides):
@@ -186,18 +191,39 @@ def _config(project_dir, overrides):
                                                "multi-worker", "tpu"]), default=None)
 @click.option("--precision", type=click.Choice(["auto", "float32", "mixed_float16",
                                                 "mixed_bfloat16"]), default=None)
+@click.option("--seed", type=click.IntRange(min=0), default=None,
+              help="Random seed (training.seed).")
+@click.option("--deterministic", is_flag=True, default=None,
+              help="Deterministic ops: the same seed gives bit-identical weights "
+                   "on the same hardware (training.deterministic).")
+@click.option("--worker-hosts", default=None, metavar="HOST:PORT,HOST:PORT",
+              help="Train on several workers (multi-worker strategy); worker 0 is "
+                   "the chief. Run the same command on each, with its --task-index.")
+@click.option("--task-index", type=int, default=None,
+              help="This worker's index in --worker-hosts, from 0.")
 @click.option("--fresh", is_flag=True, help="Start a new run instead of resuming one.")
 @skip_bad_option
-def train(project_dir, overrides, epochs, batch_size, strategy, precision, fresh, skip_bad):
-    """Train the project's model; run it again to resume an interrupted run."""
+def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
+          deterministic, worker_hosts, task_index, fresh, skip_bad):
+    """Train the project's model; run it again to resume an interrupted run.
+
+    SIGTERM saves a checkpoint after the current batch and exits with code
+    143; SIGKILL loses at most the epoch in progress. A TF_CONFIG in the
+    environment is used as --worker-hosts is.
+    """
     flags = {"training.epochs": epochs, "training.batch_size": batch_size,
-             "runtime.strategy": strategy, "runtime.precision": precision}
+             "runtime.strategy": strategy, "runtime.precision": precision,
+             "training.seed": seed, "training.deterministic": deterministic}
     overrides = (*overrides, *(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None))
     with user_errors():
+        from dltool.cluster import find_cluster
+
+        cluster = find_cluster(worker_hosts, task_index)
         project = _project(project_dir)
         from dltool.training import train as run_training
 
-        run_training(project, overrides, skip_bad=skip_bad, fresh=fresh, echo=click.echo)
+        run_training(project, overrides, skip_bad=skip_bad, fresh=fresh, cluster=cluster,
+                     echo=click.echo)
 
 
 @cli.command()

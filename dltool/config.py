@@ -74,11 +74,13 @@ COMMON_SECTIONS = {
         "monitor": Field("val_accuracy"),
         "early_stopping_patience": Field(10, minimum=0),
         "seed": Field(42, minimum=0),
+        "deterministic": Field(False),
         "verbose": Field(2, choices=(0, 1, 2)),
     },
     "runtime": {
         "strategy": Field("auto", choices=STRATEGIES),
         "precision": Field("auto", choices=PRECISIONS),
+        "cpu_devices": Field(1, minimum=1),
     },
     "export": {
         "name": Field(""),

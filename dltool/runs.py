@@ -9,9 +9,11 @@ atomically (temporary file, then rename).
 This module never imports TensorFlow.
 """
 
+import contextlib
 import difflib
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -23,12 +25,62 @@ RUN_FILE = "run.json"
 WEIGHTS_FILE = "best.weights.h5"
 
 
+TMP_PREFIX = ".tmp-"
+
+
+def fsync_path(path):
+    """Flushes a file or folder to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def replacing(path):
+    """Yields a temporary path next to `path`; renames it to `path` on success.
+
+    The temporary name ends like `path` (`.tmp-PID-best.weights.h5`), so
+    writers that check the suffix accept it. On an error it is removed and
+    `path` is left as it was.
+    """
+    path = Path(path)
+    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
+    try:
+        yield tmp
+        fsync_path(tmp)
+        os.replace(tmp, path)
+        fsync_path(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def remove_leftovers(run_dir):
+    """Deletes the temporary files and folders a killed process left in a run.
+
+    Returns:
+        The number removed.
+    """
+    found = [p for p in Path(run_dir).rglob(f"{TMP_PREFIX}*")
+             if not _alive(_tmp_pid(p.name))]
+    for path in found:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    return len(found)
+
+
+def _tmp_pid(name):
+    pid = name[len(TMP_PREFIX):].split("-", 1)[0]
+    return int(pid) if pid.isdigit() else None
+
+
 def write_json_atomic(path, data):
     """Writes `data` as JSON to `path` through a temporary file and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    with replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def read_run(run_dir):

@@ -1,13 +1,21 @@
 """Choose and set up the distribution strategy and precision policy.
 
-`auto` picks from the devices present: MirroredStrategy with more than one
-GPU, the default strategy otherwise; mixed_float16 on GPUs of compute
-capability 7.0 or more, mixed_bfloat16 on TPU, float32 on CPU (this CPU has no
-fp16/bf16 hardware: mixed precision there is about 10 times slower).
+`auto` picks from the devices present: MultiWorkerMirroredStrategy when
+TF_CONFIG lists several workers, MirroredStrategy with more than one GPU, the
+default strategy otherwise; mixed_float16 on GPUs of compute capability 7.0 or
+more, mixed_bfloat16 on TPU, float32 on CPU (this CPU has no fp16/bf16
+hardware: mixed precision there is about 10 times slower).
+
+`split_cpu(n)` turns the CPU into `n` logical devices, so MirroredStrategy
+can run with several replicas on a machine without GPUs (the replicas share
+the same cores: this tests the multi-device code path, it is not faster).
 """
 
+import contextlib
 import dataclasses
 import os
+
+import numpy as np
 
 from dltool._tf import ONEDNN_SET_BY_USER, keras, tf
 from dltool.errors import DltoolError
@@ -35,25 +43,35 @@ def gpu_compute_capabilities():
     return capabilities
 
 
-def choose_strategy(requested, found=None):
+def choose_strategy(requested, found=None, cluster=None):
     """Resolves the `runtime.strategy` setting.
 
     Args:
         requested: One of `auto`, `default`, `mirrored`, `multi-worker`, `tpu`.
         found: Output of `devices()`; read from TensorFlow when None.
+        cluster: The `Cluster` this process belongs to, or None.
 
     Returns:
         A `Choice`.
 
     Raises:
-        DltoolError: if the strategy needs hardware that is absent.
+        DltoolError: if the strategy needs hardware that is absent, or a
+            cluster it cannot use.
     """
     found = found if found is not None else devices()
     gpus = len(found["GPU"])
     if requested == "tpu" and not found["TPU"]:
         raise DltoolError("strategy 'tpu' needs a TPU and none was found")
+    if cluster is not None and requested not in ("auto", "multi-worker"):
+        raise DltoolError(f"strategy {requested!r} cannot use a cluster of workers "
+                          "(--worker-hosts or TF_CONFIG); use strategy 'multi-worker'")
+    if requested == "multi-worker" and cluster is None:
+        raise DltoolError("strategy 'multi-worker' needs the workers: pass --worker-hosts "
+                          "HOST:PORT,HOST:PORT --task-index I, or set TF_CONFIG")
     if requested != "auto":
         return Choice(requested, "set in the config or on the command line")
+    if cluster is not None:
+        return Choice("multi-worker", f"auto: {cluster.source} lists {cluster.size} workers")
     if gpus > 1:
         return Choice("mirrored", f"auto: {gpus} GPUs found")
     where = "1 GPU" if gpus == 1 else "no GPU"
@@ -84,8 +102,98 @@ def choose_precision(requested, found=None, capabilities=None):
     return Choice("float32", "auto: CPU only (no fast float16/bfloat16 there)")
 
 
-def make_strategy(name):
+def split_cpu(count):
+    """Splits the CPU into `count` logical devices (before TensorFlow starts).
+
+    With `count` 1 nothing changes. A process whose CPU is already split
+    into `count` devices is left as it is.
+
+    Raises:
+        DltoolError: if TensorFlow already set up a different split.
+    """
+    if count == 1:
+        return
+    (cpu,) = tf.config.list_physical_devices("CPU")[:1]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as e:
+        if len(tf.config.list_logical_devices("CPU")) != count:
+            raise DltoolError(f"runtime.cpu_devices = {count} must be set before TensorFlow "
+                              f"starts; this process already has its devices") from e
+
+
+def mirrored_devices():
+    """Returns the devices MirroredStrategy replicates on: the GPUs, or else
+    every logical CPU device (see `split_cpu`)."""
+    if tf.config.list_logical_devices("GPU"):
+        return None  # MirroredStrategy's default: every GPU
+    return [d.name for d in tf.config.list_logical_devices("CPU")]
+
+
+class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy that Keras 3's `fit` can use.
+
+    Keras 3 calls `strategy.reduce` with a tuple of per-replica batches
+    (before its first step) and with `axis=0` on scalar metrics; TensorFlow's
+    multi-worker `reduce` accepts neither (keras-team/keras#20585). This one
+    reduces each item of a structure, and scalars over the replicas.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        def reduce_one(item):
+            local = item
+            if isinstance(item, tf.distribute.DistributedValues):
+                local = self.experimental_local_results(item)[0]
+            item_axis = axis if axis is not None and local.shape.rank else None
+            return super(MultiWorkerStrategy, self).reduce(reduce_op, item, item_axis)
+
+        return tf.nest.map_structure(reduce_one, value)
+
+
+def _sum_over_replicas(strategy, array):
+    """Sums a NumPy array that every replica of every worker passes."""
+    @tf.function
+    def all_reduce():
+        per_replica = strategy.run(lambda: tf.constant(array))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+    return np.asarray(all_reduce())
+
+
+def broadcast_text(strategy, text, is_chief, size=256):
+    """Sends the chief's `text` to every worker of a multi-worker strategy.
+
+    Every worker must call it at the same point (it is a collective op);
+    the others pass any `text`.
+
+    Returns:
+        The chief's text.
+    """
+    data = np.zeros(size, np.int32)
+    if is_chief:
+        encoded = np.frombuffer(text.encode("utf-8"), np.uint8)[:size]
+        data[:len(encoded)] = encoded
+    total = _sum_over_replicas(strategy, data)
+    # Every local replica of the chief added its copy; workers have equally many.
+    data = np.asarray(total) // len(strategy.extended.worker_devices)
+    return bytes(data[data > 0].astype(np.uint8)).decode("utf-8")
+
+
+def all_equal(strategy, value):
+    """Returns whether every worker passed the same number (a collective op)."""
+    local = np.array([1.0, float(value), float(value) ** 2])
+    count, total, squares = _sum_over_replicas(strategy, local)
+    return abs(count * squares - total * total) < 1e-6
+
+
+def make_strategy(name, cluster=None):
     """Returns the `tf.distribute.Strategy` called `name`.
+
+    Args:
+        name: A resolved strategy name (see `choose_strategy`).
+        cluster: The `Cluster` for `multi-worker`; its TF_CONFIG is put in
+            the environment, where TensorFlow reads it.
 
     Raises:
         DltoolError: if the strategy cannot be set up on this machine.
@@ -93,11 +201,13 @@ def make_strategy(name):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return tf.distribute.MirroredStrategy(mirrored_devices())
     if name == "multi-worker":
-        if "TF_CONFIG" not in os.environ:
+        if cluster is None:
             raise DltoolError("strategy 'multi-worker' needs TF_CONFIG describing the workers")
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        cluster.check_port_free()
+        os.environ["TF_CONFIG"] = cluster.tf_config()
+        return MultiWorkerStrategy()
     if name == "tpu":
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -112,6 +222,29 @@ def make_strategy(name):
 def set_precision(policy):
     """Sets Keras' global dtype policy (`float32`, `mixed_float16`, ...)."""
     keras.mixed_precision.set_global_policy(policy)
+
+
+@contextlib.contextmanager
+def precision_scope(policy):
+    """Sets Keras' global dtype policy inside a `with` block only."""
+    previous = keras.mixed_precision.global_policy().name
+    set_precision(policy)
+    try:
+        yield
+    finally:
+        set_precision(previous)
+
+
+def set_seed(seed, deterministic=False):
+    """Seeds Python, NumPy and TensorFlow; optionally makes ops deterministic.
+
+    With `deterministic`, TensorFlow picks deterministic kernels (and
+    raises on ops that have none), so two runs with the same seed on the
+    same hardware give bit-identical weights. It stays on for the process.
+    """
+    keras.utils.set_random_seed(seed)
+    if deterministic:
+        tf.config.experimental.enable_op_determinism()
 
 
 def onednn_status():
@@ -132,13 +265,15 @@ _EXAMPLE_MACHINES = (
 
 
 def auto_summary():
-    """Returns what `auto` picks on typical machines, one line each."""
+    """Returns what `auto` picks on typical machines: a list of lines."""
     lines = []
     for label, found, capabilities in _EXAMPLE_MACHINES:
         strategy = choose_strategy("auto", found).value
-        precision = choose_precision("auto", found, capabilities).value
-        lines.append(f"{label}: {strategy} + {precision}")
-    return "; ".join(lines)
+        policy = choose_precision("auto", found, capabilities).value
+        lines.append(f"{label}: {strategy} + {policy}")
+    lines.append("several workers (--worker-hosts or TF_CONFIG): multi-worker + the "
+                 "precision their devices get")
+    return lines
 
 
 def describe(runtime_section):
@@ -147,8 +282,10 @@ def describe(runtime_section):
     Returns:
         A dict of printable facts: versions, devices, strategy, precision.
     """
+    from dltool.cluster import find_cluster
+
     found = devices()
-    strategy = choose_strategy(runtime_section["strategy"], found)
+    strategy = choose_strategy(runtime_section["strategy"], found, find_cluster())
     precision = choose_precision(runtime_section["precision"], found)
     import keras_tuner
 

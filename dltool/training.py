@@ -1,36 +1,57 @@
 """Train a project's model: data → strategy → model → fit with callbacks.
 
 `train` resumes the newest unfinished run with the same resolved config
-(Keras' `BackupAndRestore` restores the weights, the optimizer state and the
-epoch), or starts a new run folder under `runs/`.
+(`callbacks.TrainingBackup` restores the weights, the optimizer state and the
+epoch), or starts a new run folder under `runs/`. In multi-worker training
+the chief picks the run and tells the other workers its name; they restore
+from its backup (so the project folder must be shared storage to resume) and
+write their own files into temporary folders they delete at the end.
 """
 
+import contextlib
+import functools
 import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
 import warnings
+from pathlib import Path
 
 from dltool import callbacks as dl_callbacks
 from dltool import config as config_lib
 from dltool import project as project_lib
 from dltool import reports, runs, runtime
-from dltool._tf import keras
+from dltool._tf import keras, tf
 from dltool.data import pipeline
-from dltool.errors import ProjectError
+from dltool.errors import DltoolError, ProjectError
 from dltool.tasks import task_for
 
 
-def prepare_runtime(config):
+def prepare_runtime(config, cluster=None):
     """Sets the precision policy and creates the strategy for `config`.
+
+    Args:
+        config: The run's `Config`.
+        cluster: The `dltool.cluster.Cluster` of a multi-worker run, or None.
 
     Returns:
         A tuple `(strategy, description)`, the description a line saying
         what was chosen and why.
     """
-    strategy = runtime.choose_strategy(config["runtime"]["strategy"])
+    runtime.split_cpu(config["runtime"]["cpu_devices"])
+    strategy = runtime.choose_strategy(config["runtime"]["strategy"], cluster=cluster)
     precision = runtime.choose_precision(config["runtime"]["precision"])
     runtime.set_precision(precision.value)
-    description = (f"Strategy: {strategy.value} ({strategy.reason}); "
+    made = runtime.make_strategy(strategy.value, cluster)
+    description = (f"Strategy: {strategy.value} ({strategy.reason}), "
+                   f"{made.num_replicas_in_sync} replica(s); "
                    f"precision: {precision.value} ({precision.reason})")
-    return runtime.make_strategy(strategy.value), description
+    if cluster is not None:
+        role = "chief" if cluster.is_chief else "not chief: writes to a temporary folder"
+        description += f"\nWorker: {cluster.name} of {cluster.size} at {cluster.address} ({role})"
+    return made, description
 
 
 def training_datasets(task, config, data):
@@ -48,22 +69,29 @@ def training_datasets(task, config, data):
     return train, val
 
 
-def make_callbacks(config, run, monitor):
+def make_callbacks(config, run, monitor, backup=None):
     """Returns the callbacks of a training run, in the order they must run.
 
     The backup is written before the epoch's log lines, and `run.json` last,
     so a run killed at any moment resumes from an epoch it fully recorded.
+
+    Args:
+        config: The run's `Config`.
+        run: The run's metadata dict.
+        monitor: Metric that picks the best epoch.
+        backup: A `callbacks.TrainingBackup`; by default one in the run's
+            `backup/` folder.
     """
     training = config["training"]
     run_dir = run["dir"]
+    if backup is None:
+        backup = dl_callbacks.TrainingBackup(run_dir / "backup")
     return [
         dl_callbacks.EpochLearningRate(training["lr_schedule"], training["epochs"],
                                        training["warmup_epochs"]),
         dl_callbacks.StopOnNonFiniteLoss(),
-        keras.callbacks.ModelCheckpoint(
-            str(run_dir / runs.WEIGHTS_FILE), monitor=monitor, save_best_only=True,
-            save_weights_only=True, initial_value_threshold=run.get("best_value")),
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup"), double_checkpoint=True),
+        dl_callbacks.BestWeights(run_dir / runs.WEIGHTS_FILE, monitor, run.get("best_value")),
+        backup,
         keras.callbacks.EarlyStopping(monitor=monitor,
                                       patience=training["early_stopping_patience"] or
                                       training["epochs"]),
@@ -73,7 +101,88 @@ def make_callbacks(config, run, monitor):
     ]
 
 
-def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, echo=print):
+@contextlib.contextmanager
+def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
+    """Picks the run to train and the folder this process writes to.
+
+    The chief (or a single process) resumes the newest unfinished run with
+    the same config, or creates one. In a multi-worker run the chief sends
+    the run's name to the other workers, which write into a temporary
+    folder, deleted when the block ends.
+
+    Yields:
+        A tuple `(run, backup_dir)`: the run's metadata dict (its `dir` is
+        the folder this process writes to) and the backup folder to
+        restore from.
+    """
+    if cluster is None or cluster.is_chief:
+        run = None if fresh else runs.find_resumable(project_dir, config)
+        if run is None:
+            run = runs.create_run(project_dir, config)
+            echo(f"Run: {run['dir']}")
+        else:
+            echo(f"Run: {run['dir']} (resuming an unfinished run with the same config, "
+                 f"{run.get('epochs_done', 0)} epoch(s) done)")
+            runs.remove_leftovers(run["dir"])
+        if cluster is not None:
+            runtime.broadcast_text(strategy, run["name"], cluster.is_chief)
+        yield run, run["dir"] / "backup"
+        return
+    name = runtime.broadcast_text(strategy, "", cluster.is_chief)
+    scratch = Path(tempfile.mkdtemp(prefix=f"dltool-{cluster.task_type}{cluster.task_index}-"))
+    echo(f"Run: {name} (the chief writes it; this worker writes to {scratch})")
+    try:
+        yield {"name": name, "dir": scratch}, Path(project_dir) / runs.RUNS_DIR / name / "backup"
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def check_same_epoch(strategy, cluster, backup_dir, epoch):
+    """Checks that every worker restored the same epoch (a collective op).
+
+    Raises:
+        DltoolError: if they did not (their project folders are not shared).
+    """
+    if not runtime.all_equal(strategy, epoch):
+        raise DltoolError(
+            f"{cluster.name} restored epoch {epoch} from {backup_dir}, other workers "
+            "a different one: to resume, every worker needs the chief's project folder "
+            "(shared storage)")
+
+
+@contextlib.contextmanager
+def stop_on_sigterm(backup, enabled=True):
+    """Makes SIGTERM save a checkpoint and stop, inside the `with` block."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: backup.request_stop())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def worker_failures(cluster):
+    """Turns the error a worker gets when another one died into one line."""
+    if cluster is None:
+        yield
+        return
+    try:
+        yield
+    except (tf.errors.UnavailableError, tf.errors.AbortedError,
+            tf.errors.DeadlineExceededError) as e:
+        lost = sorted(set(re.findall(r"^/job:(\w+)/replica:\d+/task:(\d+)$", str(e), re.M)))
+        what = (", ".join(f"{kind} {index}" for kind, index in lost) + " stopped responding"
+                if lost else str(e).strip().splitlines()[0])
+        raise DltoolError(
+            f"{cluster.name}: the cluster lost a worker ({what}); the completed epochs "
+            "are saved: start every worker again with the same command to resume") from None
+
+
+def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=None,
+          echo=print):
     """Trains the project's model.
 
     Args:
@@ -81,53 +190,70 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, echo=print)
         overrides: `section.key=value` strings applied to the config.
         skip_bad: Drop unusable data files instead of failing.
         fresh: Start a new run even if an unfinished one could be resumed.
+        cluster: The `dltool.cluster.Cluster` of a multi-worker run, or None.
         echo: Function that prints a line for the user.
 
     Returns:
         The run's metadata dict.
 
     Raises:
-        DltoolError: bad config, data or project; a non-finite loss.
+        DltoolError: bad config, data or project; a non-finite loss;
+            `TrainingInterrupted` after SIGTERM.
     """
     config = project_lib.load_config(project_dir, overrides)
     task = task_for(config.template)
     module = project_lib.load_model_module(project_dir)
-    keras.utils.set_random_seed(config["training"]["seed"])
-    strategy, description = prepare_runtime(config)
-    data = task.open_data(config, project_dir, skip_bad=skip_bad)
-    for line in [description, *data.report]:
-        echo(line)
-    train_ds, val_ds = training_datasets(task, config, data)
-    with strategy.scope():
-        model, _ = project_lib.build_model(module, config, task.model_kwargs(data.meta))
+    with runtime.precision_scope(keras.mixed_precision.global_policy().name):
+        strategy, description = prepare_runtime(config, cluster)
+        runtime.set_seed(config["training"]["seed"], config["training"]["deterministic"])
+        data = task.open_data(config, project_dir, skip_bad=skip_bad)
+        for line in [description, *data.report]:
+            echo(line)
+        train_ds, val_ds = training_datasets(task, config, data)
+        with strategy.scope():
+            model, _ = project_lib.build_model(module, config, task.model_kwargs(data.meta))
+        with worker_failures(cluster), open_run(project_dir, config, strategy, fresh=fresh,
+                                                cluster=cluster, echo=echo) as (run, backup_dir):
+            run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
+                      backup_dir=backup_dir, cluster=cluster, echo=echo)
+    if cluster is None or cluster.is_chief:
+        reports.write_report(project_dir, run, echo=echo)
+    return run
 
-    run = None if fresh else runs.find_resumable(project_dir, config)
-    if run is None:
-        run = runs.create_run(project_dir, config)
-        echo(f"Run: {run['dir']}")
-    else:
-        echo(f"Run: {run['dir']} (resuming an unfinished run with the same config, "
-             f"{run.get('epochs_done', 0)} epoch(s) done)")
+
+def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, cluster, echo):
+    """Fits `model`, resuming from `backup_dir`, and records the run.
+
+    Returns:
+        The run's metadata dict.
+    """
     runs.update_run(run, status="running", pid=os.getpid(), meta=data.meta,
-                    sizes=data.sizes, parameters=int(model.count_params()))
+                    sizes=data.sizes, parameters=int(model.count_params()),
+                    precision=keras.mixed_precision.global_policy().name,
+                    replicas=strategy.num_replicas_in_sync)
     monitor = config["training"]["monitor"]
     if val_ds is None:
         monitor = monitor.removeprefix("val_")
+    backup = dl_callbacks.TrainingBackup(
+        backup_dir, write_dir=run["dir"] / "backup",
+        warn=lambda line: echo(f"Warning: {line}"),
+        on_restore=None if cluster is None else
+        functools.partial(check_same_epoch, strategy, cluster, backup_dir))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
-    model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
-              callbacks=make_callbacks(config, run, monitor),
-              verbose=config["training"]["verbose"])
+    with stop_on_sigterm(backup, enabled=cluster is None):
+        model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
+                  callbacks=make_callbacks(config, run, monitor, backup),
+                  verbose=config["training"]["verbose"])
     runs.update_run(run, status="finished", pid=None, monitor=monitor)
     echo(f"Best {monitor}: {run.get('best_value', float('nan')):.4f} at epoch "
          f"{run.get('best_epoch')} ({run['epochs_done']} epochs, "
          f"{run.get('train_seconds', 0):.0f} s of training)")
-    reports.write_report(project_dir, run, echo=echo)
     return run
 
 
 def load_trained_model(project_dir, run, overrides=()):
-    """Rebuilds a run's model from `model.py` and its resolved config, with
-    the run's best weights.
+    """Rebuilds a run's model from `model.py` and its resolved config, under
+    the run's precision policy, with the run's best weights.
 
     Args:
         project_dir: The project folder.
@@ -145,7 +271,10 @@ def load_trained_model(project_dir, run, overrides=()):
     config.root = project_dir
     task = task_for(config.template)
     module = project_lib.load_model_module(project_dir)
-    model, _ = project_lib.build_model(module, config, task.model_kwargs(run["meta"]))
+    # The precision policy it was trained with (its variables are float32 in
+    # every policy, so the weights load either way).
+    with runtime.precision_scope(run.get("precision", "float32")):
+        model, _ = project_lib.build_model(module, config, task.model_kwargs(run["meta"]))
     model.optimizer.build(model.trainable_variables)  # so its saved state loads too
     try:
         model.load_weights(str(run["dir"] / runs.WEIGHTS_FILE))

@@ -3,6 +3,13 @@
 Decoding happens in the sources (in parallel, AUTOTUNE); here the decoded
 examples are cached when they fit in memory, shuffled (training only),
 batched and prefetched.
+
+Sharding between the workers of a multi-worker run uses tf.data's `DATA`
+auto-shard policy: every worker runs the same pipeline (same seeded shuffle
+order) and keeps its share of each global batch. The `FILE` policy does not
+fit: the sources are in-memory lists of paths or texts, not file-reading
+datasets, and a data set of fewer files than workers (one TSV, one TFDS
+shard) could not be split by file anyway.
 """
 
 import os
@@ -39,7 +46,8 @@ def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=
 
     Args:
         ds: Unbatched `tf.data.Dataset`.
-        batch_size: Global batch size (a distribution strategy splits it).
+        batch_size: Global batch size (a distribution strategy splits it
+            between its replicas).
         training: Shuffle every epoch when true.
         seed: Shuffle seed.
         cache: Cache the decoded examples in memory.
@@ -52,4 +60,6 @@ def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=
         ds = ds.cache()
     if training:
         ds = ds.shuffle(shuffle_buffer or 10_000, seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
