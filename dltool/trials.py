@@ -112,6 +112,19 @@ def repair_state(folder, warn):
         runs.write_json_atomic(oracle_path, oracle)
 
 
+def ensure_tuner_file(folder, tuner_id):
+    """Makes keras-tuner reload an existing search under another tuner id.
+
+    keras-tuner reloads a search only when the file of the tuner id running
+    it exists (`tuner0.json` locally, `chief.json` for a chief); a search
+    started locally and continued as a chief would otherwise start over.
+    The file holds no state of its own (`{}`).
+    """
+    path = Path(folder) / f"{tuner_id}.json"
+    if (Path(folder) / ORACLE_FILE).exists() and not path.exists():
+        runs.write_json_atomic(path, {})
+
+
 def read_trials(folder):
     """Returns the trials of a search, in trial id order.
 
@@ -121,8 +134,11 @@ def read_trials(folder):
         (epochs trained, all executions), `seconds` (training time),
         `workers` (tuner ids that ran it).
     """
+    oracle = read_json(Path(folder) / ORACLE_FILE) or {}
+    order = {t: i for i, t in enumerate(oracle.get("start_order", []))}
     trials = []
-    for trial_dir in sorted(Path(folder).glob("trial_*")):
+    for trial_dir in sorted(Path(folder).glob("trial_*"),
+                            key=lambda d: (order.get(d.name[6:], len(order)), d.name)):
         state = read_json(trial_dir / TRIAL_FILE)
         if not isinstance(state, dict) or "trial_id" not in state:
             continue

@@ -30,6 +30,7 @@ from dltool.tasks import task_for
 _FIXED_TUNE_KEYS = ("tuner", "objective", "direction", "epochs", "early_stopping_patience",
                     "hyperband_factor")
 _FIXED_SECTIONS = ("data", "model", "search")
+_FIXED_TRAINING_KEYS = ("batch_size", "lr_schedule", "warmup_epochs", "seed")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -113,7 +114,9 @@ def worker_id(folder):
 
 def _fingerprint(config):
     sections = {s: config[s] for s in _FIXED_SECTIONS}
-    sections["training"] = {k: v for k, v in config["training"].items() if k != "verbose"}
+    # [tune] decides the trials' epochs, early stopping and monitored metric.
+    sections["training"] = {k: v for k, v in config["training"].items()
+                            if k in _FIXED_TRAINING_KEYS}
     sections["tune"] = {k: config["tune"][k] for k in _FIXED_TUNE_KEYS}
     return sections
 
@@ -230,6 +233,8 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
         if not (folder / trials.SEARCH_FILE).exists():
             runs.write_json_atomic(folder / trials.SEARCH_FILE, settings)
     tuners.atomic_state_files()
+    if role != "worker":
+        trials.ensure_tuner_file(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
     started = time.time()
     deadline = started + budget if (budget and role != "worker") else None
     oracle = tuners.make_oracle(tune_settings, keras_tuner_objective(objective, direction),
@@ -238,6 +243,8 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
         tune_settings, oracle, tuners.ProjectHyperModel(module, config, model_kwargs),
         trial_config, deadline=deadline, directory=str(folder.parent), project_name=name,
         overwrite=False, distribution_strategy=strategy)
+    if role != "worker":
+        tuner.save()  # so a search killed in its first trial reloads
     echo(f"Search: {folder} ({tune_settings['tuner']}, {objective} {direction}, "
          f"{role}{', time budget ' + tune_settings['time_budget'] if deadline else ''})")
 
