@@ -13,7 +13,10 @@
    and the wall time of the `dltool tune` command.
 2. Memory: 20 one-epoch trials of the tiny CNN on the embedded CIFAR-10
    sample in one `dltool tune` process; its resident memory (RSS) is sampled
-   every 0.2 s and reported after trials 1, 5, 10 and 20 and at its peak.
+   every 0.2 s and reported after trials 1, 5, 10 and 20 and at its peak;
+   beside it, the same figures for a bare Keras loop (build a tiny CNN, fit
+   one epoch, `keras.backend.clear_session()`, 20 times), the floor dltool
+   cannot go below.
 
 Every search runs as a user runs it (`dltool new`, `dltool tune ...`) in a
 temporary folder. Results go to bench/results/tune.json.
@@ -156,6 +159,47 @@ def memory(workdir, trials=20):
     return row
 
 
+BARE_KERAS_LOOP = """
+import gc, json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+from keras import layers
+
+def rss_mib():
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+train = keras.utils.image_dataset_from_directory(
+    sys.argv[1], image_size=(32, 32), batch_size=64, seed=0, verbose=False).cache()
+after = []
+for trial in range(int(sys.argv[2])):
+    keras.backend.clear_session()
+    gc.collect()
+    model = keras.Sequential([keras.Input((32, 32, 3)), layers.Rescaling(1 / 255),
+                              layers.Conv2D(8, 3, padding="same", activation="relu"),
+                              layers.GlobalAveragePooling2D(),
+                              layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, epochs=1, verbose=0)
+    after.append(rss_mib())
+print(json.dumps(after))
+"""
+
+
+def bare_keras_memory(trials=20):
+    """The same kind of loop without dltool: build, fit 1 epoch, clear_session."""
+    samples = REPO / "dltool" / "data" / "samples" / "cifar10" / "train"
+    result = subprocess.run([sys.executable, "-c", BARE_KERAS_LOOP, str(samples), str(trials)],
+                            check=True, text=True, capture_output=True)
+    after = json.loads(result.stdout.strip().splitlines()[-1])
+    mib = {n: round(after[n - 1], 1) for n in (1, 5, 10, trials)}
+    row = {"trials": trials, "rss_mib_after_trials": mib,
+           "growth_mib_trial_5_to_20": round(after[trials - 1] - after[4], 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -173,6 +217,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_memory:
             results["memory"] = memory(Path(tmp), args.memory_trials)
+            results["memory_bare_keras_loop"] = bare_keras_memory(args.memory_trials)
         if not args.skip_efficiency:
             results["efficiency"] = efficiency(args.data.resolve(), args.max_epochs,
                                                args.factor, args.train_per_class, Path(tmp))

@@ -5,8 +5,9 @@ callbacks from `dltool.training.make_callbacks`: learning-rate schedule,
 non-finite-loss guard, `BackupAndRestore`, early stopping, `history.csv`,
 `run.json`), in `trial_<id>/execution<n>/` of the search folder. So a search
 killed mid-trial resumes that trial from its last completed epoch (keras-tuner
-alone re-runs it from scratch), and a trial's score is read from its whole
-`history.csv`, epochs before the interruption included.
+alone re-runs it from scratch), an execution that had finished is not run
+again, and a trial's score is read from its whole `history.csv`, epochs
+before the interruption included.
 
 keras-tuner writes its state files (`oracle.json`, `trial.json`) with a
 plain `open(...).write(...)`; `atomic_state_files()` makes those writes go
@@ -129,16 +130,19 @@ class _ProjectTunerMixin:
         execution = self._execution
         self._execution += 1
         run = execution_run(self.get_trial_dir(trial.trial_id), execution)
+        history = run["dir"] / "history.csv"
+        if run.get("status") == "finished" and history.is_file():
+            return history_from_csv(history)  # done before the search was interrupted
         kwargs["callbacks"] = [*self._execution_callbacks(run), *kwargs.get("callbacks", [])]
         model = self._try_build(trial.hyperparameters)
+        if kt_backend.config.multi_backend():  # Hyperband rebuilds models from it
+            kt_utils.save_json(self._get_build_config_fname(trial.trial_id),
+                               model.get_build_config())
         runs.update_run(run, status="running", pid=os.getpid(), tuner_id=self.tuner_id,
                         parameters=int(model.count_params()))
         model.fit(*args, **kwargs)
         runs.update_run(run, status="finished", pid=None)
-        if kt_backend.config.multi_backend():  # Hyperband rebuilds models from it
-            kt_utils.save_json(self._get_build_config_fname(trial.trial_id),
-                               model.get_build_config())
-        return history_from_csv(run["dir"] / "history.csv")
+        return history_from_csv(history)
 
     def _execution_callbacks(self, run):
         monitor = self.oracle.objective.name

@@ -190,10 +190,10 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
         raise ConfigError("give --chief or --worker, not both")
     address = parse_address(chief or worker, "--chief" if chief else "--worker") \
         if (chief or worker) else None
-    if worker:
-        wait_for_chief(*address, connect_timeout)
     if export_best and worker:
         raise ConfigError("--export-best belongs to the chief (or a search without workers)")
+    if worker:
+        wait_for_chief(*address, connect_timeout)
     settings = {"name": name, "template": config.template, "fingerprint": _fingerprint(config)}
     if not fresh and not worker:
         _check_same_search(folder, settings)
@@ -253,6 +253,8 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
     try:
         if role == "chief":
             tuners.serve_oracle(tuner, f"{address[0]}:{address[1]}", deadline)
+            if deadline is not None and time.time() > deadline:
+                stopped_by = "time budget"
         else:
             tuner.search(train_ds, validation_data=val_ds, epochs=tune_settings["epochs"],
                          callbacks=[keras.callbacks.TensorBoard(str(folder / "tensorboard"))],
