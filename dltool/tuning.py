@@ -15,7 +15,9 @@ import json
 import os
 import socket
 import time
+import types
 import warnings
+from pathlib import Path
 
 from dltool import config as config_lib
 from dltool import project as project_lib
@@ -198,9 +200,59 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
     if not fresh and not worker:
         _check_same_search(folder, settings)
 
+    inputs = _checked_inputs(project_dir, overrides, config, skip_bad, echo)
+
+    # The input is good: from here on the search folder changes.
+    role = "chief" if chief else "worker" if worker else "local"
+    if fresh and folder.exists() and role != "worker":
+        echo(f"Moved the old search to {trials.set_aside(folder)}")
+    folder.mkdir(parents=True, exist_ok=True)
+    if role == "chief":
+        _set_distributed_env(address, "chief")
+        _warn_no_authentication(address, echo)
+    elif role == "worker":
+        _set_distributed_env(address, worker_id(folder))
+    if role != "worker":
+        trials.repair_state(folder, warn=echo)
+        if not (folder / trials.SEARCH_FILE).exists():
+            runs.write_json_atomic(folder / trials.SEARCH_FILE, settings)
+        trials.ensure_tuner_file(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
+    tuners.atomic_state_files()
+    started = time.time()
+    deadline = started + budget if (budget and role != "worker") else None
+    tuner = _make_tuner(config, inputs, objective, direction, folder, deadline)
+    if role != "worker":
+        tuner.save()  # so a search killed in its first trial reloads
+    echo(f"Search: {folder} ({tune_settings['tuner']}, {objective} {direction}, "
+         f"{role}{', time budget ' + tune_settings['time_budget'] if deadline else ''})")
+
+    stopped_by, failure = _run(tuner, role, address, deadline, inputs, config)
+    if role == "worker":
+        ran = sorted(tuner.trials_run)
+        echo(f"Worker {tuner.tuner_id} ran {len(ran)} trial(s): {', '.join(ran)}")
+        return {"worker": tuner.tuner_id, "trials": ran}
+    summary = summarize(folder, settings, tune_settings, objective, direction, inputs.space,
+                        stopped_by, time.time() - started, echo)
+    if failure:
+        raise DltoolError(failure)
+    if export_best:
+        summary["export"] = export_best_trial(project_dir, overrides, summary, skip_bad, echo)
+    return summary
+
+
+def _checked_inputs(project_dir, overrides, config, skip_bad, echo):
+    """Opens the data and checks the space and objective against the model.
+
+    Returns:
+        A namespace: `module`, `trial_config`, `strategy`, `train_ds`,
+        `val_ds`, `model_kwargs`, `space`.
+
+    Raises:
+        DltoolError: bad data, space or objective.
+    """
     task = task_for(config.template)
     module = project_lib.load_model_module(project_dir)
-    trial_config = _trial_config(project_dir, overrides, config, objective)
+    trial_config = _trial_config(project_dir, overrides, config, config["tune"]["objective"])
     keras.utils.set_random_seed(config["training"]["seed"])
     strategy, description = training.prepare_runtime(config)
     data = task.open_data(config, project_dir, skip_bad=skip_bad)
@@ -211,92 +263,64 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
     space = search_space.search_hyperparameters(config)
     with strategy.scope():
         model, declared = project_lib.build_model(module, config, model_kwargs)
-    search_space.check_against_model(space, declared, tune_settings["tuner"])
-    _check_objective(model, train_ds, val_ds, objective)
+    search_space.check_against_model(space, declared, config["tune"]["tuner"])
+    _check_objective(model, train_ds, val_ds, config["tune"]["objective"])
     del model
     keras.backend.clear_session()
+    return types.SimpleNamespace(module=module, trial_config=trial_config, strategy=strategy,
+                                 train_ds=train_ds, val_ds=val_ds, model_kwargs=model_kwargs,
+                                 space=space)
 
-    # The input is good: from here on the search folder changes.
-    if fresh and folder.exists() and not worker:
-        echo(f"Moved the old search to {trials.set_aside(folder)}")
-    folder.mkdir(parents=True, exist_ok=True)
-    role = "local"
-    if chief:
-        role = "chief"
-        _set_distributed_env(address, "chief")
-        _warn_no_authentication(address, echo)
-    elif worker:
-        role = "worker"
-        _set_distributed_env(address, worker_id(folder))
-    if role != "worker":
-        trials.repair_state(folder, warn=echo)
-        if not (folder / trials.SEARCH_FILE).exists():
-            runs.write_json_atomic(folder / trials.SEARCH_FILE, settings)
-    tuners.atomic_state_files()
-    if role != "worker":
-        trials.ensure_tuner_file(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
-    started = time.time()
-    deadline = started + budget if (budget and role != "worker") else None
-    oracle = tuners.make_oracle(tune_settings, keras_tuner_objective(objective, direction),
-                                space, seed=config["training"]["seed"])
-    tuner = tuners.make_tuner(
-        tune_settings, oracle, tuners.ProjectHyperModel(module, config, model_kwargs),
-        trial_config, deadline=deadline, directory=str(folder.parent), project_name=name,
-        overwrite=False, distribution_strategy=strategy)
-    if role != "worker":
-        tuner.save()  # so a search killed in its first trial reloads
-    echo(f"Search: {folder} ({tune_settings['tuner']}, {objective} {direction}, "
-         f"{role}{', time budget ' + tune_settings['time_budget'] if deadline else ''})")
 
-    stopped_by, failure = "done", None
+def _make_tuner(config, inputs, objective, direction, folder, deadline):
+    import keras_tuner
+
+    tune_settings = config["tune"]
+    oracle = tuners.make_oracle(tune_settings, keras_tuner.Objective(objective, direction),
+                                inputs.space, seed=config["training"]["seed"])
+    hypermodel = tuners.ProjectHyperModel(inputs.module, config, inputs.model_kwargs)
+    return tuners.make_tuner(tune_settings, oracle, hypermodel, inputs.trial_config,
+                             deadline=deadline, directory=str(folder.parent),
+                             project_name=folder.name, overwrite=False,
+                             distribution_strategy=inputs.strategy)
+
+
+def _run(tuner, role, address, deadline, inputs, config):
+    """Runs the search in this process's role.
+
+    Returns:
+        A tuple `(stopped_by, failure)`: what ended it, and the error line
+        to exit with (None when it ended well).
+    """
+    import grpc
+
+    tune_settings = config["tune"]
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
     try:
         if role == "chief":
             tuners.serve_oracle(tuner, f"{address[0]}:{address[1]}", deadline)
             if deadline is not None and time.time() > deadline:
-                stopped_by = "time budget"
+                return "time budget", None
         else:
-            tuner.search(train_ds, validation_data=val_ds, epochs=tune_settings["epochs"],
-                         callbacks=[keras.callbacks.TensorBoard(str(folder / "tensorboard"))],
+            log_dir = Path(tuner.project_dir) / "tensorboard"
+            tuner.search(inputs.train_ds, validation_data=inputs.val_ds,
+                         epochs=tune_settings["epochs"],
+                         callbacks=[keras.callbacks.TensorBoard(str(log_dir))],
                          verbose=config["training"]["verbose"])
     except tuners.BudgetExhausted:
-        stopped_by = "time budget"
+        return "time budget", None
     except KeyboardInterrupt:
-        stopped_by, failure = "interrupted", "interrupted: run the same command to resume"
+        return "interrupted", "interrupted: run the same command to resume"
     except RuntimeError as e:
         if "consecutive failures" not in str(e):
             raise
-        stopped_by = "failures"
-        failure = (f"stopped after {tune_settings['max_consecutive_failed_trials']} "
-                   f"failed trials in a row; last error: {_last_line(str(e))}")
-    except _rpc_error() as e:
+        return "failures", (f"stopped after {tune_settings['max_consecutive_failed_trials']} "
+                            f"failed trials in a row; last error: {_last_line(str(e))}")
+    except grpc.RpcError as e:
+        code = getattr(e, "code", lambda: "error")()
         raise DltoolError(f"lost the chief at {address[0]}:{address[1]}: "
-                          f"{e.code().name}") from None
-
-    if role == "worker":
-        ran = sorted(tuner.trials_run)
-        echo(f"Worker {os.environ['KERASTUNER_TUNER_ID']} ran {len(ran)} trial(s): "
-             f"{', '.join(ran)}")
-        return {"worker": os.environ["KERASTUNER_TUNER_ID"], "trials": ran}
-    summary = summarize(folder, settings, tune_settings, objective, direction, space,
-                        stopped_by, time.time() - started, echo)
-    if failure:
-        raise DltoolError(failure)
-    if export_best:
-        summary["export"] = export_best_trial(project_dir, overrides, summary, skip_bad, echo)
-    return summary
-
-
-def keras_tuner_objective(objective, direction):
-    import keras_tuner
-
-    return keras_tuner.Objective(objective, direction)
-
-
-def _rpc_error():
-    import grpc
-
-    return grpc.RpcError
+                          f"{getattr(code, 'name', code)}") from None
+    return "done", None
 
 
 def _last_line(text):

@@ -264,20 +264,24 @@ def test_damaged_trial_file_is_set_aside(runner, tuned_project, copy_project):
 
 @pytest.mark.slow
 def test_time_budget_stops_cleanly_and_resumes(runner, project):
-    result = invoke(runner, "tune", "--project", project, "--max-trials", 50, "--epochs", 3,
-                    "--time-budget", "6s", *TINY_SEARCH)
+    # 20 epochs without early stopping outlast a 4 s budget: it ends mid-trial.
+    args = ("--project", project, "--epochs", 20, *TINY_SEARCH,
+            "--set", "tune.early_stopping_patience=0")
+    result = invoke(runner, "tune", "--max-trials", 50, "--time-budget", "4s", *args)
     assert result.exit_code == 0, result.output
-    assert "Time budget 6s used up: stopped" in result.output
+    assert "Time budget 4s used up: stopped" in result.output
     folder = project / "tuning" / "random"
     summary = json.loads((folder / "summary.json").read_text())
     assert summary["stopped_by"] == "time budget"
     rows = _rows(folder)
-    assert 1 <= len(rows) < 50 and rows[-1]["status"] == "interrupted"
-    assert (folder / "trials.md").is_file()
-    result = invoke(runner, "tune", "--project", project, "--max-trials", len(rows),
-                    "--epochs", 3, *TINY_SEARCH)
+    assert len(rows) == 1 and rows[0]["status"] == "interrupted", rows
+    assert int(rows[0]["epochs"]) < 20 and (folder / "trials.md").is_file()
+    result = invoke(runner, "tune", "--max-trials", 1, *args)
     assert result.exit_code == 0, result.output
-    assert all(r["status"] == "completed" for r in _rows(folder))
+    assert [(r["status"], r["epochs"]) for r in _rows(folder)] == [("completed", "20")]
+    (history,) = folder.glob("trial_*/execution0/history.csv")
+    with open(history) as f:  # continued, not restarted
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(20))
 
 
 @pytest.mark.slow
