@@ -81,7 +81,7 @@ def _project(project_dir):
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(dltool.__version__, prog_name="dltool")
 def cli():
-    """Ready-made Keras 3 / TensorFlow projects: scaffold, train, export, predict.
+    """Ready-made Keras 3 / TensorFlow projects: scaffold, train, tune, export, predict.
 
     \b
     Start with:
@@ -202,9 +202,12 @@ def _config(project_dir, overrides):
 @click.option("--task-index", type=int, default=None,
               help="This worker's index in --worker-hosts, from 0.")
 @click.option("--fresh", is_flag=True, help="Start a new run instead of resuming one.")
+@click.option("--hparams", default=None, metavar="best|SEARCH",
+              help="Use the best hyperparameters of the newest search (best) or of the "
+                   "search named SEARCH (see dltool tune).")
 @skip_bad_option
 def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
-          deterministic, worker_hosts, task_index, fresh, skip_bad):
+          deterministic, worker_hosts, task_index, fresh, hparams, skip_bad):
     """Train the project's model; run it again to resume an interrupted run.
 
     SIGTERM saves a checkpoint after the current batch and exits with code
@@ -214,16 +217,79 @@ def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
     flags = {"training.epochs": epochs, "training.batch_size": batch_size,
              "runtime.strategy": strategy, "runtime.precision": precision,
              "training.seed": seed, "training.deterministic": deterministic}
-    overrides = (*overrides, *(f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None))
+    overrides = (*overrides, *_flag_overrides(flags))
     with user_errors():
         from dltool.cluster import find_cluster
 
         cluster = find_cluster(worker_hosts, task_index)
         project = _project(project_dir)
+        if hparams is not None:
+            from dltool import trials
+
+            values, search = trials.find_best_hyperparameters(project, hparams)
+            click.echo(f"Hyperparameters of search {search}'s best trial: "
+                       + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
+            overrides = (*trials.hyperparameter_overrides(values), *overrides)
         from dltool.training import train as run_training
 
         run_training(project, overrides, skip_bad=skip_bad, fresh=fresh, cluster=cluster,
                      echo=click.echo)
+
+
+def _flag_overrides(flags):
+    return [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+
+
+@cli.command()
+@project_option
+@set_option
+@click.option("--tuner", default=None, metavar="random|grid|hyperband|bayesian",
+              help="Search algorithm (default: tune.tuner).")
+@click.option("--objective", default=None,
+              help="Metric to optimize, e.g. val_accuracy, val_loss (default: tune.objective).")
+@click.option("--direction", default=None, metavar="max|min|auto",
+              help="Whether the objective should go up or down (default: auto from its name).")
+@click.option("--max-trials", type=click.IntRange(min=1), default=None,
+              help="Trials to run at most.")
+@click.option("--executions-per-trial", type=click.IntRange(min=1), default=None,
+              help="Models trained per trial (their scores are averaged).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None,
+              help="Epochs per trial at most (Hyperband: of its longest trials).")
+@click.option("--time-budget", default=None, metavar="DURATION",
+              help="Stop after this long, e.g. 90s, 30m, 2h; rerun to continue.")
+@click.option("--name", default=None, help="Search name under tuning/ (default: the tuner's).")
+@click.option("--fresh", is_flag=True,
+              help="Start the search over (the old one is moved aside, not deleted).")
+@click.option("--export-best", is_flag=True,
+              help="Then retrain the best hyperparameters on train + validation and export.")
+@click.option("--chief", default=None, metavar="HOST:PORT",
+              help="Serve the search to workers on HOST:PORT (no authentication: "
+                   "private networks only).")
+@click.option("--worker", default=None, metavar="HOST:PORT",
+              help="Run trials for the chief at HOST:PORT.")
+@click.option("--connect-timeout", type=click.FloatRange(min=0), default=60.0,
+              show_default=True, help="Seconds a worker waits for its chief.")
+@skip_bad_option
+def tune(project_dir, overrides, tuner, objective, direction, max_trials, executions_per_trial,
+         epochs, time_budget, name, fresh, export_best, chief, worker, connect_timeout,
+         skip_bad):
+    """Search the hyperparameters of the config's [search] section with keras-tuner.
+
+    Run the same command again to continue an interrupted search. The trials
+    table, the best hyperparameters and TensorBoard logs (HParams) go to
+    tuning/NAME/; `dltool train --hparams best` trains with the best.
+    """
+    flags = {"tune.tuner": tuner, "tune.objective": objective, "tune.direction": direction,
+             "tune.max_trials": max_trials, "tune.executions_per_trial": executions_per_trial,
+             "tune.epochs": epochs, "tune.time_budget": time_budget}
+    overrides = (*overrides, *_flag_overrides(flags))
+    with user_errors():
+        project = _project(project_dir)
+        from dltool.tuning import tune as run_tuning
+
+        run_tuning(project, overrides, name=name, fresh=fresh, chief=chief, worker=worker,
+                   connect_timeout=connect_timeout, export_best=export_best,
+                   skip_bad=skip_bad, echo=click.echo)
 
 
 @cli.command()

@@ -1,11 +1,14 @@
 """Load and validate a project's `config.toml`.
 
-A config has the sections `project`, `data`, `model`, `training`, `runtime`
-and `export`. Every key except those of `model` is declared here with its
-default and allowed values, so a typo or a wrong value is reported with the
-key's name and what it accepts. The `model` section holds the defaults of the
-hyperparameters that `build_model(hp, config)` reads through `hp`; which keys
-it may hold is checked against the model itself (see `dltool.project`).
+A config has the sections `project`, `data`, `model`, `search`, `training`,
+`tune`, `runtime` and `export`. Every key except those of `model` and
+`search` is declared here with its default and allowed values, so a typo or a
+wrong value is reported with the key's name and what it accepts. The `model`
+section holds the defaults of the hyperparameters that `build_model(hp,
+config)` reads through `hp`; which keys it may hold is checked against the
+model itself (see `dltool.project`). The `search` section holds the space
+`dltool tune` searches: per hyperparameter a list of choices or a range
+(see `parse_search_space`).
 
 This module never imports TensorFlow.
 """
@@ -60,6 +63,8 @@ _KIND_NAMES = {str: "a string", int: "an integer", float: "a number",
 
 STRATEGIES = ("auto", "default", "mirrored", "multi-worker", "tpu")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+TUNERS = ("random", "grid", "hyperband", "bayesian")
+SAMPLINGS = ("linear", "log", "reverse_log")
 
 COMMON_SECTIONS = {
     "project": {
@@ -76,6 +81,20 @@ COMMON_SECTIONS = {
         "seed": Field(42, minimum=0),
         "deterministic": Field(False),
         "verbose": Field(2, choices=(0, 1, 2)),
+        "include_validation": Field(False),
+    },
+    "tune": {
+        "tuner": Field("random", choices=TUNERS),
+        "objective": Field("val_accuracy"),
+        "direction": Field("auto", choices=("auto", "max", "min")),
+        "max_trials": Field(20, minimum=1),
+        "epochs": Field(10, minimum=1),
+        "executions_per_trial": Field(1, minimum=1),
+        "early_stopping_patience": Field(3, minimum=0),
+        "time_budget": Field(""),
+        "hyperband_factor": Field(3, minimum=2),
+        "max_retries_per_trial": Field(0, minimum=0),
+        "max_consecutive_failed_trials": Field(3, minimum=1),
     },
     "runtime": {
         "strategy": Field("auto", choices=STRATEGIES),
@@ -229,10 +248,11 @@ def validate(raw):
     """
     template = raw.get("project", {}).get("template", "")
     schema = schema_for(template)
-    unknown = set(raw) - set(schema) - {"model"}
+    unknown = set(raw) - set(schema) - {"model", "search"}
     if unknown:
         section = sorted(unknown)[0]
-        raise ConfigError(_unknown_message(section, schema.keys() | {"model"}, "section"))
+        raise ConfigError(_unknown_message(section, schema.keys() | {"model", "search"},
+                                           "section"))
     sections = {}
     for section, fields in schema.items():
         given = raw.get(section, {})
@@ -245,6 +265,9 @@ def validate(raw):
         sections[section] = {k: _check(f"{section}.{k}", f, given.get(k, f.default))
                              for k, f in fields.items()}
     sections["model"] = _check_model(raw.get("model", {}))
+    sections["search"] = raw.get("search", {})
+    parse_search_space(sections["search"])
+    parse_duration(sections["tune"]["time_budget"], "tune.time_budget")
     return sections
 
 
@@ -311,3 +334,103 @@ def check_model_keys(model_section, read_names):
             raise ConfigError(_unknown_message(
                 f"model.{key}", read_names, "key", prefix="model.")
                 .replace("(allowed:", "(build_model reads:"))
+
+
+def parse_search_space(search):
+    """Validates the `[search]` section: the space `dltool tune` searches.
+
+    Each key names a hyperparameter `build_model` reads through `hp`, and its
+    value is either a list (a choice between its items, all of one type) or
+    a table `{min = ..., max = ...}` with an optional `step` and `sampling`
+    (`"linear"`, `"log"` or `"reverse_log"`): an integer range when `min`,
+    `max` and `step` are integers, a float range otherwise.
+
+    Args:
+        search: The `[search]` dict.
+
+    Returns:
+        A dict of name to spec: `{"kind": "choice", "values": [...]}` or
+        `{"kind": "int" | "float", "min", "max", "step", "sampling"}`.
+
+    Raises:
+        ConfigError: naming the first invalid entry and what it must be.
+    """
+    if not isinstance(search, dict):
+        raise ConfigError("[search] must be a table of hyperparameter = choices or range")
+    return {name: _search_entry(f"search.{name}", value) for name, value in search.items()}
+
+
+_RANGE_KEYS = ("min", "max", "step", "sampling")
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _search_entry(name, value):
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"{name}: the list of choices is empty")
+        kinds = {bool if isinstance(v, bool) else float if _is_number(v) else type(v)
+                 for v in value}
+        if len(kinds) != 1 or kinds.pop() not in (bool, float, str):
+            raise ConfigError(f"{name}: the choices must be all strings, all numbers or "
+                              f"all true/false; got {value!r}")
+        if len(set(value)) != len(value):
+            raise ConfigError(f"{name}: a choice is listed twice in {value!r}")
+        return {"kind": "choice", "values": value}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{name} must be a list of choices or a table "
+                          f"{{min = ..., max = ...[, step = ...][, sampling = ...]}}; "
+                          f"got {value!r}")
+    for key in value:
+        if key not in _RANGE_KEYS:
+            raise ConfigError(_unknown_message(f"{name}.{key}", _RANGE_KEYS, "key",
+                                               prefix=f"{name}."))
+    if "min" not in value or "max" not in value:
+        raise ConfigError(f"{name} needs both min and max; got {value!r}")
+    low, high, step = value["min"], value["max"], value.get("step")
+    for key in ("min", "max", "step"):
+        if key in value and not _is_number(value[key]):
+            raise ConfigError(f"{name}.{key} must be a number; got {value[key]!r}")
+    if low > high:
+        raise ConfigError(f"{name}: min ({low}) is greater than max ({high})")
+    if step is not None and step <= 0:
+        raise ConfigError(f"{name}.step must be > 0; got {step!r}")
+    sampling = value.get("sampling", "linear")
+    if sampling not in SAMPLINGS:
+        raise ConfigError(f"{name}.sampling must be one of {', '.join(SAMPLINGS)}; "
+                          f"got {sampling!r}")
+    if sampling != "linear" and low <= 0:
+        raise ConfigError(f"{name}: {sampling} sampling needs min > 0; got {low}")
+    kind = "int" if all(isinstance(v, int) for v in (low, high, step or 1)) else "float"
+    return {"kind": kind, "min": low, "max": high, "step": step, "sampling": sampling}
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text, name="time budget"):
+    """Parses a duration such as `90s`, `30m`, `1.5h` (or plain seconds).
+
+    Args:
+        text: The duration; empty for none.
+        name: What to call it in the error message.
+
+    Returns:
+        The duration in seconds, or None for an empty `text`.
+
+    Raises:
+        ConfigError: if `text` is not a positive duration.
+    """
+    text = str(text).strip()
+    if not text:
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1] in _DURATION_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _DURATION_UNITS[unit]
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{name} must be a duration such as 90s, 30m or 2h; got {text!r}")
+    return seconds

@@ -55,15 +55,22 @@ def prepare_runtime(config, cluster=None):
 
 
 def training_datasets(task, config, data):
-    """Returns batched `(train, val)` datasets; `val` is None without a split."""
+    """Returns batched `(train, val)` datasets; `val` is None without a split.
+
+    With `training.include_validation` the validation examples are trained
+    on too (the final fit of a tuned configuration) and `val` is None.
+    """
     training = config["training"]
     cache = pipeline.should_cache(config["data"]["cache"], sum(data.sizes.values()),
                                   task.bytes_per_example(config))
-    train = pipeline.batched(data.splits["train"], training["batch_size"], training=True,
-                             seed=training["seed"], cache=cache,
-                             shuffle_buffer=data.sizes["train"])
+    train, train_size = data.splits["train"], data.sizes["train"]
+    if training["include_validation"] and "val" in data.splits:
+        train = train.concatenate(data.splits["val"])
+        train_size += data.sizes["val"]
+    train = pipeline.batched(train, training["batch_size"], training=True,
+                             seed=training["seed"], cache=cache, shuffle_buffer=train_size)
     val = None
-    if "val" in data.splits:
+    if "val" in data.splits and not training["include_validation"]:
         val = pipeline.batched(data.splits["val"], training["batch_size"], training=False,
                                cache=cache)
     return train, val

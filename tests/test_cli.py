@@ -77,7 +77,7 @@ def test_override_without_section_suggests_the_key(runner, project):
     result = invoke(runner, "info", "--project", project, "--set", "epochs=3")
     assert result.exit_code == 1
     assert result.output.strip() == ("Error: override 'epochs=3' is not of the form "
-                                     "section.key=value; did you mean training.epochs=3?")
+                                     "section.key=value; did you mean training.epochs=3 or tune.epochs=3?")
     result = invoke(runner, "info", "--project", project, "--set", "trainng.epochs=3")
     assert result.exit_code == 1 and "did you mean training?" in result.output
 

@@ -33,7 +33,7 @@ def build_model(hp, config, num_classes):
     optimizer = hp.Choice("optimizer", ["adamw", "sgd"], default=defaults["optimizer"])
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-1, sampling="log",
                              default=defaults["learning_rate"])
-    weight_decay = hp.Float("weight_decay", 0.0, 1e-2, default=defaults["weight_decay"])
+    weight_decay = hp.Float("weight_decay", 0.0, 0.2, default=defaults["weight_decay"])
 
     height, width = config["data"]["image_size"]
     inputs = keras.Input(shape=(height, width, 3), name="image")

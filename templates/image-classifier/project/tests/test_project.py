@@ -37,11 +37,26 @@ def test_model_builds_from_config():
     assert set(config.model) <= set(hp.values)
 
 
+def test_search_space_fits_the_model():
+    """Every [search] entry is a hyperparameter build_model reads, of its type."""
+    from dltool import search_space
+
+    config = project_lib.load_config(PROJECT)
+    module = project_lib.load_model_module(PROJECT)
+    data_kwargs = {"num_classes": 4}
+    _, declared = project_lib.build_model(module, config, data_kwargs)
+    space = search_space.search_hyperparameters(config)
+    search_space.check_against_model(space, declared, config["tune"]["tuner"])
+    _, hp = project_lib.build_model(module, config, data_kwargs, hp=space)
+    assert {p.name for p in space.space} <= set(hp.values)
+
+
 @pytest.fixture
 def copy(tmp_path):
     target = tmp_path / PROJECT.name
     shutil.copytree(PROJECT, target,
-                    ignore=shutil.ignore_patterns("runs", "saved_models", "__pycache__"))
+                    ignore=shutil.ignore_patterns("runs", "saved_models", "tuning",
+                                                  "__pycache__"))
     return target
 
 

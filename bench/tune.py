@@ -1,0 +1,230 @@
+"""Hyperparameter search: efficiency of the tuners, and memory over many trials.
+
+1. Efficiency, on ../shared/data/images/cifar10 (by default the first 360
+   train JPEGs of each class, 10% of them held out for validation): the
+   image-classifier template searched by Hyperband (`--max-epochs 4`,
+   `--factor 2`), then by random search and Bayesian optimization with the
+   same total epoch budget (the epochs Hyperband trained, split into trials of
+   `--max-epochs` epochs each, no early stopping). To fit a ~25 minute run on
+   2 CPU cores the space is a smaller CNN than the template's default:
+   filters 16-32, 2-3 blocks, no augmentation, dropout, learning rate, weight
+   decay.
+   Reported per tuner: best validation accuracy found, trials, epochs trained
+   and the wall time of the `dltool tune` command.
+2. Memory: 20 one-epoch trials of the tiny CNN on the embedded CIFAR-10
+   sample in one `dltool tune` process; its resident memory (RSS) is sampled
+   every 0.2 s and reported after trials 1, 5, 10 and 20 and at its peak;
+   beside it, the same figures for a bare Keras loop (build a tiny CNN, fit
+   one epoch, `keras.backend.clear_session()`, 20 times), the floor dltool
+   cannot go below.
+
+Every search runs as a user runs it (`dltool new`, `dltool tune ...`) in a
+temporary folder. Results go to bench/results/tune.json.
+
+    python bench/tune.py [--data DIR] [--max-epochs 4] [--factor 2]
+                         [--train-per-class 360] [--memory-trials 20]
+                         [--skip-efficiency] [--skip-memory]
+"""
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
+RESULTS = REPO / "bench" / "results" / "tune.json"
+
+SMALL_SPACE = (
+    "search.filters=[16, 24, 32]", "search.blocks=[2, 3]", "search.augment=[false]",
+    "search.dropout={min=0.0, max=0.5, step=0.1}",
+    "search.learning_rate={min=0.0003, max=0.01, sampling=\"log\"}",
+    "search.weight_decay=[0.0, 0.01, 0.05]", "model.augment=false",
+    "training.verbose=0", "training.warmup_epochs=0", "tune.early_stopping_patience=0",
+)
+
+
+def dltool(*args):
+    command = [sys.executable, "-m", "dltool.cli", *map(str, args)]
+    result = subprocess.run(command, text=True, capture_output=True)
+    if result.returncode != 0:
+        sys.exit(f"failed: {' '.join(command)}\n{result.stdout[-2000:]}{result.stderr[-2000:]}")
+    return result
+
+
+def with_sets(values):
+    return [part for value in values for part in ("--set", value)]
+
+
+def read_trials(folder):
+    with open(folder / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def search(project, tuner, max_epochs, max_trials, factor=3):
+    started = time.perf_counter()
+    dltool("tune", "--project", project, "--tuner", tuner, "--name", tuner,
+           "--epochs", max_epochs, "--max-trials", max_trials,
+           *with_sets([*SMALL_SPACE, f"tune.hyperband_factor={factor}"]))
+    wall = time.perf_counter() - started
+    folder = project / "tuning" / tuner
+    summary = json.loads((folder / "summary.json").read_text())
+    rows = read_trials(folder)
+    row = {"tuner": tuner, "best_val_accuracy": round(summary["best"]["score"], 4),
+           "best_hyperparameters": {k: v for k, v in summary["best"]["hyperparameters"].items()
+                                    if k in ("filters", "blocks", "dropout", "learning_rate",
+                                             "weight_decay")},
+           "trials": len(rows), "epochs": sum(int(r["epochs"]) for r in rows),
+           "wall_seconds": round(wall, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def subset(data, per_class, workdir):
+    """The first `per_class` train images of each class, linked into `workdir`."""
+    if not per_class:
+        return data
+    root = workdir / "cifar-subset"
+    for class_dir in sorted((data / "train").iterdir()):
+        (root / "train" / class_dir.name).mkdir(parents=True)
+        for image in sorted(class_dir.iterdir())[:per_class]:
+            (root / "train" / class_dir.name / image.name).symlink_to(image)
+    return root
+
+
+def efficiency(data, max_epochs, factor, per_class, workdir):
+    project = workdir / "cifar"
+    dltool("new", "image-classifier", project, "--data", subset(data, per_class, workdir))
+    rows = [search(project, "hyperband", max_epochs, 1000, factor)]
+    budget = rows[0]["epochs"]
+    trials = max(1, round(budget / max_epochs))
+    for tuner in ("random", "bayesian"):
+        rows.append(search(project, tuner, max_epochs, trials, factor))
+    images = f"{per_class} per class" if per_class else "all"
+    return {"data": f"cifar10 train JPEGs ({images}), 10% held out for validation",
+            "max_epochs": max_epochs, "hyperband_factor": factor, "epoch_budget": budget,
+            "rows": rows}
+
+
+def rss_kib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def finished_trials(folder):
+    done = 0
+    for meta in folder.glob("trial_*/execution0/run.json"):
+        try:
+            done += json.loads(meta.read_text()).get("status") == "finished"
+        except ValueError:
+            pass
+    return done
+
+
+def memory(workdir, trials=20):
+    project = workdir / "small"
+    dltool("new", "image-classifier", project)
+    command = [sys.executable, "-m", "dltool.cli", "tune", "--project", str(project),
+               "--max-trials", str(trials), "--epochs", "1", *with_sets([
+                   "model.filters=8", "model.blocks=1", "training.verbose=0",
+                   "search.filters=[8, 12, 16]", "search.blocks=[1]",
+                   "search.dropout={min=0.0, max=0.5}", "search.augment=[true, false]",
+                   "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}"])]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = project / "tuning" / "random"
+    after, peak = {}, 0
+    while process.poll() is None:
+        rss = rss_kib(process.pid)
+        if rss:
+            peak = max(peak, rss)
+            after[finished_trials(folder)] = rss  # the last sample after n trials
+        time.sleep(0.2)
+    assert process.returncode == 0, "the memory search failed"
+    mib = {n: round(after[n] / 1024, 1) for n in (1, 5, 10, trials) if n in after}
+    row = {"trials": trials, "rss_mib_after_trials": mib, "peak_rss_mib": round(peak / 1024, 1),
+           "growth_mib_trial_5_to_20": round((after.get(trials, 0) - after.get(5, 0)) / 1024, 1),
+           "wall_seconds": round(time.perf_counter() - started, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+BARE_KERAS_LOOP = """
+import gc, json, os, sys
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import keras
+from keras import layers
+
+def rss_mib():
+    for line in open(f"/proc/{os.getpid()}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+train = keras.utils.image_dataset_from_directory(
+    sys.argv[1], image_size=(32, 32), batch_size=64, seed=0, verbose=False).cache()
+after = []
+for trial in range(int(sys.argv[2])):
+    keras.backend.clear_session()
+    gc.collect()
+    model = keras.Sequential([keras.Input((32, 32, 3)), layers.Rescaling(1 / 255),
+                              layers.Conv2D(8, 3, padding="same", activation="relu"),
+                              layers.GlobalAveragePooling2D(),
+                              layers.Dense(10, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    model.fit(train, epochs=1, verbose=0)
+    after.append(rss_mib())
+print(json.dumps(after))
+"""
+
+
+def bare_keras_memory(trials=20):
+    """The same kind of loop without dltool: build, fit 1 epoch, clear_session."""
+    samples = REPO / "dltool" / "data" / "samples" / "cifar10" / "train"
+    result = subprocess.run([sys.executable, "-c", BARE_KERAS_LOOP, str(samples), str(trials)],
+                            check=True, text=True, capture_output=True)
+    after = json.loads(result.stdout.strip().splitlines()[-1])
+    mib = {n: round(after[n - 1], 1) for n in (1, 5, 10, trials)}
+    row = {"trials": trials, "rss_mib_after_trials": mib,
+           "growth_mib_trial_5_to_20": round(after[trials - 1] - after[4], 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--max-epochs", type=int, default=4)
+    parser.add_argument("--factor", type=int, default=2)
+    parser.add_argument("--train-per-class", type=int, default=360,
+                        help="train images per class (0: all 800)")
+    parser.add_argument("--skip-efficiency", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--memory-trials", type=int, default=20)
+    args = parser.parse_args()
+    # Parts not run this time keep their previous figures.
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results.update({"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()})
+    with tempfile.TemporaryDirectory() as tmp:
+        if not args.skip_memory:
+            results["memory"] = memory(Path(tmp), args.memory_trials)
+            results["memory_bare_keras_loop"] = bare_keras_memory(args.memory_trials)
+        if not args.skip_efficiency:
+            results["efficiency"] = efficiency(args.data.resolve(), args.max_epochs,
+                                               args.factor, args.train_per_class, Path(tmp))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"Wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Turn the config's `[search]` section into keras-tuner hyperparameters.
+
+The space is registered on a `keras_tuner.HyperParameters` before
+`build_model(hp, ...)` runs, so the `hp.Int(...)`, `hp.Choice(...)` calls in
+`model.py` return values from the config's space instead of declaring their
+own. Hyperparameters `model.py` reads that are not in `[search]` keep their
+`[model]` defaults.
+"""
+
+import dltool._tf  # noqa: F401  (environment before TensorFlow loads)
+import keras_tuner
+
+from dltool import config as config_lib
+from dltool.errors import ConfigError
+
+
+def search_hyperparameters(config):
+    """Returns a `keras_tuner.HyperParameters` holding the config's space.
+
+    Each hyperparameter's default is its `[model]` value when that value
+    lies in the space (the grid tuner's first trial), else keras-tuner's.
+
+    Args:
+        config: A validated `Config`.
+
+    Returns:
+        A `keras_tuner.HyperParameters`.
+    """
+    hp = keras_tuner.HyperParameters()
+    for name, spec in config_lib.parse_search_space(config["search"]).items():
+        default = config.model.get(name)
+        if spec["kind"] == "choice":
+            values = spec["values"]
+            if all(isinstance(v, bool) for v in values):
+                # keras-tuner's Choice would turn true/false into 1/0.
+                if len(values) == 2:
+                    hp.Boolean(name, default=default if isinstance(default, bool) else False)
+                else:
+                    hp.Fixed(name, values[0])
+                continue
+            if any(isinstance(v, float) for v in values):  # keras-tuner wants one type
+                values = [float(v) for v in values]
+            default = default if default in values and not isinstance(default, bool) else None
+            hp.Choice(name, values, default=default)
+        else:
+            in_range = (isinstance(default, (int, float)) and not isinstance(default, bool)
+                        and spec["min"] <= default <= spec["max"])
+            kind = hp.Int if spec["kind"] == "int" else hp.Float
+            kind(name, spec["min"], spec["max"], step=spec["step"],
+                 sampling=spec["sampling"], default=default if in_range else None)
+    return hp
+
+
+def check_against_model(space, declared, tuner):
+    """Checks the space against the hyperparameters `model.py` declares.
+
+    Args:
+        space: The `HyperParameters` from `search_hyperparameters`.
+        declared: The `HyperParameters` a default `build_model` call
+            recorded (what `model.py` reads, with its own types).
+        tuner: The tuner's name; `grid` needs every range to have a step.
+
+    Raises:
+        ConfigError: if the space is empty, names a hyperparameter the model
+            does not read, or gives one a type or value the model does not
+            take.
+    """
+    if not space.space:
+        raise ConfigError("the config's [search] section is empty: add the hyperparameters "
+                          "to search, e.g. dropout = {min = 0.0, max = 0.5}")
+    read = {hp.name: hp for hp in declared.space}
+    for hp in space.space:
+        name = f"search.{hp.name}"
+        if hp.name not in read:
+            raise ConfigError(f"{name}: build_model does not read {hp.name!r} through hp "
+                              f"(it reads: {', '.join(sorted(read))})")
+        problem = _mismatch(hp, read[hp.name])
+        if problem:
+            raise ConfigError(f"{name}: {problem}")
+        if tuner == "grid" and isinstance(hp, keras_tuner.engine.hyperparameters.Float) \
+                and not hp.step:
+            raise ConfigError(f"{name}: the grid tuner needs a step for a float range "
+                              "(or a list of values)")
+
+
+def _mismatch(searched, declared):
+    """Returns why `searched` does not fit the model's `declared` one, or None."""
+    hps = keras_tuner.engine.hyperparameters
+    values = None
+    if isinstance(searched, hps.Choice):
+        values = list(searched.values)
+    elif isinstance(searched, hps.Boolean):
+        values = [True, False]
+    elif isinstance(searched, hps.Fixed):
+        values = [searched.value]
+    if isinstance(declared, hps.Boolean):
+        if values is None or not all(isinstance(v, bool) for v in values):
+            return "model.py reads it with hp.Boolean: give a list of true/false"
+    elif isinstance(declared, hps.Choice):
+        allowed = list(declared.values)
+        bad = [v for v in (values or [None]) if v not in allowed]
+        if values is None or bad:
+            shown = ", ".join(str(v) for v in allowed)
+            return f"model.py takes one of {shown}; give a list of those"
+    elif isinstance(declared, hps.Int):
+        if isinstance(searched, hps.Float) or (
+                values is not None and not all(type(v) is int for v in values)):
+            return "model.py reads it with hp.Int: give integers"
+    elif isinstance(declared, hps.Float):
+        if values is not None and not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return "model.py reads it with hp.Float: give numbers"
+    return None

@@ -1,0 +1,257 @@
+"""A search's folder on disk: `tuning/<name>/` inside a project.
+
+It holds keras-tuner's state (`oracle.json`, `trial_<id>/trial.json`, each
+trial's best weights and executions), dltool's `search.json` (the settings
+the search was started with), `summary.json` (best trial and its
+hyperparameters, what stopped the search), `trials.csv` and `trials.md`, and
+TensorBoard logs with HParams (`tensorboard/`).
+
+This module reads and writes those files without TensorFlow.
+"""
+
+import csv
+import io
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+from dltool import runs
+from dltool.errors import ConfigError, DltoolError, ProjectError
+
+TUNING_DIR = runs.TUNING_DIR
+SEARCH_FILE = "search.json"
+SUMMARY_FILE = "summary.json"
+ORACLE_FILE = "oracle.json"
+TRIAL_FILE = "trial.json"
+# keras-tuner's hyperparameters of its own (Hyperband's bookkeeping).
+_TUNER_KEYS = "tuner/"
+_STATUS = {"COMPLETED": "completed", "FAILED": "failed", "INVALID": "failed",
+           "RUNNING": "interrupted", "IDLE": "waiting", "STOPPED": "stopped"}
+
+
+def search_dir(project_dir, name):
+    """Returns the folder of the search called `name`."""
+    return Path(project_dir) / TUNING_DIR / name
+
+
+def read_json(path):
+    """Returns the JSON in `path`, or None if it is missing or damaged."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def set_aside(path):
+    """Renames `path` to `<path>.old-<time>` and returns the new path."""
+    path = Path(path)
+    target = path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
+    suffix = 1
+    while target.exists():
+        suffix += 1
+        target = target.with_name(f"{target.name.split('~')[0]}~{suffix}")
+    os.rename(path, target)
+    return target
+
+
+def repair_state(folder, warn):
+    """Sets damaged trial files aside so keras-tuner can reload the search.
+
+    A `trial.json` that does not parse is renamed `trial.json.damaged-<time>`
+    and replaced by a record of a failed trial (same id, so trial ids stay
+    unique); the oracle stops waiting for it.
+
+    Args:
+        folder: The search folder.
+        warn: Function that prints a warning line.
+
+    Raises:
+        DltoolError: if `oracle.json` itself is damaged.
+    """
+    folder = Path(folder)
+    oracle_path = folder / ORACLE_FILE
+    if not oracle_path.exists():
+        return
+    oracle = read_json(oracle_path)
+    if not isinstance(oracle, dict) or "end_order" not in oracle:
+        raise DltoolError(f"{oracle_path} is damaged: start the search over with --fresh "
+                          "(the old one is kept aside)")
+    changed = False
+    for trial_dir in sorted(folder.glob("trial_*")):
+        path = trial_dir / TRIAL_FILE
+        state = read_json(path)
+        if isinstance(state, dict) and {"trial_id", "status", "hyperparameters"} <= set(state):
+            continue
+        if not path.exists() and not trial_dir.is_dir():
+            continue
+        trial_id = trial_dir.name.removeprefix("trial_")
+        damaged = path.with_name(f"{TRIAL_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        if path.exists():
+            os.rename(path, damaged)
+        elif trial_id not in oracle.get("start_order", []):
+            continue  # a folder keras-tuner made before recording the trial
+        warn(f"Warning: {path} was damaged; set aside as {damaged.name}, "
+             f"trial {trial_id} counts as failed")
+        runs.write_json_atomic(path, {
+            "trial_id": trial_id, "status": "FAILED", "score": None, "best_step": 0,
+            "hyperparameters": {**oracle.get("hyperparameters", {"space": []}),
+                                "values": {}},
+            "metrics": {"metrics": {}},
+            "message": f"trial.json was damaged and set aside as {damaged.name}"})
+        oracle["ongoing_trials"] = {k: v for k, v in oracle.get("ongoing_trials", {}).items()
+                                    if v != trial_id}
+        oracle["retry_queue"] = [t for t in oracle.get("retry_queue", []) if t != trial_id]
+        if trial_id not in oracle["end_order"]:
+            oracle["end_order"].append(trial_id)
+        if trial_id not in oracle.get("start_order", []):
+            oracle.setdefault("start_order", []).append(trial_id)
+        changed = True
+    if changed:
+        runs.write_json_atomic(oracle_path, oracle)
+
+
+def ensure_tuner_file(folder, tuner_id):
+    """Makes keras-tuner reload an existing search under another tuner id.
+
+    keras-tuner reloads a search only when the file of the tuner id running
+    it exists (`tuner0.json` locally, `chief.json` for a chief); a search
+    started locally and continued as a chief would otherwise start over.
+    The file holds no state of its own (`{}`).
+    """
+    path = Path(folder) / f"{tuner_id}.json"
+    if (Path(folder) / ORACLE_FILE).exists() and not path.exists():
+        runs.write_json_atomic(path, {})
+
+
+def read_trials(folder):
+    """Returns the trials of a search, in trial id order.
+
+    Returns:
+        A list of dicts: `trial`, `status` (completed, failed, interrupted,
+        ...), `score`, `hyperparameters` (the searched values), `epochs`
+        (epochs trained, all executions), `seconds` (training time),
+        `workers` (tuner ids that ran it).
+    """
+    oracle = read_json(Path(folder) / ORACLE_FILE) or {}
+    order = {t: i for i, t in enumerate(oracle.get("start_order", []))}
+    trials = []
+    for trial_dir in sorted(Path(folder).glob("trial_*"),
+                            key=lambda d: (order.get(d.name[6:], len(order)), d.name)):
+        state = read_json(trial_dir / TRIAL_FILE)
+        if not isinstance(state, dict) or "trial_id" not in state:
+            continue
+        executions = [r for r in (runs.read_run(d) for d in
+                                  sorted(trial_dir.glob("execution*"))) if r]
+        values = state.get("hyperparameters", {}).get("values", {})
+        trials.append({
+            "trial": state["trial_id"],
+            "status": _STATUS.get(state.get("status"), str(state.get("status")).lower()),
+            "score": state.get("score"),
+            "hyperparameters": {k: v for k, v in values.items()
+                                if not k.startswith(_TUNER_KEYS)},
+            "epochs": sum(r.get("epochs_done", 0) for r in executions),
+            "seconds": round(sum(r.get("train_seconds", 0.0) for r in executions), 1),
+            "workers": sorted({r["tuner_id"] for r in executions if r.get("tuner_id")}),
+        })
+    return trials
+
+
+def best_trial(trials, direction):
+    """Returns the completed trial with the best score, or None."""
+    scored = [t for t in trials if t["status"] == "completed" and t["score"] is not None
+              and not math.isnan(t["score"])]
+    if not scored:
+        return None
+    pick = max if direction == "max" else min
+    return pick(scored, key=lambda t: t["score"])
+
+
+def _cell(value):
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        return " ".join(map(str, value))
+    return str(value)
+
+
+def table_rows(trials, objective, hp_names):
+    """Returns the trials table: a header row and one row per trial."""
+    header = ["trial", "status", objective, "epochs", "seconds", *hp_names, "worker"]
+    rows = [[t["trial"], t["status"], t["score"], t["epochs"], t["seconds"],
+             *[t["hyperparameters"].get(n) for n in hp_names], t["workers"]]
+            for t in trials]
+    return [header, *[[_cell(v) for v in row] for row in rows]]
+
+
+def format_table(rows):
+    """Formats table rows as aligned plain text."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def _write_text_atomic(path, text):
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_tables(folder, rows):
+    """Writes the trials table as `trials.csv` and `trials.md` in `folder`."""
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    _write_text_atomic(Path(folder) / "trials.csv", buffer.getvalue())
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    _write_text_atomic(Path(folder) / "trials.md", "\n".join(lines) + "\n")
+
+
+def write_summary(folder, summary):
+    """Writes `summary.json` (atomically)."""
+    runs.write_json_atomic(Path(folder) / SUMMARY_FILE, summary)
+
+
+def find_best_hyperparameters(project_dir, which="best"):
+    """Returns the best hyperparameters a search found.
+
+    Args:
+        project_dir: The project folder.
+        which: `best` for the most recently finished search, or a search
+            name.
+
+    Returns:
+        A tuple `(hyperparameters dict, search name)`.
+
+    Raises:
+        ProjectError: if there is no such search or it has no completed trial.
+    """
+    root = Path(project_dir) / TUNING_DIR
+    if which == "best":
+        summaries = [(p.stat().st_mtime, p) for p in root.glob(f"*/{SUMMARY_FILE}")]
+        if not summaries:
+            raise ProjectError("no search has finished a trial yet: run `dltool tune` first")
+        path = max(summaries)[1]
+    else:
+        path = root / which / SUMMARY_FILE
+        if not path.is_file():
+            names = ", ".join(sorted(p.parent.name for p in root.glob(f"*/{SUMMARY_FILE}")))
+            raise ProjectError(f"no search named {which!r} with results in {root}"
+                               + (f" (searches: {names})" if names else ""))
+    summary = read_json(path)
+    if not isinstance(summary, dict):
+        raise ProjectError(f"{path} is damaged")
+    if not summary.get("best"):
+        raise ProjectError(f"search {path.parent.name} has no completed trial yet")
+    return summary["best"]["hyperparameters"], path.parent.name
+
+
+def hyperparameter_overrides(hyperparameters):
+    """Returns `model.KEY=VALUE` overrides that make them the `[model]` defaults."""
+    for name, value in hyperparameters.items():
+        if not isinstance(value, (str, int, float, bool)):
+            raise ConfigError(f"hyperparameter {name} has a value a config cannot hold: "
+                              f"{value!r}")
+    return [f"model.{name}={json.dumps(value)}" for name, value in hyperparameters.items()]

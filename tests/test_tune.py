@@ -1,0 +1,378 @@
+"""`dltool tune`: search space, tuners, resume, budget, results, distributed.
+
+Searches use the tiny CNN on the embedded 700-image CIFAR-10 sample, a
+one-or-two-value space and 1-3 epochs per trial, so a trial takes seconds.
+"""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import TINY_MODEL, invoke
+from dltool import config as config_lib
+from dltool.errors import ConfigError
+
+# A small space over cheap hyperparameters of the tiny model.
+TINY_SEARCH = (*TINY_MODEL, "--set", "search.filters=[8]", "--set", "search.blocks=[1]",
+               "--set", "search.augment=[false]", "--set", "search.weight_decay=[0.0]",
+               "--set", "search.dropout=[0.0, 0.3]",
+               "--set", "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}")
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "dltool.cli", *map(str, args)]
+
+
+def _rows(folder):
+    with open(folder / "trials.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _state(folder):
+    """Names, sizes and modification times of every file of a search."""
+    return sorted((str(p.relative_to(folder)), p.stat().st_size, p.stat().st_mtime_ns)
+                  for p in folder.rglob("*") if p.is_file())
+
+
+# ---- the search space in the config (no TensorFlow) ----
+
+@pytest.mark.parametrize("entry, message", [
+    ([], "search.x: the list of choices is empty"),
+    ({"min": 5, "max": 2}, "search.x: min (5) is greater than max (2)"),
+    ({"min": 1}, "search.x needs both min and max"),
+    ({"min": 0.0, "max": 1.0, "sampling": "exp"}, "search.x.sampling must be one of"),
+    ({"min": 0.0, "max": 1.0, "sampling": "log"}, "log sampling needs min > 0"),
+    ({"min": 1, "max": 4, "stepp": 1}, "unknown config key 'search.x.stepp'"),
+    ([1, "a"], "the choices must be all strings"),
+    ("big", "must be a list of choices or a table"),
+])
+def test_bad_search_space_names_the_key(entry, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        config_lib.parse_search_space({"x": entry})
+
+
+def test_search_space_kinds():
+    space = config_lib.parse_search_space({
+        "a": {"min": 1, "max": 4}, "b": {"min": 0.0, "max": 0.5, "step": 0.1},
+        "c": {"min": 1e-4, "max": 1e-2, "sampling": "log"}, "d": ["x", "y"]})
+    assert [space[k]["kind"] for k in "abcd"] == ["int", "float", "float", "choice"]
+
+
+@pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("1.5h", 5400),
+                                           ("45", 45), ("", None)])
+def test_parse_duration(text, seconds):
+    assert config_lib.parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["30x", "-5m", "m", "0s"])
+def test_bad_duration(text):
+    with pytest.raises(ConfigError, match="must be a duration such as"):
+        config_lib.parse_duration(text)
+
+
+def test_templates_ship_a_search_space(tmp_path, runner):
+    for template in ("image-classifier", "sentiment"):
+        result = invoke(runner, "new", template, tmp_path / template)
+        assert result.exit_code == 0, result.output
+        config = config_lib.load_config(tmp_path / template / "config.toml")
+        space = config_lib.parse_search_space(config["search"])
+        assert len(space) >= 5 and set(space) <= set(config.model)
+        assert config["tune"]["tuner"] == "random"
+
+
+# ---- bad input: one line, non-zero exit, the search untouched ----
+
+_OUTPUT = {}
+
+@pytest.fixture(scope="module")
+def tuned_project(tmp_path_factory):
+    """An image project with a finished 3-trial random search (2 epochs each)."""
+    from click.testing import CliRunner
+
+    root = tmp_path_factory.mktemp("tuned")
+    runner = CliRunner()
+    assert invoke(runner, "new", "image-classifier", root / "proj").exit_code == 0
+    project = root / "proj"
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 3, "--epochs", 2,
+                    *TINY_SEARCH)
+    assert result.exit_code == 0, result.output
+    _OUTPUT["tuned_project"] = result.output
+    return project
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (("--tuner", "simulated-annealing"), "tune.tuner must be one of random, grid, "
+                                         "hyperband, bayesian; got 'simulated-annealing'"),
+    (("--objective", "val_auc"), "tune.objective 'val_auc' is not a metric the model reports "
+                                 "(it reports: accuracy, loss, val_accuracy, val_loss)"),
+    (("--objective", "val_speed"), "cannot tell whether val_speed should go up or down"),
+    (("--set", "search.dropout=[]"), "search.dropout: the list of choices is empty"),
+    (("--set", "search.blocks={min=4, max=1}"), "search.blocks: min (4) is greater than max"),
+    (("--set", "search.depth=[1, 2]"), "search.depth: build_model does not read 'depth'"),
+    (("--set", "search.filters=[8.5]"), "search.filters: model.py reads it with hp.Int"),
+    (("--tuner", "grid"), "search.learning_rate: the grid tuner needs a step"),
+    (("--time-budget", "soon"), "tune.time_budget must be a duration"),
+    (("--worker", "127.0.0.1:1", "--connect-timeout", "1"),
+     "cannot reach the chief at 127.0.0.1:1 within 1 s"),
+    (("--chief", "nowhere"), "--chief must be HOST:PORT"),
+])
+def test_bad_input_is_one_line_and_keeps_the_search(runner, tuned_project, args, message):
+    folder = tuned_project / "tuning" / "random"
+    before = _state(folder)
+    # As a new search (so the changed settings are not what stops it) ...
+    result = invoke(runner, "tune", "--project", tuned_project, "--max-trials", 5,
+                    "--epochs", 2, "--name", "other", *TINY_SEARCH, *args)
+    assert result.exit_code == 1, result.output
+    error = result.output.strip().splitlines()[-1]
+    assert error.startswith("Error: ") and message in error, result.output
+    assert "Traceback" not in result.output
+    assert not (tuned_project / "tuning" / "other").exists()
+    # ... and as the existing one, which stays as it was.
+    result = invoke(runner, "tune", "--project", tuned_project, "--max-trials", 5,
+                    "--epochs", 2, *TINY_SEARCH, *args)
+    assert result.exit_code == 1 and "Traceback" not in result.output, result.output
+    assert len(result.output.strip().splitlines()[-1:]) == 1
+    assert _state(folder) == before
+
+
+def test_tuning_help_and_top_help_stay_tensorflow_free():
+    code = ("import sys; from dltool.cli import cli; from click.testing import CliRunner; "
+            "r = CliRunner().invoke(cli, ['tune', '--help']); assert r.exit_code == 0; "
+            "assert 'tensorflow' not in sys.modules and 'keras_tuner' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# ---- a search and its results ----
+
+@pytest.mark.slow
+def test_search_writes_table_summary_and_hparams_logs(tuned_project):
+    folder = tuned_project / "tuning" / "random"
+    rows = _rows(folder)
+    assert [r["trial"] for r in rows] == ["0", "1", "2"]
+    assert all(r["status"] == "completed" and r["epochs"] == "2" for r in rows)
+    assert all(0.0 <= float(r["val_accuracy"]) <= 1.0 and float(r["seconds"]) > 0
+               for r in rows)
+    assert {r["dropout"] for r in rows} <= {"0", "0.3"}
+    assert all(0.001 <= float(r["learning_rate"]) <= 0.01 for r in rows)
+    assert (folder / "trials.md").read_text().startswith("| trial | status | val_accuracy |")
+    summary = json.loads((folder / "summary.json").read_text())
+    best_score = max(float(r["val_accuracy"]) for r in rows)
+    assert summary["best"]["score"] == pytest.approx(best_score, abs=1e-4)
+    assert summary["stopped_by"] == "done" and summary["trials"] == {"completed": 3}
+    assert "trial  status     val_accuracy" in _OUTPUT["tuned_project"]
+    # TensorBoard: one log folder per trial with the HParams plugin's data.
+    from dltool._tf import tf
+
+    plugins = set()
+    for events in (folder / "tensorboard").rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(events)):
+            plugins |= {v.metadata.plugin_data.plugin_name for v in event.summary.value}
+    assert "hparams" in plugins
+    assert sorted(p.name for p in (folder / "tensorboard").iterdir()) == ["0", "1", "2"]
+
+
+@pytest.mark.slow
+def test_rerun_continues_the_search(runner, tuned_project, copy_project):
+    project = copy_project(tuned_project)
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 4, "--epochs", 2,
+                    *TINY_SEARCH)
+    assert result.exit_code == 0, result.output
+    assert "Reloading Tuner" in result.output
+    rows = _rows(project / "tuning" / "random")
+    assert [r["trial"] for r in rows] == ["0", "1", "2", "3"]
+    # Trials 0-2 were kept, not rerun.
+    before = {r["trial"]: r["seconds"] for r in _rows(tuned_project / "tuning" / "random")}
+    assert all(before[r["trial"]] == r["seconds"] for r in rows[:3])
+
+
+@pytest.mark.slow
+def test_train_with_best_hparams(runner, tuned_project, copy_project):
+    project = copy_project(tuned_project)
+    summary = json.loads((project / "tuning" / "random" / "summary.json").read_text())
+    best = summary["best"]["hyperparameters"]
+    result = invoke(runner, "train", "--project", project, "--epochs", 1, "--hparams", "best",
+                    *TINY_MODEL)
+    assert result.exit_code == 0, result.output
+    assert "Hyperparameters of search random's best trial" in result.output
+    (run,) = (project / "runs").iterdir()
+    model = config_lib.load_config(run / "config.toml").model
+    assert model["dropout"] == best["dropout"]
+    assert model["learning_rate"] == pytest.approx(best["learning_rate"])
+    result = invoke(runner, "train", "--project", project, "--hparams", "nosuch")
+    assert result.exit_code == 1 and "no search named 'nosuch'" in result.output
+
+
+@pytest.mark.slow
+def test_export_best_retrains_on_train_and_validation(runner, tuned_project, copy_project):
+    project = copy_project(tuned_project)
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 3, "--epochs", 2,
+                    "--export-best", "--set", "training.epochs=1", *TINY_SEARCH)
+    assert result.exit_code == 0, result.output
+    (run,) = (project / "runs").iterdir()
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["monitor"] == "accuracy"  # no validation data left
+    assert config_lib.load_config(run / "config.toml")["training"]["include_validation"]
+    version = project / "saved_models" / "proj" / "1"
+    assert (version / "saved_model.pb").is_file() and (version / "model.keras").is_file()
+    assert json.loads((version / "dltool.json").read_text())["run"] == run.name
+    result = invoke(runner, "predict", "--project", project, *sorted(
+        (project / "samples").glob("*.jpg")))
+    assert result.exit_code == 0, result.output
+
+
+@pytest.mark.slow
+def test_fresh_moves_the_old_search_aside(runner, tuned_project, copy_project):
+    project = copy_project(tuned_project)
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 1, "--epochs", 1,
+                    "--fresh", *TINY_SEARCH)
+    assert result.exit_code == 0, result.output
+    (old,) = (project / "tuning").glob("random.old-*")
+    assert len(_rows(old)) == 3 and len(_rows(project / "tuning" / "random")) == 1
+
+
+@pytest.mark.slow
+def test_changed_settings_need_fresh_or_a_new_name(runner, tuned_project):
+    result = invoke(runner, "tune", "--project", tuned_project, "--max-trials", 3,
+                    "--epochs", 3, *TINY_SEARCH)
+    assert result.exit_code == 1
+    assert "search 'random' was started with other settings (tune.epochs changed)" \
+        in result.output
+
+
+@pytest.mark.slow
+def test_damaged_trial_file_is_set_aside(runner, tuned_project, copy_project):
+    project = copy_project(tuned_project)
+    folder = project / "tuning" / "random"
+    (folder / "trial_1" / "trial.json").write_text('{"trial_id": "1", "hyperpa')
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 4, "--epochs", 2,
+                    *TINY_SEARCH)
+    assert result.exit_code == 0, result.output
+    assert "trial_1/trial.json was damaged; set aside as trial.json.damaged-" in result.output
+    assert list((folder / "trial_1").glob("trial.json.damaged-*"))
+    statuses = [r["status"] for r in _rows(folder)]
+    assert statuses == ["completed", "failed", "completed", "completed"]
+
+
+@pytest.mark.slow
+def test_time_budget_stops_cleanly_and_resumes(runner, project):
+    # 20 epochs without early stopping outlast a 4 s budget: it ends mid-trial.
+    args = ("--project", project, "--epochs", 20, *TINY_SEARCH,
+            "--set", "tune.early_stopping_patience=0")
+    result = invoke(runner, "tune", "--max-trials", 50, "--time-budget", "4s", *args)
+    assert result.exit_code == 0, result.output
+    assert "Time budget 4s used up: stopped" in result.output
+    folder = project / "tuning" / "random"
+    summary = json.loads((folder / "summary.json").read_text())
+    assert summary["stopped_by"] == "time budget"
+    rows = _rows(folder)
+    assert len(rows) == 1 and rows[0]["status"] == "interrupted", rows
+    assert int(rows[0]["epochs"]) < 20 and (folder / "trials.md").is_file()
+    result = invoke(runner, "tune", "--max-trials", 1, *args)
+    assert result.exit_code == 0, result.output
+    assert [(r["status"], r["epochs"]) for r in _rows(folder)] == [("completed", "20")]
+    (history,) = folder.glob("trial_*/execution0/history.csv")
+    with open(history) as f:  # continued, not restarted
+        assert [int(row["epoch"]) for row in csv.DictReader(f)] == list(range(20))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("tuner", ["grid", "hyperband", "bayesian"])
+def test_other_tuners(runner, project, tuner):
+    result = invoke(runner, "tune", "--project", project, "--tuner", tuner, "--max-trials", 2,
+                    "--epochs", 2, *TINY_SEARCH, "--set", "search.learning_rate=[0.003]")
+    assert result.exit_code == 0, result.output
+    rows = _rows(project / "tuning" / tuner)
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows)
+    if tuner == "grid":
+        assert sorted(r["dropout"] for r in rows) == ["0", "0.3"]
+
+
+@pytest.mark.slow
+def test_sentiment_search(runner, tmp_path):
+    project = tmp_path / "reviews"
+    assert invoke(runner, "new", "sentiment", project).exit_code == 0
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 2, "--epochs", 1,
+                    "--set", "training.verbose=0", "--set", "model.embedding_dim=16",
+                    "--set", "search.units=[8]", "--set", "search.cell=[\"gru\", \"lstm\"]",
+                    "--set", "search.bidirectional=[false]")
+    assert result.exit_code == 0, result.output
+    rows = _rows(project / "tuning" / "random")
+    assert sorted(r["cell"] for r in rows) == ["gru", "lstm"] or len(
+        {r["cell"] for r in rows}) == 1
+    assert all(r["status"] == "completed" and r["bidirectional"] == "False" for r in rows)
+
+
+# ---- kill -9 and distributed search (subprocesses) ----
+
+@pytest.mark.slow
+def test_search_survives_kill_9_mid_trial(project):
+    command = _cli("tune", "--project", project, "--max-trials", 2, "--epochs", 5,
+                   *TINY_SEARCH)
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    folder = project / "tuning" / "random"
+    deadline, done = time.monotonic() + 300, 0
+    while time.monotonic() < deadline and process.poll() is None:
+        meta = (folder / "trial_0" / "execution0" / "run.json")
+        if meta.exists():
+            done = json.loads(meta.read_text()).get("epochs_done", 0)
+            if done >= 2:
+                os.kill(process.pid, signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    process.wait()
+    assert 2 <= done < 5, "the search must be killed inside trial 0"
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    rows = _rows(folder)
+    assert [(r["trial"], r["status"], r["epochs"]) for r in rows] == [
+        ("0", "completed", "5"), ("1", "completed", "5")]
+    # Trial 0 continued from its last completed epoch: each epoch logged once.
+    with open(folder / "trial_0" / "execution0" / "history.csv") as f:
+        assert [row["epoch"] for row in csv.DictReader(f)] == ["0", "1", "2", "3", "4"]
+    for path in folder.rglob("*.json"):
+        json.loads(path.read_text())  # every state file parses
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_chief_and_two_workers(project):
+    address = f"127.0.0.1:{_free_port()}"
+    common = ("--project", project, "--max-trials", 4, "--epochs", 1, *TINY_SEARCH)
+    env = {**os.environ, "TF_NUM_INTEROP_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
+    chief = subprocess.Popen(_cli("tune", "--chief", address, *common), env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers = [subprocess.Popen(_cli("tune", "--worker", address, *common), env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+               for _ in range(2)]
+    outputs = []
+    try:
+        for process in [*workers, chief]:
+            outputs.append(process.communicate(timeout=240)[0])
+    finally:
+        for process in [chief, *workers]:
+            if process.poll() is None:
+                process.kill()
+    for process, output in zip([*workers, chief], outputs):
+        assert process.returncode == 0, output
+    assert "no authentication" in outputs[-1]
+    rows = _rows(project / "tuning" / "random")
+    assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
+    ran = [line for out in outputs[:2] for line in out.splitlines() if " ran " in line]
+    assert len(ran) == 2 and all("ran 0 trial" not in line for line in ran), ran
+    ids = {r["worker"] for r in rows}
+    assert len(ids) == 2 and all(i.startswith("worker-") and i.endswith(("-0", "-1"))
+                                 for i in ids)
