@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dltool._tf import keras, tf
 from dltool.data import images
+from dltool.data import splits as splits_lib
 from dltool.errors import ConfigError, DataError
 
 DELIMITED_SUFFIXES = {".tsv": "\t", ".csv": ","}
@@ -129,8 +130,9 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
                       f"(seed {seed})")
     index = {value: i for i, value in enumerate(label_values)}
     encoded = {s: (split.texts, [index[y] for y in split.labels]) for s, split in splits.items()}
-    report[:0] = images._count_table(  # same table as images: one row per class
-        class_names, {s: _count(y, len(class_names)) for s, (_, y) in encoded.items()})
+    report[:0] = splits_lib.count_table(  # same table as images: one row per class
+        class_names, {s: splits_lib.count_labels(y, len(class_names))
+                      for s, (_, y) in encoded.items()})
 
     vectorizer = make_vectorizer(data["sequence_length"], data["vocabulary_size"], vocabulary)
     if vocabulary is None:
@@ -189,16 +191,10 @@ def _class_names(label_values, label_names):
     return label_names
 
 
-def _count(labels, num_classes):
-    counts = [0] * num_classes
-    for label in labels:
-        counts[label] += 1
-    return counts
-
-
 def _split(split, fraction, seed):
     """Splits a `_Split` per label into (train, val), seeded."""
-    train, val = images._split(list(zip(split.texts, split.labels)), fraction, seed)
+    train, val = splits_lib.stratified_split(list(zip(split.texts, split.labels)),
+                                             fraction, seed)
     return tuple(_Split([t for t, _ in pairs], [y for _, y in pairs], split.origin)
                  for pairs in (train, val))
 
