@@ -162,7 +162,8 @@ def train(project_dir, overrides, epochs, batch_size, strategy, precision, fresh
 @skip_bad_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def evaluate(project_dir, run_name, split, skip_bad, as_json):
-    """Evaluate the best weights of a run: loss, accuracy, per-class figures."""
+    """Evaluate the best weights of a run: loss, accuracy, per-class figures
+    (classifiers); BLEU and chrF, with sample translations (translator)."""
     with user_errors():
         project = _project(project_dir)
         from dltool.evaluation import evaluate as run_evaluation
@@ -172,6 +173,15 @@ def evaluate(project_dir, run_name, split, skip_bad, as_json):
         click.echo(json.dumps(result, indent=2))
         return
     click.echo(f"Run {result['run']}, {split} split, {result['examples']} examples")
+    if "bleu" in result:
+        decoding = result["decoding"]
+        how = "greedy" if decoding["method"] == "greedy" else \
+            f"beam search, width {decoding['beam_width']}"
+        click.echo(f"BLEU  {result['bleu']:.2f}  ({result['signature']['bleu']})")
+        click.echo(f"chrF  {result['chrf']:.2f}  ({result['signature']['chrf']})")
+        click.echo(f"decoding: {how}; translations beside the references in "
+                   f"{result['translations_file']}")
+        return
     click.echo(f"loss      {result['loss']:.4f}\naccuracy  {result['accuracy']:.4f}")
     if "per_class" in result:
         width = max(len(c["name"]) for c in result["per_class"])
@@ -207,7 +217,10 @@ def export(project_dir, run_name, name):
               help="Classes to show per input (default: export.top_k).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
-    """Predict INPUTS (image files, or texts for text templates) with an exported model."""
+    """Predict INPUTS (image files, or texts for text templates) with an exported model.
+
+    For a translator, each input is a sentence and its translation is printed.
+    """
     if not inputs and input_file is None:
         raise click.UsageError("give INPUTS or --file PATH")
     with user_errors():
@@ -224,6 +237,9 @@ def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
 
         source, results = run_predict(project, list(inputs), model_path=model_path,
                                       top_k=top_k)
+    if results and isinstance(results[0][1], dict):  # translations
+        _print_translations(source, results, as_json)
+        return
     if as_json:
         click.echo(json.dumps([{"input": i, "top": [{"label": lbl, "probability": p}
                                                     for lbl, p in top]}
@@ -233,6 +249,20 @@ def predict(inputs, input_file, project_dir, model_path, top_k, as_json):
     for item, top in results:
         shown = ", ".join(f"{label} {probability:.3f}" for label, probability in top)
         click.echo(f"{item}: {shown}")
+
+
+def _print_translations(source, results, as_json):
+    for item, out in results:
+        if out["truncated"]:
+            click.echo(f"Warning: {item[:40]!r}... is longer than the model's maximum "
+                       "length; only its beginning was translated", err=True)
+    if as_json:
+        click.echo(json.dumps([{"input": i, **out} for i, out in results], indent=2,
+                              ensure_ascii=False))
+        return
+    click.echo(f"Model: {source}")
+    for item, out in results:
+        click.echo(f"{item} -> {out['translation']}")
 
 
 def main():

@@ -19,9 +19,10 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False):
         skip_bad: Drop unusable data files instead of failing.
 
     Returns:
-        A dict with `run`, `split`, `examples`, `loss`, `accuracy` and the
-        task's report (`per_class`, `confusion` for classifiers). It is also
-        written to the run folder as `evaluation-SPLIT.json`.
+        A dict with `run`, `split`, `examples` and the task's figures
+        (`loss`, `accuracy`, `per_class`, `confusion` for classifiers; `bleu`,
+        `chrf` for the translator). It is also written to the run folder as
+        `evaluation-SPLIT.json`.
 
     Raises:
         DltoolError: no trained run, no such split, bad data.
@@ -32,6 +33,21 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False):
     if split not in data.splits:
         raise DataError(f"the data has no {split!r} split (it has: {', '.join(data.splits)}); "
                         "add a test/ folder or use --split val")
+    result = {"run": run["name"], "split": split,
+              **task.evaluate_split(model, data, split, config, run)}
+    runs.write_json_atomic(run["dir"] / f"evaluation-{split}.json", result)
+    return result
+
+
+def evaluate_classifier(model, data, split, config, run):
+    """Loss, accuracy and the per-class report of a classifier on one split.
+
+    Returns:
+        A dict with `examples`, `loss`, `accuracy` and the task's report
+        (`per_class`, `confusion`).
+    """
+    from dltool.tasks import task_for
+
     batches = pipeline.batched(data.splits[split], config["training"]["batch_size"],
                                training=False)
     labels, probabilities = [], []
@@ -41,8 +57,6 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False):
     labels = np.concatenate(labels)
     probabilities = np.concatenate(probabilities)
     loss = keras.losses.get(model.loss)(labels, probabilities)
-    report = task.evaluation_report(labels, probabilities, run["meta"])
-    result = {"run": run["name"], "split": split, "examples": int(len(labels)),
-              "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}
-    runs.write_json_atomic(run["dir"] / f"evaluation-{split}.json", result)
-    return result
+    report = task_for(config.template).evaluation_report(labels, probabilities, run["meta"])
+    return {"examples": int(len(labels)),
+            "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}

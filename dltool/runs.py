@@ -24,8 +24,14 @@ WEIGHTS_FILE = "best.weights.h5"
 def write_json_atomic(path, data):
     """Writes `data` as JSON to `path` through a temporary file and a rename."""
     path = Path(path)
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path, text):
+    """Writes UTF-8 `text` to `path` through a temporary file and a rename."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

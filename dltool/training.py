@@ -38,14 +38,20 @@ def training_datasets(task, config, data):
     training = config["training"]
     cache = pipeline.should_cache(config["data"]["cache"], sum(data.sizes.values()),
                                   task.bytes_per_example(config))
+    grouping = batching(task, config)
     train = pipeline.batched(data.splits["train"], training["batch_size"], training=True,
                              seed=training["seed"], cache=cache,
-                             shuffle_buffer=data.sizes["train"])
+                             shuffle_buffer=data.sizes["train"], **grouping)
     val = None
     if "val" in data.splits:
         val = pipeline.batched(data.splits["val"], training["batch_size"], training=False,
-                               cache=cache)
+                               cache=cache, **grouping)
     return train, val
+
+
+def batching(task, config):
+    """Extra `pipeline.batched` arguments of a task (grouping by length), or {}."""
+    return task.batching(config) if hasattr(task, "batching") else {}
 
 
 def make_callbacks(config, run, monitor):
@@ -56,9 +62,12 @@ def make_callbacks(config, run, monitor):
     """
     training = config["training"]
     run_dir = run["dir"]
+    budget = training["time_budget"] * 60
+    seconds_done = run.get("train_seconds", 0.0)
     return [
         dl_callbacks.EpochLearningRate(training["lr_schedule"], training["epochs"],
-                                       training["warmup_epochs"]),
+                                       training["warmup_epochs"], budget, seconds_done),
+        *([dl_callbacks.TimeBudget(budget, seconds_done)] if budget else []),
         dl_callbacks.StopOnNonFiniteLoss(),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / runs.WEIGHTS_FILE), monitor=monitor, save_best_only=True,
@@ -108,12 +117,16 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, echo=print)
     else:
         echo(f"Run: {run['dir']} (resuming an unfinished run with the same config, "
              f"{run.get('epochs_done', 0)} epoch(s) done)")
+    for name, content in getattr(data, "run_files", {}).items():  # e.g. the test pairs
+        runs.write_text_atomic(run["dir"] / name, content)
     runs.update_run(run, status="running", pid=os.getpid(), meta=data.meta,
                     sizes=data.sizes, parameters=int(model.count_params()))
     monitor = config["training"]["monitor"]
     if val_ds is None:
         monitor = monitor.removeprefix("val_")
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
+    # Batches grouped by length have no known count: Keras learns it in epoch 1.
+    warnings.filterwarnings("ignore", message=".*Your input ran out of data")
     model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
               callbacks=make_callbacks(config, run, monitor),
               verbose=config["training"]["verbose"])

@@ -241,7 +241,7 @@ def _split_files(path):
     return found
 
 
-def _decode_lines(path, raw, skip_bad, report, hint="fix the file or pass --skip-bad"):
+def decode_lines(path, raw, skip_bad, report, hint="fix the file or pass --skip-bad"):
     """Decodes `raw` line by line as UTF-8.
 
     Returns:
@@ -293,7 +293,7 @@ def read_delimited(path, data, skip_bad=False, report=None):
     if not raw.strip():
         raise DataError(f"{path} is empty")
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte order mark
-    lines = _decode_lines(path, raw, skip_bad, report)
+    lines = decode_lines(path, raw, skip_bad, report)
     delimiter = _delimiter(path, data["delimiter"])
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, quoting=quoting)
@@ -446,7 +446,7 @@ def read_input_lines(path):
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: unreadable: {e.strerror}") from e
-    lines = _decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), False, [],
+    lines = decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), False, [],
                           hint="fix the file")
     inputs = [line.rstrip("\r\n") for _, line in lines if line.strip()]
     if not inputs:
