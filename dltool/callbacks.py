@@ -40,8 +40,8 @@ class EpochLearningRate(keras.callbacks.Callback):
 
     With a time budget, the cosine runs over the budget instead of the
     epochs: the rate is set every few batches from the share of the budget
-    spent, so it reaches 0 when `TimeBudget` stops training, however many
-    epochs that takes.
+    spent (after a linear warm-up over its first 2%), so it reaches 0 when
+    `TimeBudget` stops training, however many epochs that takes.
 
     Args:
         schedule: `cosine` or `constant`.
@@ -52,6 +52,7 @@ class EpochLearningRate(keras.callbacks.Callback):
     """
 
     _EVERY_BATCHES = 10
+    _WARMUP_SHARE = 0.02
 
     def __init__(self, schedule, epochs, warmup_epochs=0, time_budget=0.0, seconds_done=0.0):
         super().__init__()
@@ -89,8 +90,10 @@ class EpochLearningRate(keras.callbacks.Callback):
             return
         spent = self.seconds_done + time.perf_counter() - self.started
         progress = min(1.0, spent / self.time_budget)
-        self.model.optimizer.learning_rate.assign(
-            self.base_rate * 0.5 * (1.0 + math.cos(math.pi * progress)))
+        rate = self.base_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
+        if progress < self._WARMUP_SHARE:
+            rate = self.base_rate * max(progress / self._WARMUP_SHARE, 0.01)
+        self.model.optimizer.learning_rate.assign(rate)
 
 
 class TimeBudget(keras.callbacks.Callback):

@@ -8,6 +8,7 @@ joins the tokens back into text: no Python loop at inference.
 import logging
 from pathlib import Path
 
+import keras_hub  # also registers its layers, so .keras files with them load
 import numpy as np
 
 from dltool import runs
@@ -82,8 +83,6 @@ class Translator:
     """
 
     def __init__(self, model, meta):
-        import keras_hub
-
         self.model = model
         self.source_vectorizer = parallel.make_vectorizer(vocabulary=meta["source_vocabulary"])
         self.source_vectorizer.build()  # a built layer can be tracked by the export
@@ -101,14 +100,13 @@ class Translator:
         self.finished_logits = tf.constant([0.0] + [-1e9] * (len(vocabulary) - 1))
         self.samplers = {"greedy": keras_hub.samplers.GreedySampler(),
                          "beam": {}}
-        self._keras_hub = keras_hub
 
     def sampler(self, method, beam_width=4):
         if method == "greedy" or beam_width == 1:
             return self.samplers["greedy"]
         beams = self.samplers["beam"]
         if beam_width not in beams:
-            beams[beam_width] = self._keras_hub.samplers.BeamSampler(num_beams=beam_width)
+            beams[beam_width] = keras_hub.samplers.BeamSampler(num_beams=beam_width)
         return beams[beam_width]
 
     def source_ids(self, texts):
@@ -120,6 +118,7 @@ class Translator:
         ids = tf.pad(ids, [[0, 0], [0, tf.maximum(0, 1 - width)]])  # at least one column
         return ids, truncated
 
+    @tf.autograph.experimental.do_not_convert
     def __call__(self, texts, method="greedy", beam_width=4):
         """Translates a 1-D string tensor.
 
@@ -208,8 +207,6 @@ def evaluate_split(model, data, split, config, run):
         both scores), `decoding`, `truncated` (inputs cut to `max_length`)
         and `translations_file`.
     """
-    import sacrebleu
-
     pairs = data.pairs[split]
     translator = Translator(model, run["meta"])
     decoding = config["decoding"]
@@ -221,20 +218,31 @@ def evaluate_split(model, data, split, config, run):
         out = translate(tf.constant(batch))
         hypotheses += [t.decode("utf-8") for t in out["translation"].numpy()]
         truncated += int(np.sum(out["truncated"].numpy()))
-    references = [b for _, b in pairs]
-    bleu = sacrebleu.metrics.BLEU()
-    chrf = sacrebleu.metrics.CHRF()
-    bleu_score = bleu.corpus_score(hypotheses, [references])
-    chrf_score = chrf.corpus_score(hypotheses, [references])
+    scores = score(hypotheses, [b for _, b in pairs])
     path = Path(run["dir"]) / f"translations-{split}.tsv"
     runs.write_text_atomic(path, "source\treference\ttranslation\n" + "".join(
         f"{a}\t{b}\t{h}\n" for (a, b), h in zip(pairs, hypotheses)))
     if truncated:
         logging.getLogger("dltool").warning("%d input(s) longer than %d tokens were cut",
                                             truncated, translator.max_length)
-    return {"examples": len(pairs), "bleu": round(bleu_score.score, 2),
-            "chrf": round(chrf_score.score, 2),
-            "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())},
-            "decoding": dict(decoding), "truncated": truncated,
-            "translations_file": str(path)}
+    return {"examples": len(pairs), **scores, "decoding": dict(decoding),
+            "truncated": truncated, "translations_file": str(path)}
 
+
+def score(hypotheses, references):
+    """Corpus BLEU and chrF (sacrebleu's defaults: cased, 13a tokenization).
+
+    Args:
+        hypotheses: Translations, detokenized text.
+        references: One reference per translation, as written in the data.
+
+    Returns:
+        A dict: `bleu`, `chrf` (0-100, two decimals) and `signature` (the
+        sacrebleu signature of each, for reporting).
+    """
+    import sacrebleu
+
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    return {"bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
+            "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+            "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}}

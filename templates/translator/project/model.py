@@ -108,21 +108,30 @@ def _rnn(source_ids, target_ids, source_vocabulary_size, target_vocabulary_size,
     decoded = recurrent(units, return_sequences=True)(y, initial_state=initial_state)
     context = layers.Attention(use_scale=True)([decoded, encoded])
     features = layers.Concatenate()([decoded, context])
-    features = layers.Dense(units, activation="tanh")(features)
+    # Down to embedding_dim before the output layer, the largest cost of
+    # training (target_vocabulary_size outputs per token).
+    features = layers.Dense(embedding_dim, activation="tanh")(features)
     return layers.Dropout(dropout)(features)
 
 
 def _transformer(source_ids, target_ids, source_vocabulary_size, target_vocabulary_size,
                  embedding_dim, units, dropout, layers_count, heads, max_length):
+    # Layer normalization first in each block (stable without a warm-up),
+    # and once more after the last block.
     x = keras_hub.layers.TokenAndPositionEmbedding(
         source_vocabulary_size, max_length, embedding_dim, mask_zero=True)(source_ids)
+    x = layers.Dropout(dropout)(x)
     for _ in range(layers_count):
-        x = keras_hub.layers.TransformerEncoder(units, heads, dropout=dropout)(x)
+        x = keras_hub.layers.TransformerEncoder(units, heads, dropout=dropout,
+                                                normalize_first=True)(x)
+    x = layers.LayerNormalization(epsilon=1e-5)(x)
     y = keras_hub.layers.TokenAndPositionEmbedding(
         target_vocabulary_size, max_length, embedding_dim, mask_zero=True)(target_ids)
+    y = layers.Dropout(dropout)(y)
     for _ in range(layers_count):
-        y = keras_hub.layers.TransformerDecoder(units, heads, dropout=dropout)(y, x)
-    return y
+        y = keras_hub.layers.TransformerDecoder(units, heads, dropout=dropout,
+                                                normalize_first=True)(y, x)
+    return layers.LayerNormalization(epsilon=1e-5)(y)
 
 
 def masked_loss(y_true, y_pred):
