@@ -24,6 +24,7 @@ It prints a table and writes bench/results/translator.json.
 
     python bench/translator.py [--data FILE] [--budget MINUTES]
         [--variants default,transformer] [--budgets default=30,transformer=25]
+        [--append]  (add to the rows already in bench/results/translator.json)
 """
 
 import argparse
@@ -129,15 +130,20 @@ def main():
     parser.add_argument("--variants", default="default,transformer")
     parser.add_argument("--min-test-pairs", type=int, default=2000,
                         help="refuse a smaller test split (lower it only to try the script)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other variants already in --out")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "translator.json")
     args = parser.parse_args()
     if not args.data.is_file():
         sys.exit(f"no fra.txt at {args.data}")
     budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(",")
                                         if item)}
+    names = args.variants.split(",")
     rows = []
+    if args.append and args.out.is_file():
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["name"] not in names]
     with tempfile.TemporaryDirectory() as tmp:
-        for name in args.variants.split(","):
+        for name in names:
             rows.append(run_variant(name, VARIANTS[name], args.data.resolve(),
                                     budgets.get(name, args.budget), Path(tmp),
                                     args.min_test_pairs))
