@@ -299,10 +299,11 @@ def tune(project_dir, overrides, tuner, objective, direction, max_trials, execut
 @click.option("--split", type=click.Choice(["test", "val"]), default="test",
               help="Split to evaluate on.")
 @skip_bad_option
-@quiet_option("the accuracy")
+@quiet_option("the accuracy (a translator: the BLEU score)")
 @json_option
 def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
-    """Evaluate the best weights of a run: loss, accuracy, per-class figures.
+    """Evaluate the best weights of a run: loss, accuracy, per-class figures
+    (classifiers); BLEU and chrF, with sample translations (translator).
 
     Also writes the run's report (figures, report.html, report.md).
     """
@@ -317,9 +318,18 @@ def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
         click.echo(json.dumps(result, indent=2))
         return
     if quiet:
-        click.echo(f"{result['accuracy']:.4f}")
+        click.echo(f"{result['bleu']:.2f}" if "bleu" in result else f"{result['accuracy']:.4f}")
         return
     click.echo(f"Run {result['run']}, {split} split, {result['examples']} examples")
+    if "bleu" in result:
+        decoding = result["decoding"]
+        how = "greedy" if decoding["method"] == "greedy" else \
+            f"beam search, width {decoding['beam_width']}"
+        click.echo(f"BLEU  {result['bleu']:.2f}  ({result['signature']['bleu']})")
+        click.echo(f"chrF  {result['chrf']:.2f}  ({result['signature']['chrf']})")
+        click.echo(f"decoding: {how}; translations beside the references in "
+                   f"{result['translations_file']}")
+        return
     click.echo(f"loss      {result['loss']:.4f}\naccuracy  {result['accuracy']:.4f}")
     if "per_class" in result:
         width = max(len(c["name"]) for c in result["per_class"])
@@ -359,7 +369,10 @@ def export(project_dir, run_name, overrides, name):
 @quiet_option("the top label of each input, one per line")
 @json_option
 def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet, as_json):
-    """Predict INPUTS (image files, or texts for text templates) with an exported model."""
+    """Predict INPUTS (image files, or texts for text templates) with an exported model.
+
+    For a translator, each input is a sentence and its translation is printed.
+    """
     _check_output_flags(quiet, as_json)
     if not inputs and input_file is None:
         raise click.UsageError("give INPUTS or --file PATH")
@@ -377,6 +390,9 @@ def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet
 
         source, results = run_predict(project, list(inputs), model_path=model_path,
                                       top_k=top_k, echo=_progress(quiet))
+    if results and isinstance(results[0][1], dict):  # translations
+        _print_translations(source, results, quiet, as_json)
+        return
     if as_json:
         click.echo(json.dumps([{"input": i, "top": [{"label": lbl, "probability": p}
                                                     for lbl, p in top]}
@@ -508,6 +524,24 @@ def completion(shell):
 
     completer = get_completion_class(shell)(cli, {}, "dltool", "_DLTOOL_COMPLETE")
     click.echo(completer.source())
+
+
+def _print_translations(source, results, quiet, as_json):
+    for item, out in results:
+        if out["truncated"]:
+            click.echo(f"Warning: {item[:40]!r}... is longer than the model's maximum "
+                       "length; only its beginning was translated", err=True)
+    if as_json:
+        click.echo(json.dumps([{"input": i, **out} for i, out in results], indent=2,
+                              ensure_ascii=False))
+        return
+    if quiet:
+        for _, out in results:
+            click.echo(out["translation"])
+        return
+    click.echo(f"Model: {source}")
+    for item, out in results:
+        click.echo(f"{item} -> {out['translation']}")
 
 
 def main():

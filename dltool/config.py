@@ -77,6 +77,7 @@ COMMON_SECTIONS = {
         "lr_schedule": Field("cosine", choices=("cosine", "constant")),
         "warmup_epochs": Field(0, minimum=0),
         "monitor": Field("val_accuracy"),
+        "time_budget": Field(0.0, minimum=0.0),
         "early_stopping_patience": Field(10, minimum=0),
         "seed": Field(42, minimum=0),
         "deterministic": Field(False),
@@ -130,6 +131,24 @@ TEMPLATE_SECTIONS = {
             "sequence_length": Field(48, minimum=1),
             "cache": Field("auto", choices=("auto", "memory", "off")),
             "skip_bad": Field(False),
+        },
+    },
+    "translator": {
+        "data": {
+            "source": Field("builtin:fra-eng"),
+            "source_language": Field("en"),
+            "target_language": Field("fr"),
+            "max_length": Field(24, minimum=1),
+            "validation_split": Field(0.05, minimum=0.0, maximum=0.5),
+            "test_split": Field(0.05, minimum=0.0, maximum=0.5),
+            "source_vocabulary_size": Field(8000, minimum=4),
+            "target_vocabulary_size": Field(10000, minimum=4),
+            "cache": Field("auto", choices=("auto", "memory", "off")),
+            "skip_bad": Field(False),
+        },
+        "decoding": {
+            "method": Field("beam", choices=("greedy", "beam")),
+            "beam_width": Field(4, minimum=1, maximum=32),
         },
     },
 }

@@ -28,10 +28,11 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
         echo: Function that prints a progress line for the user, or None.
 
     Returns:
-        A dict with `run`, `split`, `examples`, `loss`, `accuracy` and the
-        task's report (`per_class`, `confusion` for classifiers). It is also
-        written to the run folder as `evaluation-SPLIT.json`, with one row
-        per example in `predictions-SPLIT.csv` (see `dltool.reports`).
+        A dict with `run`, `split`, `examples` and the task's figures
+        (`loss`, `accuracy`, `per_class`, `confusion` for classifiers; `bleu`,
+        `chrf` for the translator). It is also written to the run folder as
+        `evaluation-SPLIT.json`; classifiers add one row per example in
+        `predictions-SPLIT.csv` (see `dltool.reports`).
 
     Raises:
         DltoolError: no trained run, no such split, bad data.
@@ -44,12 +45,31 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
     if split not in data.splits:
         raise DataError(f"the data has no {split!r} split (it has: {', '.join(data.splits)}); "
                         "add a test/ folder or use --split val")
-    batch_size = config["training"]["batch_size"]
-    size = data.sizes[split]
-    echo(f"Evaluating on the {split} split: {size} examples, "
-         f"{-(-size // batch_size)} batches of {batch_size}")
+    echo(f"Evaluating on the {split} split: {data.sizes[split]} examples")
     started = time.perf_counter()
-    keeper = _ExampleKeeper(size, config["training"]["seed"]) \
+    result = {"run": run["name"], "split": split,
+              **task.evaluate_split(model, data, split, config, run)}
+    echo(f"Evaluated in {time.perf_counter() - started:.1f} s")
+    runs.write_json_atomic(run["dir"] / reports.evaluation_file(split), result)
+    reports.write_report(project_dir, run, echo=echo)
+    return result
+
+
+def evaluate_classifier(model, data, split, config, run):
+    """Loss, accuracy and the per-class report of a classifier on one split.
+
+    Also writes `predictions-SPLIT.csv` and, for tasks that keep them, the
+    example inputs the report shows.
+
+    Returns:
+        A dict with `examples`, `loss`, `accuracy` and the task's report
+        (`per_class`, `confusion`).
+    """
+    from dltool.tasks import task_for
+
+    task = task_for(config.template)
+    batch_size = config["training"]["batch_size"]
+    keeper = _ExampleKeeper(data.sizes[split], config["training"]["seed"]) \
         if hasattr(task, "save_examples") else None
     labels, probabilities = [], []
     for x, y in pipeline.batched(data.splits[split], batch_size, training=False):
@@ -61,16 +81,12 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
     probabilities = np.concatenate(probabilities)
     loss = keras.losses.get(model.loss)(labels, probabilities)
     report = task.evaluation_report(labels, probabilities, run["meta"])
-    result = {"run": run["name"], "split": split, "examples": int(len(labels)),
-              "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}
-    echo(f"Evaluated in {time.perf_counter() - started:.1f} s")
-    runs.write_json_atomic(run["dir"] / reports.evaluation_file(split), result)
     reports.save_predictions(run["dir"], split, labels, probabilities,
                              run["meta"]["class_names"], task.readable_inputs(data, split))
     if keeper is not None:
         task.save_examples(run["dir"], split, keeper.examples())
-    reports.write_report(project_dir, run, echo=echo)
-    return result
+    return {"examples": int(len(labels)),
+            "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}
 
 
 class _ExampleKeeper:

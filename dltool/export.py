@@ -84,7 +84,8 @@ def write_saved_model(model, endpoint, path):
     Args:
         model: The Keras model whose variables the endpoint uses.
         endpoint: A tuple `(fn, input_signature)` from the task; the layers
-            in `fn.resources`, if any, are saved too.
+            in `fn.resources`, if any, are saved too, and the functions in
+            `fn.endpoints` (name to function) become more signatures.
         path: Folder to write.
     """
     fn, signature = endpoint
@@ -93,6 +94,8 @@ def write_saved_model(model, endpoint, path):
     for resource in getattr(fn, "resources", ()):  # e.g. a vocabulary lookup table
         archive.track(resource)
     archive.add_endpoint(name="serve", fn=fn, input_signature=signature)
+    for name, other in getattr(fn, "endpoints", {}).items():  # e.g. other decodings
+        archive.add_endpoint(name=name, fn=other, input_signature=signature)
     archive.write_out(str(path), verbose=False)
 
 

@@ -34,8 +34,8 @@ def load_predictor(project_dir, model_path=None):
     if model_path is not None and str(model_path).endswith(".keras"):
         path = Path(model_path)
         metadata = _read_metadata(path.parent)
+        task = task_for(metadata["template"])  # imports what the model's layers need
         model = modelfiles.load_keras_file(path)
-        task = task_for(metadata["template"])
         fn, _ = task.serving_endpoint(model, metadata["meta"])
         return fn, task, path
     version_dir = export_lib.resolve_export(project_dir, model_path)

@@ -28,7 +28,6 @@ import dataclasses
 import datetime
 import html
 import json
-import os
 from pathlib import Path
 
 import dltool
@@ -91,8 +90,8 @@ def write_report(project_dir, run, echo=None):
         if hasattr(task, "report_sections"):
             sections += task.report_sections(run, split, evaluation)
     title = f"{Path(project_dir).name}: run {run['name']}"
-    _write_text_atomic(run_dir / REPORT_HTML, render_html(title, sections, run_dir))
-    _write_text_atomic(run_dir / REPORT_MD, render_markdown(title, sections))
+    runs.write_text_atomic(run_dir / REPORT_HTML, render_html(title, sections, run_dir))
+    runs.write_text_atomic(run_dir / REPORT_MD, render_markdown(title, sections))
     if echo is not None:
         echo(f"Report: {run_dir / REPORT_HTML}")
     return run_dir / REPORT_HTML
@@ -192,8 +191,7 @@ def save_predictions(run_dir, split, labels, probabilities, class_names, inputs=
 
     predicted = np.argmax(probabilities, axis=-1)
     path = Path(run_dir) / predictions_file(split)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
+    with runs.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
         writer.writerow(["index", "true", "predicted", "confidence", "true_probability",
                          "input"])
@@ -202,7 +200,6 @@ def save_predictions(run_dir, split, labels, probabilities, class_names, inputs=
                              f"{probabilities[i, guess]:.6f}",
                              f"{probabilities[i, label]:.6f}",
                              inputs[i] if inputs is not None else ""])
-    os.replace(tmp, path)
 
 
 def read_predictions(run_dir, split):
@@ -342,12 +339,6 @@ def _md(text):
 
 def _now():
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-
-
-def _write_text_atomic(path, text):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def report_for(project_dir, run_name=None, echo=None):

@@ -23,8 +23,6 @@ RUNS_DIR = "runs"
 TUNING_DIR = "tuning"
 RUN_FILE = "run.json"
 WEIGHTS_FILE = "best.weights.h5"
-
-
 TMP_PREFIX = ".tmp-"
 
 
@@ -79,8 +77,13 @@ def _tmp_pid(name):
 
 def write_json_atomic(path, data):
     """Writes `data` as JSON to `path` through a temporary file and a rename."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def write_text_atomic(path, text):
+    """Writes UTF-8 `text` to `path` through a temporary file and a rename."""
     with replacing(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(text, encoding="utf-8")
 
 
 def read_run(run_dir):

@@ -63,17 +63,24 @@ def training_datasets(task, config, data):
     training = config["training"]
     cache = pipeline.should_cache(config["data"]["cache"], sum(data.sizes.values()),
                                   task.bytes_per_example(config))
+    grouping = batching(task, config)
     train, train_size = data.splits["train"], data.sizes["train"]
     if training["include_validation"] and "val" in data.splits:
         train = train.concatenate(data.splits["val"])
         train_size += data.sizes["val"]
     train = pipeline.batched(train, training["batch_size"], training=True,
-                             seed=training["seed"], cache=cache, shuffle_buffer=train_size)
+                             seed=training["seed"], cache=cache, shuffle_buffer=train_size,
+                             **grouping)
     val = None
     if "val" in data.splits and not training["include_validation"]:
         val = pipeline.batched(data.splits["val"], training["batch_size"], training=False,
-                               cache=cache)
+                               cache=cache, **grouping)
     return train, val
+
+
+def batching(task, config):
+    """Extra `pipeline.batched` arguments of a task (grouping by length), or {}."""
+    return task.batching(config) if hasattr(task, "batching") else {}
 
 
 def make_callbacks(config, run, monitor, backup=None):
@@ -93,9 +100,12 @@ def make_callbacks(config, run, monitor, backup=None):
     run_dir = run["dir"]
     if backup is None:
         backup = dl_callbacks.TrainingBackup(run_dir / "backup")
+    budget = training["time_budget"] * 60
+    seconds_done = run.get("train_seconds", 0.0)
     return [
         dl_callbacks.EpochLearningRate(training["lr_schedule"], training["epochs"],
-                                       training["warmup_epochs"]),
+                                       training["warmup_epochs"], budget, seconds_done),
+        *([dl_callbacks.TimeBudget(budget, seconds_done)] if budget else []),
         dl_callbacks.StopOnNonFiniteLoss(),
         dl_callbacks.BestWeights(run_dir / runs.WEIGHTS_FILE, monitor, run.get("best_value")),
         backup,
@@ -228,12 +238,15 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
     return run
 
 
+
 def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, cluster, echo):
     """Fits `model`, resuming from `backup_dir`, and records the run.
 
     Returns:
         The run's metadata dict.
     """
+    for name, content in getattr(data, "run_files", {}).items():  # e.g. the test pairs
+        runs.write_text_atomic(run["dir"] / name, content)
     runs.update_run(run, status="running", pid=os.getpid(), meta=data.meta,
                     sizes=data.sizes, parameters=int(model.count_params()),
                     precision=keras.mixed_precision.global_policy().name,
@@ -247,6 +260,8 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         on_restore=None if cluster is None else
         functools.partial(check_same_epoch, strategy, cluster, backup_dir))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
+    # Batches grouped by length have no known count: Keras learns it in epoch 1.
+    warnings.filterwarnings("ignore", message=".*Your input ran out of data")
     with stop_on_sigterm(backup, enabled=cluster is None):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
                   callbacks=make_callbacks(config, run, monitor, backup),

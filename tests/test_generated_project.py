@@ -10,7 +10,7 @@ from conftest import invoke
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("template", ["image-classifier", "sentiment"])
+@pytest.mark.parametrize("template", ["image-classifier", "sentiment", "translator"])
 def test_generated_project_tests_pass(runner, tmp_path, template):
     project = tmp_path / "proj"
     assert invoke(runner, "new", template, project).exit_code == 0

@@ -24,7 +24,11 @@ def test_wheel_includes_templates_and_sample_data(tmp_path):
                      "dltool/templates/image-classifier/project/tests/test_project.py",
                      "dltool/data/samples/cifar10/README.md",
                      "dltool/data/samples/cifar10/train/cat/0000.jpg",
-                     "dltool/data/samples/cifar10/test/truck/0019.jpg"):
+                     "dltool/data/samples/cifar10/test/truck/0019.jpg",
+                     "dltool/data/samples/fra-eng/fra.txt",
+                     "dltool/data/samples/fra-eng/README.md",
+                     "dltool/templates/translator/project/model.py",
+                     "dltool/templates/translator/project/samples/sentences.txt"):
         assert required in names, required
     sources = {f"dltool/{p.relative_to(REPO / 'dltool').as_posix()}"
                for p in (REPO / "dltool").rglob("*.py")}
@@ -35,3 +39,4 @@ def test_wheel_includes_templates_and_sample_data(tmp_path):
     metadata = next(n for n in names if n.endswith("METADATA"))
     requires = zipfile.ZipFile(wheel).read(metadata).decode()
     assert "Requires-Dist: keras>=3.15.1" in requires
+    assert "Requires-Dist: sacrebleu>=2.4" in requires and "Requires-Dist: keras-hub" in requires

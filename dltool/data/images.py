@@ -10,10 +10,10 @@ are reported by path before the first epoch.
 
 import concurrent.futures
 import dataclasses
-import random
 from pathlib import Path
 
 from dltool._tf import tf
+from dltool.data import splits as splits_lib
 from dltool.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
@@ -157,10 +157,11 @@ def _open_folder(folder, image_size, validation_split, seed, skip_bad):
     if empty:
         raise DataError(f"class {empty[0]!r} in {train_dir} has no usable images")
     if "val" not in files and validation_split > 0:
-        files["train"], files["val"] = _split(files["train"], validation_split, seed)
+        files["train"], files["val"] = splits_lib.stratified_split(files["train"],
+                                                                  validation_split, seed)
         report.append(f"validation: {validation_split:.0%} of train per class (seed {seed})")
-    report[:0] = _count_table(class_names, {s: _count(f, len(class_names))
-                                            for s, f in files.items()})
+    report[:0] = splits_lib.count_table(class_names, {s: _count(f, len(class_names))
+                                                      for s, f in files.items()})
     splits = {s: _paths_dataset(f, image_size) for s, f in files.items()}
     sizes = {s: len(f) for s, f in files.items()}
     return ImageData(class_names, image_size, splits, sizes, report)
@@ -185,36 +186,7 @@ def _list_split(split_dir, class_names):
 
 
 def _count(pairs, num_classes):
-    counts = [0] * num_classes
-    for _, label in pairs:
-        counts[label] += 1
-    return counts
-
-
-def _split(pairs, fraction, seed):
-    """Splits `pairs` per class into (train, val), seeded."""
-    rng = random.Random(seed)
-    by_class = {}
-    for pair in pairs:
-        by_class.setdefault(pair[1], []).append(pair)
-    train, val = [], []
-    for label in sorted(by_class):
-        members = by_class[label][:]
-        rng.shuffle(members)
-        n_val = max(1, round(len(members) * fraction)) if len(members) > 1 else 0
-        val += members[:n_val]
-        train += members[n_val:]
-    return train, val
-
-
-def _count_table(class_names, counts):
-    splits = [s for s in ("train", "val", "test") if s in counts]
-    width = max(len(n) for n in class_names)
-    lines = [f"{'class':<{width}}  " + "  ".join(f"{s:>6}" for s in splits)]
-    for i, name in enumerate(class_names):
-        lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[s][i]:>6}" for s in splits))
-    lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s]):>6}" for s in splits))
-    return lines
+    return splits_lib.count_labels((label for _, label in pairs), num_classes)
 
 
 def _paths_dataset(pairs, image_size):

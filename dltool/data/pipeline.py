@@ -41,7 +41,8 @@ def should_cache(mode, num_examples, bytes_per_example):
     return mode == "memory"
 
 
-def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=None):
+def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=None,
+            element_length=None, bucket_boundaries=None):
     """Turns a dataset of examples into a dataset of batches.
 
     Args:
@@ -52,6 +53,13 @@ def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=
         seed: Shuffle seed.
         cache: Cache the decoded examples in memory.
         shuffle_buffer: Shuffle buffer size; the whole split when it is cached.
+        element_length: For examples of variable length (token ids): a
+            function of an example returning its length. Examples are then
+            grouped by length (`bucket_by_sequence_length`) and each batch
+            padded with 0 to its longest example only, so little time goes
+            into padding.
+        bucket_boundaries: Length boundaries of the groups, with
+            `element_length`.
 
     Returns:
         A batched, prefetched `tf.data.Dataset`.
@@ -60,6 +68,12 @@ def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=
         ds = ds.cache()
     if training:
         ds = ds.shuffle(shuffle_buffer or 10_000, seed=seed, reshuffle_each_iteration=True)
+    if element_length is None:
+        ds = ds.batch(batch_size)
+    else:
+        ds = ds.bucket_by_sequence_length(
+            element_length, bucket_boundaries,
+            [batch_size] * (len(bucket_boundaries) + 1))
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(options)

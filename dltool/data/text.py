@@ -21,6 +21,7 @@ from pathlib import Path
 
 from dltool._tf import keras, tf
 from dltool.data import images
+from dltool.data import splits as splits_lib
 from dltool.errors import ConfigError, DataError
 
 DELIMITED_SUFFIXES = {".tsv": "\t", ".csv": ","}
@@ -131,8 +132,9 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
                       f"(seed {seed})")
     index = {value: i for i, value in enumerate(label_values)}
     encoded = {s: (split.texts, [index[y] for y in split.labels]) for s, split in splits.items()}
-    report[:0] = images._count_table(  # same table as images: one row per class
-        class_names, {s: _count(y, len(class_names)) for s, (_, y) in encoded.items()})
+    report[:0] = splits_lib.count_table(  # same table as images: one row per class
+        class_names, {s: splits_lib.count_labels(y, len(class_names))
+                      for s, (_, y) in encoded.items()})
 
     vectorizer = make_vectorizer(data["sequence_length"], data["vocabulary_size"], vocabulary)
     if vocabulary is None:
@@ -192,16 +194,10 @@ def _class_names(label_values, label_names):
     return label_names
 
 
-def _count(labels, num_classes):
-    counts = [0] * num_classes
-    for label in labels:
-        counts[label] += 1
-    return counts
-
-
 def _split(split, fraction, seed):
     """Splits a `_Split` per label into (train, val), seeded."""
-    train, val = images._split(list(zip(split.texts, split.labels)), fraction, seed)
+    train, val = splits_lib.stratified_split(list(zip(split.texts, split.labels)),
+                                             fraction, seed)
     return tuple(_Split([t for t, _ in pairs], [y for _, y in pairs], split.origin)
                  for pairs in (train, val))
 
@@ -248,7 +244,7 @@ def _split_files(path):
     return found
 
 
-def _decode_lines(path, raw, skip_bad, report, hint="fix the file or pass --skip-bad"):
+def decode_lines(path, raw, skip_bad, report, hint="fix the file or pass --skip-bad"):
     """Decodes `raw` line by line as UTF-8.
 
     Returns:
@@ -300,7 +296,7 @@ def read_delimited(path, data, skip_bad=False, report=None):
     if not raw.strip():
         raise DataError(f"{path} is empty")
     raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte order mark
-    lines = _decode_lines(path, raw, skip_bad, report)
+    lines = decode_lines(path, raw, skip_bad, report)
     delimiter = _delimiter(path, data["delimiter"])
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, quoting=quoting)
@@ -453,7 +449,7 @@ def read_input_lines(path):
         raw = path.read_bytes()
     except OSError as e:
         raise DataError(f"{path}: unreadable: {e.strerror}") from e
-    lines = _decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), False, [],
+    lines = decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), False, [],
                           hint="fix the file")
     inputs = [line.rstrip("\r\n") for _, line in lines if line.strip()]
     if not inputs:

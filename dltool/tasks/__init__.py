@@ -9,17 +9,25 @@ Each template's task module provides:
 - `serving_endpoint(model, meta)`: the exported signature's function and
   input signature (raw input in, readable output out); the function may list
   in a `resources` attribute layers it uses besides the model (a text
-  vectorizer), so the export saves their lookup tables;
+  vectorizer), so the export saves their lookup tables, and in an
+  `endpoints` attribute more signatures (name to function, same input);
 - `read_inputs(items)` and `format_prediction(outputs, i, top_k)` for
-  `dltool predict`;
-- `evaluation_report(y_true, probabilities, meta)`: per-class figures;
-- `readable_inputs(data, split)`: the split's inputs as text for
-  `predictions-SPLIT.csv` (texts), or None;
+  `dltool predict` (a list of `(label, probability)` for classifiers, a
+  dict with `translation` for the translator);
+- `evaluate_split(model, data, split, config, run)`: the figures `dltool
+  evaluate` reports (classifiers: loss, accuracy and the per-class report of
+  `evaluation_report(y_true, probabilities, meta)`, with one row per example
+  in `predictions-SPLIT.csv`; translator: BLEU, chrF and sample
+  translations);
+- `readable_inputs(data, split)` (classifiers): the split's inputs as text
+  for `predictions-SPLIT.csv` (texts), or None;
 - `report_sections(run, split, evaluation)`: the template's part of the run
   report (`dltool.reports.Section`s; classifiers start from
   `reports.classifier_sections`);
 - optionally `save_examples(run_dir, split, examples)`: keep the evaluation
-  inputs a report shows (images).
+  inputs a report shows (images);
+- optionally `batching(config)`: extra `pipeline.batched` arguments (the
+  translator groups pairs by length).
 """
 
 import importlib
@@ -27,7 +35,8 @@ import importlib
 from dltool.errors import ConfigError
 
 _TASK_MODULES = {"image-classifier": "dltool.tasks.image_classifier",
-                 "sentiment": "dltool.tasks.sentiment"}
+                 "sentiment": "dltool.tasks.sentiment",
+                 "translator": "dltool.tasks.translator"}
 
 
 def task_for(template):

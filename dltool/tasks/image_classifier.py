@@ -109,6 +109,13 @@ def format_prediction(outputs, index, top_k):
     return [(classes[i], float(probabilities[i])) for i in order]
 
 
+def evaluate_split(model, data, split, config, run):
+    """Loss, accuracy, per-class figures on a split (see `evaluation.evaluate_classifier`)."""
+    from dltool.evaluation import evaluate_classifier
+
+    return evaluate_classifier(model, data, split, config, run)
+
+
 def evaluation_report(y_true, probabilities, meta):
     """Per-class precision and recall, and the confusion matrix.
 

@@ -8,6 +8,7 @@ from dltool.data import text
 from dltool.tasks import image_classifier
 
 # Both templates are classifiers: same per-class report, same top-k output.
+evaluate_split = image_classifier.evaluate_split
 evaluation_report = image_classifier.evaluation_report
 format_prediction = image_classifier.format_prediction
 

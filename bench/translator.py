@@ -1,0 +1,173 @@
+"""Translator: BLEU on real English-French pairs within a training time budget.
+
+For each variant, in one go, on ../shared/data/fra-eng/fra.txt (167,130
+Tatoeba pairs):
+
+1. `dltool new translator` + `dltool train` with `training.time_budget`
+   (default 30 minutes, validation included; the run stops itself), the
+   project's own split: 1% of the distinct English sentences held out for
+   validation and 1.5% for test (at least 2,000 test pairs, checked), every
+   translation of a held-out sentence kept out of training;
+2. `dltool evaluate`: corpus BLEU and chrF (sacrebleu, cased, 13a, against
+   the original references) of the in-memory model with the config's
+   decoding (beam search, width 4);
+3. `dltool export`, then the exported SavedModel reloaded: every test
+   sentence through its `translate_greedy` signature (BLEU, chrF, sentences
+   per second) and the first 512 through `translate_beam` (sentences per
+   second; the BLEU of beam search on the whole test split is step 2's),
+   in batches of 64 after one warm-up batch.
+
+Variants: `default` (the template's defaults: GRU encoder-decoder with
+attention) and `transformer` (`model.architecture=transformer`,
+`model.units=512`, `model.learning_rate=0.001`); `lstm` on request.
+
+It prints a table and writes bench/results/translator.json.
+
+    python bench/translator.py [--data FILE] [--budget MINUTES]
+        [--variants default,transformer] [--budgets default=30,transformer=25]
+        [--append]  (add to the rows already in bench/results/translator.json)
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "fra-eng" / "fra.txt"
+SPLIT = ("data.validation_split=0.01", "data.test_split=0.015")
+VARIANTS = {
+    "default": (),
+    "transformer": ("model.architecture=transformer", "model.units=512",
+                    "model.learning_rate=0.001"),
+    "lstm": ("model.cell=lstm",),
+}
+DECODE_BATCH = 64
+
+
+def dltool(*args, capture=False):
+    command = [sys.executable, "-m", "dltool.cli", *map(str, args)]
+    if capture:
+        return subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    subprocess.run(command, check=True)
+    return None
+
+
+def decode(version_dir, pairs, beam_sentences):
+    """Greedy BLEU and chrF, and greedy and beam speed, of the SavedModel."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from dltool._tf import tf
+    from dltool.tasks import translator
+
+    loaded = tf.saved_model.load(str(version_dir))
+    sources = [a for a, _ in pairs]
+    results = {}
+    for name, count in (("translate_greedy", len(sources)), ("translate_beam", beam_sentences)):
+        serve = loaded.signatures[name]
+        serve(texts=tf.constant(sources[:DECODE_BATCH]))  # warm-up
+        hypotheses = []
+        started = time.perf_counter()
+        for start in range(0, count, DECODE_BATCH):
+            out = serve(texts=tf.constant(sources[start:min(count, start + DECODE_BATCH)]))
+            hypotheses += [t.decode("utf-8") for t in out["translation"].numpy()]
+        seconds = time.perf_counter() - started
+        scores = translator.score(hypotheses, [b for _, b in pairs[:count]])
+        results[name.removeprefix("translate_")] = {
+            "sentences": count, "bleu": scores["bleu"], "chrf": scores["chrf"],
+            "sentences_per_second": round(count / seconds, 1),
+            "decode_seconds": round(seconds, 1)}
+    return results
+
+
+def run_variant(name, overrides, data, budget, folder, min_test_pairs=2000):
+    project = folder / name
+    dltool("new", "translator", project, "--data", data)
+    sets = [a for o in (*SPLIT, f"training.time_budget={budget}", "training.epochs=1000",
+                        "training.early_stopping_patience=0", *overrides)
+            for a in ("--set", o)]
+    started = time.perf_counter()
+    dltool("train", "--project", project, *sets)
+    wall = time.perf_counter() - started
+    evaluation = json.loads(dltool("evaluate", "--project", project, "--json", capture=True))
+    dltool("export", "--project", project)
+    (run,) = (project / "runs").iterdir()
+    meta = json.loads((run / "run.json").read_text())
+    pairs = [tuple(line.split("\t")) for line in
+             (run / "test-pairs.tsv").read_text(encoding="utf-8").splitlines()]
+    if len(pairs) < min_test_pairs:
+        raise SystemExit(f"only {len(pairs)} test pairs; the bench needs {min_test_pairs}")
+    # Held out by source sentence: every pair of the data whose English is a
+    # test sentence must be a test pair, so none was seen in training.
+    test_sources = {a for a, _ in pairs}
+    leaked = {tuple(field.strip() for field in line.split("\t")[:2])
+              for line in Path(data).read_text(encoding="utf-8").splitlines()
+              if line.split("\t")[0].strip() in test_sources} - set(pairs)
+    decoded = decode(project / "saved_models" / name / "1", pairs, min(len(pairs), 512))
+    return {
+        "name": name, "overrides": list(overrides), "time_budget_minutes": budget,
+        "train_seconds": meta["train_seconds"], "train_wall_seconds": round(wall, 1),
+        "epochs": meta["epochs_done"], "best_epoch": meta.get("best_epoch"),
+        "best_val_loss": round(meta["best_value"], 4), "parameters": meta["parameters"],
+        "pairs": meta["sizes"],
+        "test_pairs_whose_source_is_in_training": len(leaked),
+        "evaluate": {k: evaluation[k] for k in ("bleu", "chrf", "decoding", "examples",
+                                                "truncated", "signature")},
+        "saved_model": decoded,
+    }
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--budget", type=float, default=30.0, help="minutes per variant")
+    parser.add_argument("--budgets", default="",
+                        help="per-variant minutes, e.g. default=30,transformer=25")
+    parser.add_argument("--variants", default="default,transformer")
+    parser.add_argument("--min-test-pairs", type=int, default=2000,
+                        help="refuse a smaller test split (lower it only to try the script)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other variants already in --out")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "translator.json")
+    args = parser.parse_args()
+    if not args.data.is_file():
+        sys.exit(f"no fra.txt at {args.data}")
+    budgets = {k: float(v) for k, v in (item.split("=") for item in args.budgets.split(",")
+                                        if item)}
+    names = args.variants.split(",")
+    rows = []
+    if args.append and args.out.is_file():
+        rows = [r for r in json.loads(args.out.read_text())["rows"] if r["name"] not in names]
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            rows.append(run_variant(name, VARIANTS[name], args.data.resolve(),
+                                    budgets.get(name, args.budget), Path(tmp),
+                                    args.min_test_pairs))
+            print(json.dumps(rows[-1], indent=2), flush=True)
+            write(args.out, rows)
+
+    print(f"\n{'variant':<12} {'train s':>8} {'epochs':>6} {'BLEU beam':>9} {'chrF':>6} "
+          f"{'BLEU greedy':>11} {'greedy sent/s':>13} {'beam sent/s':>11}")
+    for row in rows:
+        saved = row["saved_model"]
+        print(f"{row['name']:<12} {row['train_seconds']:>8.0f} {row['epochs']:>6} "
+              f"{row['evaluate']['bleu']:>9.2f} {row['evaluate']['chrf']:>6.2f} "
+              f"{saved['greedy']['bleu']:>11.2f} {saved['greedy']['sentences_per_second']:>13.1f} "
+              f"{saved['beam']['sentences_per_second']:>11.1f}")
+    print(f"written to {args.out}")
+
+
+def write(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                "machine": f"{os.cpu_count()} CPU cores (shared)",
+                                "command": "flock /tmp/dltool-bench.lock python "
+                                           "bench/translator.py " + " ".join(sys.argv[1:]),
+                                "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,248 @@
+"""The translator template's task: sentences in, translations out.
+
+The exported model tokenizes raw strings, runs the model in a decoding loop
+(keras_hub's greedy or beam sampler, a `tf.while_loop` inside the graph) and
+joins the tokens back into text: no Python loop at inference.
+"""
+
+import logging
+from pathlib import Path
+
+import keras_hub  # also registers its layers, so .keras files with them load
+import numpy as np
+
+from dltool import runs
+from dltool._tf import tf
+from dltool.data import parallel
+
+DECODING_METHODS = ("greedy", "beam")
+_EVALUATE_BATCH = 256
+_BUCKETS = 8
+
+
+def open_data(config, root, *, skip_bad=False):
+    """Opens the parallel text of `config["data"]` (see `parallel.open_parallel_data`).
+
+    When `config` is a run's resolved config (`runs/<run>/config.toml`, as
+    `dltool evaluate` loads it), the pairs are vectorized with that run's
+    vocabularies, exactly as in training.
+
+    Returns:
+        The `ParallelData`, with a `meta` dict added: vocabularies, maximum
+        length, decoding settings.
+    """
+    data = parallel.open_parallel_data(config["data"], root, seed=config["training"]["seed"],
+                                       skip_bad=skip_bad, vocabularies=_run_vocabularies(config))
+    data.meta = {"source_vocabulary": data.source_vocabulary,
+                 "target_vocabulary": data.target_vocabulary,
+                 "max_length": config["data"]["max_length"],
+                 "decoding": dict(config["decoding"])}
+    return data
+
+
+def _run_vocabularies(config):
+    if config.path is None:
+        return None
+    meta = (runs.read_run(Path(config.path).parent) or {}).get("meta", {})
+    if "source_vocabulary" not in meta:
+        return None
+    return meta["source_vocabulary"], meta["target_vocabulary"]
+
+
+def bytes_per_example(config):
+    """Returns the memory one vectorized pair takes at most (int32 ids)."""
+    return 4 * 3 * (config["data"]["max_length"] + 2)
+
+
+def model_kwargs(meta):
+    """Returns the data-dependent arguments of `build_model`."""
+    return {"source_vocabulary_size": len(meta["source_vocabulary"]),
+            "target_vocabulary_size": len(meta["target_vocabulary"])}
+
+
+def batching(config):
+    """How `pipeline.batched` groups pairs: by length, padded per batch."""
+    max_length = config["data"]["max_length"] + 1
+    step = max(1, -(-max_length // _BUCKETS))
+    return {"element_length": _pair_length,
+            "bucket_boundaries": list(range(step + 1, max_length + 1, step))}
+
+
+def _pair_length(inputs, target):
+    return tf.maximum(tf.shape(inputs["source_ids"])[0], tf.shape(target)[0])
+
+
+class Translator:
+    """Translates batches of strings with a model, the decoding in the graph.
+
+    Args:
+        model: The trained Keras model (`source_ids`, `target_ids` in,
+            next-token logits out).
+        meta: The run's metadata (`source_vocabulary`, `target_vocabulary`,
+            `max_length`).
+    """
+
+    def __init__(self, model, meta):
+        self.model = model
+        self.source_vectorizer = parallel.make_vectorizer(vocabulary=meta["source_vocabulary"])
+        self.source_vectorizer.build()  # a built layer can be tracked by the export
+        vocabulary = list(meta["target_vocabulary"])
+        self.target_tokens = tf.constant(vocabulary)
+        self.start_id = vocabulary.index(parallel.START)
+        self.end_id = vocabulary.index(parallel.END)
+        self.max_length = int(meta["max_length"])
+        # Never write padding, [UNK] or [start] (the next most likely token
+        # instead); once a row has produced [end], only padding (log
+        # probability 0), so finished beams keep their score.
+        banned = [0, vocabulary.index("[UNK]") if "[UNK]" in vocabulary else 0, self.start_id]
+        self.banned = tf.constant([-1e9 if i in banned else 0.0
+                                   for i in range(len(vocabulary))])
+        self.finished_logits = tf.constant([0.0] + [-1e9] * (len(vocabulary) - 1))
+        self.samplers = {"greedy": keras_hub.samplers.GreedySampler(),
+                         "beam": {}}
+
+    def sampler(self, method, beam_width=4):
+        if method == "greedy" or beam_width == 1:
+            return self.samplers["greedy"]
+        beams = self.samplers["beam"]
+        if beam_width not in beams:
+            beams[beam_width] = keras_hub.samplers.BeamSampler(num_beams=beam_width)
+        return beams[beam_width]
+
+    def source_ids(self, texts):
+        """Token ids `(n, <= max_length)` of raw strings, and which were cut."""
+        ids = tf.cast(self.source_vectorizer(parallel.tokenize(texts)), tf.int32)
+        truncated = ids.row_lengths() > self.max_length
+        ids = ids[:, :self.max_length].to_tensor()
+        width = tf.shape(ids)[1]
+        ids = tf.pad(ids, [[0, 0], [0, tf.maximum(0, 1 - width)]])  # at least one column
+        return ids, truncated
+
+    @tf.autograph.experimental.do_not_convert
+    def __call__(self, texts, method="greedy", beam_width=4):
+        """Translates a 1-D string tensor.
+
+        Returns:
+            A dict: `translation` (strings) and `truncated` (bool, true when
+            the input had more than `max_length` tokens and was cut).
+        """
+        texts = tf.convert_to_tensor(texts, tf.string)
+        source_ids, truncated = self.source_ids(texts)
+        count = tf.shape(source_ids)[0]
+        prompt = tf.concat([tf.fill([count, 1], self.start_id),
+                            tf.zeros([count, self.max_length + 1], tf.int32)], axis=1)
+
+        def next_token_logits(prompt, cache, index):
+            logits = self.model({"source_ids": cache, "target_ids": prompt[:, :index]},
+                                training=False)[:, -1, :]
+            finished = tf.reduce_any(tf.equal(prompt[:, :index], self.end_id), axis=1)
+            logits = tf.where(finished[:, None], self.finished_logits,
+                              tf.cast(logits, tf.float32) + self.banned)
+            return logits, None, cache
+
+        token_ids = self.sampler(method, beam_width)(
+            next_token_logits, prompt, cache=source_ids, index=1,
+            stop_token_ids=[self.end_id])
+        token_ids = token_ids[:, 1:]
+        before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(token_ids, self.end_id), tf.int32),
+                                        axis=1), 0)
+        tokens = tf.where(before_end, tf.gather(self.target_tokens, token_ids), "")
+        translation = parallel.detokenize(tokens)
+        empty = tf.equal(tf.strings.length(parallel.tokenize(texts)), 0)
+        return {"translation": tf.where(empty, "", translation), "truncated": truncated}
+
+
+def serving_endpoint(model, meta):
+    """Builds the serving function: raw UTF-8 strings in, translations out.
+
+    Args:
+        model: The trained Keras model.
+        meta: The run's metadata (vocabularies, `max_length`, `decoding`:
+            `method` and `beam_width`).
+
+    Returns:
+        A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+        source sentences and returns `translation` (strings) and `truncated`
+        (bool) with the decoding of `meta["decoding"]`. `fn.resources` lists
+        the source vectorizer (its vocabulary table must be saved) and
+        `fn.endpoints` two more functions with the same signature,
+        `translate_greedy` and `translate_beam`.
+    """
+    translator = Translator(model, meta)
+    decoding = meta["decoding"]
+    width = decoding["beam_width"]
+
+    def serve(texts):
+        return translator(texts, decoding["method"], width)
+
+    serve.resources = [translator.source_vectorizer]
+    serve.endpoints = {"translate_greedy": lambda texts: translator(texts, "greedy"),
+                       "translate_beam": lambda texts: translator(texts, "beam", width)}
+    signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
+    return serve, signature
+
+
+def read_inputs(items):
+    """Returns the sentences to translate: the items themselves."""
+    return [str(item) for item in items]
+
+
+def format_prediction(outputs, index, top_k):
+    """Returns `{"translation": str, "truncated": bool}` of one input."""
+    translation = np.asarray(outputs["translation"][index])
+    translation = translation.item() if translation.ndim == 0 else translation
+    if isinstance(translation, bytes):
+        translation = translation.decode("utf-8", errors="replace")
+    return {"translation": translation, "truncated": bool(outputs["truncated"][index])}
+
+
+def evaluate_split(model, data, split, config, run):
+    """Translates a split's sources and scores them against the references.
+
+    Writes `translations-SPLIT.tsv` (source, reference, translation) to the
+    run folder. The decoding is the config's `[decoding]`.
+
+    Returns:
+        A dict: `examples`, `bleu`, `chrf`, `signature` (sacrebleu's, for
+        both scores), `decoding`, `truncated` (inputs cut to `max_length`)
+        and `translations_file`.
+    """
+    pairs = data.pairs[split]
+    translator = Translator(model, run["meta"])
+    decoding = config["decoding"]
+    translate = tf.function(lambda texts: translator(texts, decoding["method"],
+                                                     decoding["beam_width"]))
+    hypotheses, truncated = [], 0
+    for start in range(0, len(pairs), _EVALUATE_BATCH):
+        batch = [a for a, _ in pairs[start:start + _EVALUATE_BATCH]]
+        out = translate(tf.constant(batch))
+        hypotheses += [t.decode("utf-8") for t in out["translation"].numpy()]
+        truncated += int(np.sum(out["truncated"].numpy()))
+    scores = score(hypotheses, [b for _, b in pairs])
+    path = Path(run["dir"]) / f"translations-{split}.tsv"
+    runs.write_text_atomic(path, "source\treference\ttranslation\n" + "".join(
+        f"{a}\t{b}\t{h}\n" for (a, b), h in zip(pairs, hypotheses)))
+    if truncated:
+        logging.getLogger("dltool").warning("%d input(s) longer than %d tokens were cut",
+                                            truncated, translator.max_length)
+    return {"examples": len(pairs), **scores, "decoding": dict(decoding),
+            "truncated": truncated, "translations_file": str(path)}
+
+
+def score(hypotheses, references):
+    """Corpus BLEU and chrF (sacrebleu's defaults: cased, 13a tokenization).
+
+    Args:
+        hypotheses: Translations, detokenized text.
+        references: One reference per translation, as written in the data.
+
+    Returns:
+        A dict: `bleu`, `chrf` (0-100, two decimals) and `signature` (the
+        sacrebleu signature of each, for reporting).
+    """
+    import sacrebleu
+
+    bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
+    return {"bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
+            "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+            "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}}

@@ -1,0 +1,367 @@
+"""The translator template: parallel text sources and their checks, tokens,
+decoding in the graph, train, export on raw strings, evaluate, predict."""
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import invoke
+from dltool import config as config_lib
+from dltool._tf import keras, tf
+from dltool.data import parallel
+from dltool.errors import DataError
+from dltool.tasks import translator
+
+DATA = {key: field.default for key, field in
+        config_lib.TEMPLATE_SECTIONS["translator"]["data"].items()}
+SMALL_MODEL = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
+               "--set", "data.source_vocabulary_size=400",
+               "--set", "data.target_vocabulary_size=400",
+               "--set", "decoding.beam_width=2", "--set", "training.verbose=0")
+LONG_TEXT = "the cat is on the mat and " * 40
+
+
+def _open(source, root, **changes):
+    return parallel.open_parallel_data({**DATA, "source": str(source), **changes}, root, seed=1)
+
+
+def _pairs(n):
+    return [(f"I see {i} cats.", f"Je vois {i} chats.") for i in range(n)]
+
+
+def _write_tsv(path, pairs, extra=""):
+    path.write_text("".join(f"{a}\t{b}{extra}\n" for a, b in pairs), encoding="utf-8")
+    return path
+
+
+# Tokens ----------------------------------------------------------------------
+
+
+def test_tokenize_keeps_case_accents_apostrophes_and_splits_punctuation():
+    texts = ["Qu’est-ce que c'est ?", "A-t-il 3,5 ans… (peut-être)", "Il dit\u202f: « Va\u00a0! »",
+             b"bad \xff byte", ""]
+    tokens = [t.decode() for t in parallel.tokenize(tf.constant(texts)).numpy()]
+    assert tokens == ["Qu' est @-@ ce que c' est ?",
+                      "A @-@ t @-@ il 3 @,@ 5 ans … ( peut @-@ être )",
+                      "Il dit : « Va ! »", "bad \ufffd byte", ""]
+    back = parallel.detokenize(tf.strings.split(tf.constant(tokens))).numpy()
+    assert [t.decode() for t in back] == ["Qu'est-ce que c'est ?", "A-t-il 3,5 ans… (peut-être)",
+                                          "Il dit : « Va ! »", "bad \ufffd byte", ""]
+
+
+# Data sources ----------------------------------------------------------------
+
+
+def test_tsv_dedupes_filters_and_splits_by_source_sentence(tmp_path):
+    pairs = _pairs(60) + [("I see 3 cats.", "Je vois trois chats.")]  # 2nd translation
+    pairs += [("I see 5 cats.", "Je vois 5 chats.")]  # a duplicate pair
+    pairs += [("Long " * 30, "Longue " * 30)]
+    path = _write_tsv(tmp_path / "fra.txt", pairs, extra="\tCC-BY 2.0 (France) Attribution")
+    data = _open(path, tmp_path, validation_split=0.1, test_split=0.2, max_length=20)
+    assert "train: removed 1 duplicate pair(s)" in data.report
+    sources = {s: {a for a, _ in p} for s, p in data.pairs.items()}
+    assert not sources["train"] & sources["test"] and not sources["train"] & sources["val"]
+    assert sum(data.sizes.values()) in (61, 62)  # the long pair is kept only in test
+    again = _open(path, tmp_path, validation_split=0.1, test_split=0.2, max_length=20)
+    assert again.pairs == data.pairs
+    assert data.target_vocabulary[:2] == ["", "[UNK]"]
+    assert {"[start]", "[end]", "chats", "Je"} <= set(data.target_vocabulary)
+    assert set(data.run_files) == {"val-pairs.tsv", "test-pairs.tsv"}
+    inputs, target_out = next(iter(data.splits["train"]))
+    assert inputs["source_ids"].dtype == tf.int32 and target_out.dtype == tf.int32
+    start, end = (data.target_vocabulary.index(t) for t in ("[start]", "[end]"))
+    assert inputs["target_ids"][0] == start and target_out[-1] == end
+    np.testing.assert_array_equal(inputs["target_ids"][1:], target_out[:-1])
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is empty"),
+    (b"Hello.\tBonjour.\nNo tab here\nBye.\tSalut.\n",
+     ":2: expected source<TAB>target with both sides non-empty; fix the file or pass --skip-bad"),
+    (b"Hello.\tBonjour.\n\tSalut.\nA.\t\nB.\tB.\n",
+     ":2: expected source<TAB>target with both sides non-empty (2 such lines)"),
+    (b"Hello.\tBonjour.\nBad \xff.\tMauvais.\n",
+     ":2: bytes that are not UTF-8 at column 5; fix the file or pass --skip-bad"),
+])
+def test_bad_lines_are_one_clear_error_with_file_and_line(tmp_path, content, message):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(content)
+    with pytest.raises(DataError) as error:
+        _open(path, tmp_path)
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_skip_bad_drops_lines_and_counts_them(tmp_path):
+    path = tmp_path / "pairs.tsv"
+    path.write_bytes(b"No tab\nBad \xff.\tMauvais.\n" + "".join(
+        f"{a}\t{b}\n" for a, b in _pairs(10)).encode())
+    data = _open(path, tmp_path, skip_bad=True, validation_split=0.0, test_split=0.0)
+    assert data.sizes == {"train": 10}
+    assert "skipped 1 line(s) of pairs.tsv that are not UTF-8 (--skip-bad)" in data.report
+    assert "skipped 1 malformed line(s) of pairs.tsv (--skip-bad)" in data.report
+
+
+def test_line_aligned_files_with_a_test_split(tmp_path):
+    for split, n in (("train", 20), ("test", 4)):
+        pairs = _pairs(n)
+        (tmp_path / f"en.{split}.txt").write_text("".join(a + "\n" for a, _ in pairs))
+        (tmp_path / f"fr.{split}.txt").write_text("".join(b + "\n" for _, b in pairs))
+    data = _open(tmp_path, tmp_path, validation_split=0.1)
+    assert data.sizes["test"] == 4 and data.sizes["train"] + data.sizes["val"] == 20
+    (tmp_path / "fr.train.txt").write_text("".join(b + "\n" for _, b in _pairs(19)))
+    with pytest.raises(DataError, match="en.train.txt has 20 lines but .*fr.train.txt has 19"):
+        _open(tmp_path, tmp_path)
+    (tmp_path / "fr.test.txt").unlink()
+    with pytest.raises(DataError, match="fr.test.txt is missing"):
+        _open(tmp_path, tmp_path)
+
+
+def test_builtin_sample_ships_with_the_package(tmp_path):
+    data = _open("builtin:fra-eng", tmp_path, source_vocabulary_size=100,
+                 target_vocabulary_size=100)
+    assert sum(data.sizes.values()) > 4900 and data.sizes["test"] > 200
+    assert len(data.source_vocabulary) == 100
+
+
+def test_tfds_source_offline_with_mock_data(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=20, data_dir=str(tmp_path)):
+        data = _open("tfds:ted_hrlr_translate/pt_to_en", tmp_path, source_language="pt",
+                     target_language="en", validation_split=0.1, test_split=0.1)
+        with pytest.raises(DataError, match="has no 'fr' feature .*features: pt, en"):
+            _open("tfds:ted_hrlr_translate/pt_to_en", tmp_path)
+    assert set(data.splits) == {"train", "val", "test"}
+    assert data.report[1].startswith("TFDS ted_hrlr_translate/pt_to_en: train ")
+    inputs, _ = next(iter(data.splits["train"]))
+    assert inputs["source_ids"].dtype == tf.int32
+
+
+# Decoding in the graph ------------------------------------------------------
+
+VOCABULARY = ["", "[UNK]", "[start]", "[end]", "a", "b", "x", "y", "z"]
+# Next-token probabilities given the last token: greedy takes a (0.6) then z
+# (0.4): 0.24; beam search finds b then [end]: 0.396.
+NEXT = {"[start]": {"a": 0.6, "b": 0.4}, "a": {"x": 0.3, "y": 0.3, "z": 0.4},
+        "b": {"[end]": 0.99, "x": 0.01}, "x": {"[end]": 1.0}, "y": {"[end]": 1.0},
+        "z": {"[end]": 1.0}}
+
+
+def _bigram_model():
+    """A model whose next-token distribution depends only on the last token."""
+    table = np.full((len(VOCABULARY), len(VOCABULARY)), -30.0, np.float32)
+    for token, nexts in NEXT.items():
+        for other, p in nexts.items():
+            table[VOCABULARY.index(token), VOCABULARY.index(other)] = np.log(p)
+    source_ids = keras.Input((None,), dtype="int32", name="source_ids")
+    target_ids = keras.Input((None,), dtype="int32", name="target_ids")
+    logits = keras.layers.Embedding(len(VOCABULARY), len(VOCABULARY),
+                                    weights=[table])(target_ids)
+    # The source is read (its sum times 0) so the model uses both inputs.
+    logits = logits + keras.ops.cast(keras.ops.sum(source_ids), "float32") * 0.0
+    return keras.Model({"source_ids": source_ids, "target_ids": target_ids}, logits)
+
+
+def test_greedy_and_beam_search_in_the_graph():
+    meta = {"source_vocabulary": ["", "[UNK]", "hello"], "target_vocabulary": VOCABULARY,
+            "max_length": 6}
+    translate = translator.Translator(_bigram_model(), meta)
+    texts = tf.constant(["hello", "", "hello " * 10])
+    greedy = translate(texts, "greedy")
+    assert [t.decode() for t in greedy["translation"].numpy()] == ["a z", "", "a z"]
+    assert greedy["truncated"].numpy().tolist() == [False, False, True]
+    beam = tf.function(lambda t: translate(t, "beam", 2))(texts)
+    assert [t.decode() for t in beam["translation"].numpy()] == ["b", "", "b"]
+    width_one = translate(texts, "beam", 1)
+    assert width_one["translation"].numpy().tolist() == greedy["translation"].numpy().tolist()
+
+
+def test_bleu_and_chrf_of_known_pairs():
+    perfect = translator.score(["Le chat est sur le tapis."], ["Le chat est sur le tapis."])
+    assert perfect["bleu"] == 100.0 and perfect["chrf"] == 100.0
+    # All n-grams right, 5 of 10 tokens: BLEU = brevity penalty exp(1 - 10/5).
+    short = translator.score(["a b c d e"], ["a b c d e f g h i j"])
+    assert short["bleu"] == pytest.approx(100 * np.exp(-1.0), abs=0.01)
+    assert "case:mixed" in short["signature"]["bleu"] and "tok:13a" in short["signature"]["bleu"]
+    assert translator.score(["x y z"], ["a b c"])["bleu"] == 0.0
+
+
+# Command line ----------------------------------------------------------------
+
+
+def test_new_translator_project(runner, tmp_path):
+    result = invoke(runner, "new", "translator", tmp_path / "fr")
+    assert result.exit_code == 0, result.output
+    assert 'dltool predict "How are you?"' in result.output
+    project = tmp_path / "fr"
+    for name in ("config.toml", "model.py", "README.md", ".gitignore", "samples/sentences.txt",
+                 "tests/test_project.py"):
+        assert (project / name).is_file(), name
+    config = config_lib.load_config(project / "config.toml")
+    assert config.template == "translator" and config["data"]["source"] == "builtin:fra-eng"
+    assert config.model["architecture"] == "rnn" and config["decoding"]["method"] == "beam"
+
+
+# Training and export (slow) --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained_translator(tmp_path_factory):
+    """A translator trained 1 epoch (tiny model) on the embedded sample, exported."""
+    from click.testing import CliRunner
+
+    project = tmp_path_factory.mktemp("translator") / "fr"
+    runner = CliRunner()
+    for args in (("new", "translator", project),
+                 ("train", "--project", project, "--epochs", 1, *SMALL_MODEL),
+                 ("export", "--project", project)):
+        result = invoke(runner, *args)
+        assert result.exit_code == 0, result.output
+    return project
+
+
+@pytest.mark.slow
+def test_train_writes_the_split_and_vocabularies(trained_translator):
+    (run,) = (trained_translator / "runs").iterdir()
+    meta = json.loads((run / "run.json").read_text())
+    assert meta["status"] == "finished"
+    assert len(meta["meta"]["target_vocabulary"]) == 400
+    test_pairs = (run / "test-pairs.tsv").read_text(encoding="utf-8").splitlines()
+    assert len(test_pairs) == meta["sizes"]["test"] > 200
+    assert all(len(line.split("\t")) == 2 for line in test_pairs)
+
+
+@pytest.mark.slow
+def test_saved_model_matches_in_memory_model_on_raw_strings(trained_translator):
+    from dltool import runs
+    from dltool.training import load_trained_model
+
+    texts = ["How are you?", "", "Tom is my friend.", LONG_TEXT, "Où est-il ?"]
+    run = runs.find_trained(trained_translator)
+    model, _, _ = load_trained_model(trained_translator, run)
+    in_memory = translator.Translator(model, run["meta"])
+    loaded = tf.saved_model.load(str(trained_translator / "saved_models" / "fr" / "1"))
+    assert {"serving_default", "translate_greedy", "translate_beam"} <= set(loaded.signatures)
+    for signature, method in (("translate_greedy", "greedy"), ("translate_beam", "beam"),
+                              ("serving_default", "beam")):
+        out = loaded.signatures[signature](texts=tf.constant(texts))
+        expected = in_memory(tf.constant(texts), method, 2)
+        assert out["translation"].numpy().tolist() == expected["translation"].numpy().tolist()
+        assert out["truncated"].numpy().tolist() == [False, False, False, True, False]
+    assert out["translation"].numpy()[1] == b""
+
+
+@pytest.mark.slow
+def test_predict_prints_translations_and_warns_on_overlong_input(runner, trained_translator,
+                                                                  monkeypatch):
+    monkeypatch.chdir(trained_translator)
+    result = invoke(runner, "predict", "How are you?", "", LONG_TEXT)
+    assert result.exit_code == 0, result.output
+    lines = result.output.strip().splitlines()
+    assert lines[0].startswith("Warning: 'the cat is on the mat and the cat is on '... is longer")
+    assert lines[1].startswith("Model: ") and lines[1].endswith("saved_models/fr/1")
+    assert lines[2].startswith("How are you? ->")  # a 1-epoch tiny model may say nothing
+    assert lines[3].strip() == "->"  # the empty string translates to an empty string
+    result = invoke(runner, "predict", "--json", "Hello.")
+    (item,) = json.loads(result.output)
+    assert item["input"] == "Hello." and item["truncated"] is False
+    assert isinstance(item["translation"], str)
+
+
+@pytest.mark.slow
+def test_predict_with_keras_file(runner, trained_translator):
+    keras_file = trained_translator / "saved_models" / "fr" / "1" / "model.keras"
+    result = invoke(runner, "predict", "Hello.", "--model", keras_file)
+    assert result.exit_code == 0, result.output
+    assert result.output.strip().splitlines()[1].startswith("Hello. ->")
+
+
+@pytest.mark.slow
+def test_evaluate_reports_bleu_chrf_and_writes_translations(runner, trained_translator):
+    result = invoke(runner, "evaluate", "--project", trained_translator)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("Run ") and "test split" in lines[0]
+    assert lines[1].startswith("BLEU ") and "tok:13a" in lines[1] and "case:mixed" in lines[1]
+    assert lines[2].startswith("chrF ")
+    (run,) = (trained_translator / "runs").iterdir()
+    rows = (run / "translations-test.tsv").read_text(encoding="utf-8").splitlines()
+    assert rows[0] == "source\treference\ttranslation"
+    test_pairs = (run / "test-pairs.tsv").read_text(encoding="utf-8").splitlines()
+    assert [r.rsplit("\t", 1)[0] for r in rows[1:]] == test_pairs
+    evaluation = json.loads((run / "evaluation-test.json").read_text())
+    assert 0.0 <= evaluation["bleu"] <= 100.0 and evaluation["examples"] == len(test_pairs)
+
+
+@pytest.mark.slow
+def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
+    project = tmp_path / "proj"
+    assert invoke(runner, "new", "translator", project).exit_code == 0
+    data = _write_tsv(tmp_path / "pairs.tsv", _pairs(40))
+    with open(data, "a", encoding="utf-8") as f:
+        f.write("only one side\n")
+    args = ("train", "--project", project, "--epochs", 1, "--set", f"data.source={data}",
+            *SMALL_MODEL)
+    result = invoke(runner, *args)
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        f"Error: {data}:41: expected source<TAB>target with both sides non-empty; "
+        "fix the file or pass --skip-bad")
+    assert not (project / "runs").exists()
+    result = invoke(runner, *args, "--skip-bad")
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 malformed line(s) of pairs.tsv (--skip-bad)" in result.output
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("architecture, cell", [("rnn", "lstm"), ("transformer", "gru")])
+def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, architecture,
+                                                             cell):
+    from dltool import project as project_lib
+
+    project = tmp_path / "proj"
+    assert invoke(runner, "new", "translator", project).exit_code == 0
+    config = config_lib.load_config(project / "config.toml", [
+        f"model.architecture={architecture}", f"model.cell={cell}", "model.units=8",
+        "model.embedding_dim=8", "model.heads=2", "model.transformer_layers=1"])
+    module = project_lib.load_model_module(project)
+    model, _ = project_lib.build_model(module, config, {"source_vocabulary_size": 30,
+                                                        "target_vocabulary_size": 20})
+    rng = np.random.default_rng(0)
+    inputs = {"source_ids": rng.integers(1, 30, (4, 6)).astype("int32"),
+              "target_ids": rng.integers(1, 20, (4, 5)).astype("int32")}
+    target_out = rng.integers(1, 20, (4, 5)).astype("int32")
+    inputs["target_ids"][:2, 3:] = 0  # two short targets: padding after 3 tokens
+    target_out[:2, 3:] = 0
+    loss, accuracy = model.evaluate(inputs, target_out, batch_size=4, verbose=0)
+    logits = np.asarray(model(inputs, training=False))
+    log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    real = target_out != 0
+    expected = -np.take_along_axis(log_probs, target_out[..., None], -1)[..., 0][real].mean()
+    assert loss == pytest.approx(expected, rel=1e-4)  # the mean over real tokens only
+    assert accuracy == pytest.approx((logits.argmax(-1) == target_out)[real].mean(), abs=1e-6)
+    history = model.fit(inputs, target_out, epochs=1, batch_size=4, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_time_budget_stops_training_and_spans_the_schedule():
+    from dltool import callbacks
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(keras.optimizers.SGD(0.5), "mse")
+    x, y = np.ones((64, 2), np.float32), np.ones((64, 1), np.float32)
+    batches = []
+    counter = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda batch, logs: batches.append(batch))
+    schedule = callbacks.EpochLearningRate("cosine", epochs=5, time_budget=3600.0,
+                                           seconds_done=1800.0)
+    history = model.fit(x, y, batch_size=8, epochs=5, verbose=0, callbacks=[
+        schedule, callbacks.TimeBudget(1e-9), counter])
+    assert len(history.history["loss"]) == 1 and batches == [0]  # stopped after one batch
+    # Half the budget was spent before: the cosine is at half the peak rate.
+    assert float(model.optimizer.learning_rate.numpy()) == pytest.approx(0.25, rel=1e-3)
+    spent = callbacks.TimeBudget(60.0, seconds_done=61.0)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[spent])
+    assert spent.stopped
