@@ -1,6 +1,7 @@
 """The translator template: parallel text sources and their checks, tokens,
 decoding in the graph, train, export on raw strings, evaluate, predict."""
 
+import markupsafe
 import json
 
 import numpy as np
@@ -282,7 +283,7 @@ def test_predict_with_keras_file(runner, trained_translator):
 def test_evaluate_reports_bleu_chrf_and_writes_translations(runner, trained_translator):
     result = invoke(runner, "evaluate", "--project", trained_translator)
     assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
+    lines = result.stdout.splitlines()
     assert lines[0].startswith("Run ") and "test split" in lines[0]
     assert lines[1].startswith("BLEU ") and "tok:13a" in lines[1] and "case:mixed" in lines[1]
     assert lines[2].startswith("chrF ")
@@ -293,6 +294,11 @@ def test_evaluate_reports_bleu_chrf_and_writes_translations(runner, trained_tran
     assert [r.rsplit("\t", 1)[0] for r in rows[1:]] == test_pairs
     evaluation = json.loads((run / "evaluation-test.json").read_text())
     assert 0.0 <= evaluation["bleu"] <= 100.0 and evaluation["examples"] == len(test_pairs)
+    report = (run / "report.html").read_text(encoding="utf-8")
+    assert "Sample translations (test)" in report and f"BLEU {evaluation['bleu']:.2f}" in report
+    sources = [r.split("\t")[0] for r in rows[1:]]
+    shown = sum(str(markupsafe.escape(source)) in report for source in sources)
+    assert shown == min(20, len(sources))
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from dltool.data import parallel
 DECODING_METHODS = ("greedy", "beam")
 _EVALUATE_BATCH = 256
 _BUCKETS = 8
+_REPORT_SAMPLES = 20
 
 
 def open_data(config, root, *, skip_bad=False):
@@ -246,3 +247,49 @@ def score(hypotheses, references):
     return {"bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
             "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
             "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}}
+
+
+def report_sections(run, split, evaluation):
+    """The translator's part of the run report: the scores, then a seeded
+    sample of test translations beside their references, each with its
+    sentence BLEU.
+
+    Args:
+        run: The run's metadata dict.
+        split: The split evaluated.
+        evaluation: The `evaluation-SPLIT.json` contents.
+
+    Returns:
+        A list of `dltool.reports.Section`s.
+    """
+    import sacrebleu
+
+    from dltool.reports import Section
+
+    decoding = evaluation["decoding"]
+    how = ("greedy decoding" if decoding["method"] == "greedy"
+           else f"beam search of width {decoding['beam_width']}")
+    text = (f"{evaluation['examples']} sentence pairs, {how}: BLEU {evaluation['bleu']:.2f}, "
+            f"chrF {evaluation['chrf']:.2f} (sacrebleu {evaluation['signature']['bleu']}).")
+    sections = [Section(f"Evaluation on the {split} split", text=text)]
+    rows = _read_translations(Path(run["dir"]) / f"translations-{split}.tsv")
+    if rows:
+        rng = np.random.default_rng(0)
+        sample = sorted(rng.choice(len(rows), min(len(rows), _REPORT_SAMPLES), replace=False))
+        bleu = sacrebleu.metrics.BLEU(effective_order=True)
+        table = [["English", "reference", "translation", "BLEU"]]
+        table += [[*rows[i], f"{bleu.sentence_score(rows[i][2], [rows[i][1]]).score:.1f}"]
+                  for i in sample]
+        sections.append(Section(f"Sample translations ({split})", table=table,
+                                text=f"{len(sample)} pairs drawn at random (seed 0) from "
+                                     f"translations-{split}.tsv."))
+    return sections
+
+
+def _read_translations(path):
+    """Reads `translations-SPLIT.tsv` as `[(source, reference, translation)]`."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()[1:]
+    except OSError:
+        return []
+    return [tuple(line.split("\t")) for line in lines if line.count("\t") == 2]
