@@ -119,6 +119,8 @@ def read_history(run_dir):
     """Reads a run's `history.csv` (Keras' CSVLogger).
 
     A resumed run may log an epoch twice; the last line of an epoch wins.
+    Empty cells and CSVLogger's `NA` (a metric missing from an epoch's logs)
+    are left out.
 
     Returns:
         Dict of column name to list of floats, epochs in order (column
@@ -132,7 +134,8 @@ def read_history(run_dir):
         return None
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            by_epoch = {int(row["epoch"]): {k: float(v) for k, v in row.items() if v != ""}
+            by_epoch = {int(row["epoch"]): {k: float(v) for k, v in row.items()
+                                               if v not in ("", "NA")}
                         for row in csv.DictReader(f)}
     except (KeyError, ValueError, TypeError, csv.Error) as e:
         raise DataError(f"{path}: not a readable training history ({e})") from e

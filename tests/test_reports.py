@@ -52,6 +52,15 @@ def test_history_keeps_the_last_line_of_a_resumed_epoch(tmp_path):
     assert _png_size(tmp_path / "curves.png") == (840, 320)
 
 
+def test_history_na_cells_are_missing_values(tmp_path):
+    # CSVLogger writes NA for a metric an epoch did not log.
+    (tmp_path / "history.csv").write_text("epoch,accuracy,loss,val_loss\n"
+                                          "0,0.1,2.3,NA\n1,0.2,2.1,2.2\n")
+    history = reports.read_history(tmp_path)
+    assert history["accuracy"] == [0.1, 0.2]
+    assert history["val_loss"][1] == 2.2 and history["val_loss"][0] != history["val_loss"][0]
+
+
 def test_history_that_is_not_csv_names_the_file(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss\nzero,abc\n")
     with pytest.raises(reports.DataError, match="history.csv: not a readable"):

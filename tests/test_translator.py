@@ -298,7 +298,7 @@ def test_evaluate_reports_bleu_chrf_and_writes_translations(runner, trained_tran
     assert "Sample translations (test)" in report and f"BLEU {evaluation['bleu']:.2f}" in report
     sources = [r.split("\t")[0] for r in rows[1:]]
     shown = sum(str(markupsafe.escape(source)) in report for source in sources)
-    assert shown == min(20, len(sources))
+    assert shown >= min(20, len(sources))  # a short source can also match inside a longer one
 
 
 @pytest.mark.slow
