@@ -10,12 +10,13 @@ epochs in each setup:
 2. `mirrored` on the CPU split into 2 logical devices (`runtime.cpu_devices = 2`);
 3. `multi-worker`: 2 worker processes on 127.0.0.1 (`--worker-hosts`).
 
-Samples per second = training images / the shortest epoch after the first
-(the first one traces and compiles), read from the chief's `run.json`
-(`epoch_seconds`): on a machine other jobs share, the shortest epoch is the
-least disturbed one (the median is recorded too). On a machine without GPUs every setup shares
+Samples per second = training images / the median time of the epochs after
+the first (the first one traces and compiles), read from the chief's
+`run.json` (`epoch_seconds`). On a machine without GPUs every setup shares
 the same CPU cores, so the ratios show the cost of the distribution
-machinery, not a speed-up. Results go to bench/results/scaling.json.
+machinery, not a speed-up. Run it on an otherwise idle machine: other jobs on
+the same cores change the epoch times (all of them are kept in the JSON).
+Results go to bench/results/scaling.json.
 
     flock /tmp/dltool-bench.lock python bench/scaling.py [--data DIR] [--epochs 4]
 """
@@ -65,11 +66,10 @@ def train(project, epochs, extra, workers=1):
 
 
 def measure(name, meta):
-    examples, timed = meta["sizes"]["train"], meta["epoch_seconds"][1:]
+    seconds = statistics.median(meta["epoch_seconds"][1:])
     return {"setup": name, "replicas": meta["replicas"], "epochs": meta["epochs_done"],
-            "epoch_seconds": meta["epoch_seconds"], "train_examples": examples,
-            "samples_per_second": round(examples / min(timed), 1),
-            "median_samples_per_second": round(examples / statistics.median(timed), 1)}
+            "epoch_seconds": meta["epoch_seconds"], "train_examples": meta["sizes"]["train"],
+            "samples_per_second": round(meta["sizes"]["train"] / seconds, 1)}
 
 
 def main():
@@ -98,12 +98,10 @@ def main():
     base = rows[0]["samples_per_second"]
     for row in rows:
         row["ratio_to_one_device"] = round(row["samples_per_second"] / base, 2)
-        row["median_ratio"] = round(row["median_samples_per_second"] /
-                                    rows[0]["median_samples_per_second"], 2)
-    print(f"\n{'setup':<36} {'replicas':>8} {'samples/s':>10} {'ratio':>6} {'median':>7}")
+    print(f"\n{'setup':<36} {'replicas':>8} {'samples/s':>10} {'ratio':>6}")
     for row in rows:
         print(f"{row['setup']:<36} {row['replicas']:>8} {row['samples_per_second']:>10.1f} "
-              f"{row['ratio_to_one_device']:>6.2f} {row['median_ratio']:>7.2f}")
+              f"{row['ratio_to_one_device']:>6.2f}")
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
               "data": str(data if data == "builtin:cifar10" else "cifar10 (8,000 train)"),
               "batch_size": 64, "rows": rows}

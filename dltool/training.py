@@ -192,10 +192,17 @@ def worker_failures(cluster):
             tf.errors.DeadlineExceededError) as e:
         lost = sorted(set(re.findall(r"^/job:(\w+)/replica:\d+/task:(\d+)$", str(e), re.M)))
         what = (", ".join(f"{kind} {index}" for kind, index in lost) + " stopped responding"
-                if lost else str(e).strip().splitlines()[0])
+                if lost else _first_reason(e))
         raise DltoolError(
             f"{cluster.name}: the cluster lost a worker ({what}); the completed epochs "
             "are saved: start every worker again with the same command to resume") from None
+
+
+def _first_reason(error):
+    """The first line of a TensorFlow error without its graph-node prefixes."""
+    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
+    return line.replace("Collective ops is aborted by:", "").strip()
 
 
 def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=None,

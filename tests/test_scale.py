@@ -91,7 +91,8 @@ def leftovers(folder):
 def worker_commands(project, epochs, *extra):
     hosts = ",".join(f"127.0.0.1:{p}" for p in free_ports(2))
     return [dltool_command("train", "--project", project, "--epochs", epochs, *TINY_MODEL,
-                           "--set", "training.verbose=2", "--worker-hosts", hosts, "--task-index", index, *extra)
+                           "--set", "training.verbose=2", "--worker-hosts", hosts,
+                           "--task-index", index, *extra)
             for index in (0, 1)]
 
 
@@ -338,9 +339,14 @@ def test_killed_worker_then_restarted_job_completes(project, tmp_path):
                 process.wait()
     chief_output = logs[0].read_text()
     assert code == 1, chief_output
-    assert ("Error: worker 0: the cluster lost a worker (worker 1 stopped responding); the "
-            "completed epochs are saved: start every worker again with the same command to "
-            "resume") in chief_output
+    # Depending on timing TensorFlow reports the lost peer through its
+    # heartbeats ("worker 1 stopped responding") or a reset connection.
+    (error,) = [line for line in chief_output.splitlines() if line.startswith("Error: ")]
+    assert error.startswith("Error: worker 0: the cluster lost a worker (")
+    assert "{{" not in error and ("worker 1 stopped responding" in error or
+                                  "Connection reset by peer" in error), error
+    assert error.endswith("); the completed epochs are saved: start every worker again with "
+                          "the same command to resume")
     _, meta = only_run(project)
     done = meta["epochs_done"]
     assert done == 1
