@@ -1,6 +1,6 @@
 """Hyperparameter search: efficiency of the tuners, and memory over many trials.
 
-1. Efficiency, on ../shared/data/images/cifar10 (by default the first 360
+1. Efficiency, on ../shared/data/images/cifar10 (by default the first 200
    train JPEGs of each class, 10% of them held out for validation): the
    image-classifier template searched by Hyperband (`--max-epochs 4`,
    `--factor 2`), then by random search and Bayesian optimization with the
@@ -16,13 +16,14 @@
    every 0.2 s and reported after trials 1, 5, 10 and 20 and at its peak;
    beside it, the same figures for a bare Keras loop (build a tiny CNN, fit
    one epoch, `keras.backend.clear_session()`, 20 times), the floor dltool
-   cannot go below.
+   cannot go below. Memory does not depend on CPU load, so this part may run
+   outside the benchmark lock (`--skip-efficiency`).
 
 Every search runs as a user runs it (`dltool new`, `dltool tune ...`) in a
 temporary folder. Results go to bench/results/tune.json.
 
     python bench/tune.py [--data DIR] [--max-epochs 4] [--factor 2]
-                         [--train-per-class 360] [--memory-trials 20]
+                         [--train-per-class 200] [--memory-trials 20]
                          [--skip-efficiency] [--skip-memory]
 """
 
@@ -140,7 +141,6 @@ def memory(workdir, trials=20):
                    "search.filters=[8, 12, 16]", "search.blocks=[1]",
                    "search.dropout={min=0.0, max=0.5}", "search.augment=[true, false]",
                    "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}"])]
-    started = time.perf_counter()
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     folder = project / "tuning" / "random"
     after, peak = {}, 0
@@ -153,8 +153,7 @@ def memory(workdir, trials=20):
     assert process.returncode == 0, "the memory search failed"
     mib = {n: round(after[n] / 1024, 1) for n in (1, 5, 10, trials) if n in after}
     row = {"trials": trials, "rss_mib_after_trials": mib, "peak_rss_mib": round(peak / 1024, 1),
-           "growth_mib_trial_5_to_20": round((after.get(trials, 0) - after.get(5, 0)) / 1024, 1),
-           "wall_seconds": round(time.perf_counter() - started, 1)}
+           "growth_mib_trial_5_to_20": round((after.get(trials, 0) - after.get(5, 0)) / 1024, 1)}
     print(json.dumps(row), flush=True)
     return row
 
@@ -205,15 +204,13 @@ def main():
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--max-epochs", type=int, default=4)
     parser.add_argument("--factor", type=int, default=2)
-    parser.add_argument("--train-per-class", type=int, default=360,
+    parser.add_argument("--train-per-class", type=int, default=200,
                         help="train images per class (0: all 800)")
     parser.add_argument("--skip-efficiency", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--memory-trials", type=int, default=20)
     args = parser.parse_args()
-    # Parts not run this time keep their previous figures.
-    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    results.update({"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count()})
+    results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_memory:
             results["memory"] = memory(Path(tmp), args.memory_trials)
@@ -221,8 +218,11 @@ def main():
         if not args.skip_efficiency:
             results["efficiency"] = efficiency(args.data.resolve(), args.max_epochs,
                                                args.factor, args.train_per_class, Path(tmp))
+    # Parts not run this time keep their previous figures.
+    merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    merged.update(results, date=time.strftime("%Y-%m-%d"), cpu_cores=os.cpu_count())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
     print(f"Wrote {RESULTS}")
 
 
