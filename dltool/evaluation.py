@@ -48,7 +48,7 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
     echo(f"Evaluating on the {split} split: {data.sizes[split]} examples")
     started = time.perf_counter()
     result = {"run": run["name"], "split": split,
-              **task.evaluate_split(model, data, split, config, run)}
+              **task.evaluate_split(model, data, split, config, run, echo=echo)}
     echo(f"Evaluated in {time.perf_counter() - started:.1f} s")
     runs.write_json_atomic(run["dir"] / reports.evaluation_file(split), result)
     reports.write_report(project_dir, run, echo=echo)

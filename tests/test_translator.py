@@ -294,6 +294,8 @@ def test_evaluate_reports_bleu_chrf_and_writes_translations(runner, trained_tran
     assert [r.rsplit("\t", 1)[0] for r in rows[1:]] == test_pairs
     evaluation = json.loads((run / "evaluation-test.json").read_text())
     assert 0.0 <= evaluation["bleu"] <= 100.0 and evaluation["examples"] == len(test_pairs)
+    n = len(test_pairs)
+    assert f"Translated {n}/{n} sentences" in result.stderr  # progress, off stdout
     report = (run / "report.html").read_text(encoding="utf-8")
     assert "Sample translations (test)" in report and f"BLEU {evaluation['bleu']:.2f}" in report
     sources = [r.split("\t")[0] for r in rows[1:]]

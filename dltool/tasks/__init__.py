@@ -14,7 +14,7 @@ Each template's task module provides:
 - `read_inputs(items)` and `format_prediction(outputs, i, top_k)` for
   `dltool predict` (a list of `(label, probability)` for classifiers, a
   dict with `translation` for the translator);
-- `evaluate_split(model, data, split, config, run)`: the figures `dltool
+- `evaluate_split(model, data, split, config, run, echo)`: the figures `dltool
   evaluate` reports (classifiers: loss, accuracy and the per-class report of
   `evaluation_report(y_true, probabilities, meta)`, with one row per example
   in `predictions-SPLIT.csv`; translator: BLEU, chrF and sample

@@ -109,8 +109,11 @@ def format_prediction(outputs, index, top_k):
     return [(classes[i], float(probabilities[i])) for i in order]
 
 
-def evaluate_split(model, data, split, config, run):
-    """Loss, accuracy, per-class figures on a split (see `evaluation.evaluate_classifier`)."""
+def evaluate_split(model, data, split, config, run, echo=None):
+    """Loss, accuracy, per-class figures on a split (see `evaluation.evaluate_classifier`).
+
+    A classifier evaluates in seconds: `echo` is not used.
+    """
     from dltool.evaluation import evaluate_classifier
 
     return evaluate_classifier(model, data, split, config, run)

@@ -197,11 +197,12 @@ def format_prediction(outputs, index, top_k):
     return {"translation": translation, "truncated": bool(outputs["truncated"][index])}
 
 
-def evaluate_split(model, data, split, config, run):
+def evaluate_split(model, data, split, config, run, echo=None):
     """Translates a split's sources and scores them against the references.
 
     Writes `translations-SPLIT.tsv` (source, reference, translation) to the
-    run folder. The decoding is the config's `[decoding]`.
+    run folder. The decoding is the config's `[decoding]`. `echo`, when
+    given, is called with a progress line after each batch.
 
     Returns:
         A dict: `examples`, `bleu`, `chrf`, `signature` (sacrebleu's, for
@@ -219,6 +220,8 @@ def evaluate_split(model, data, split, config, run):
         out = translate(tf.constant(batch))
         hypotheses += [t.decode("utf-8") for t in out["translation"].numpy()]
         truncated += int(np.sum(out["truncated"].numpy()))
+        if echo is not None:
+            echo(f"Translated {len(hypotheses)}/{len(pairs)} sentences")
     scores = score(hypotheses, [b for _, b in pairs])
     path = Path(run["dir"]) / f"translations-{split}.tsv"
     runs.write_text_atomic(path, "source\treference\ttranslation\n" + "".join(
