@@ -202,7 +202,8 @@ def test_new_translator_project(runner, tmp_path):
         assert (project / name).is_file(), name
     config = config_lib.load_config(project / "config.toml")
     assert config.template == "translator" and config["data"]["source"] == "builtin:fra-eng"
-    assert config.model["architecture"] == "rnn" and config["decoding"]["method"] == "beam"
+    assert config.model["architecture"] == "transformer"
+    assert config["decoding"]["method"] == "beam"
 
 
 # Training and export (slow) --------------------------------------------------

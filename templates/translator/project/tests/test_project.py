@@ -66,6 +66,6 @@ def test_train_export_predict(copy):
     sentences = (copy / "samples" / "sentences.txt").read_text(encoding="utf-8").splitlines()
     lines = run("predict", "--file", copy / "samples" / "sentences.txt").strip().splitlines()
     assert lines[0].startswith("Model: ")
-    assert [line.split(" -> ")[0] for line in lines[1:]] == sentences
+    assert [line.split(" ->")[0] for line in lines[1:]] == sentences
     lines = run("predict", "How are you?").strip().splitlines()
-    assert lines[1].startswith("How are you? -> ")
+    assert lines[1].startswith("How are you? ->")
