@@ -14,6 +14,7 @@ from pathlib import Path
 
 from dltool._tf import tf
 from dltool.data import splits as splits_lib
+from dltool.data.tfds_loader import prepared_builder
 from dltool.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
@@ -198,14 +199,7 @@ def _paths_dataset(pairs, image_size):
 
 
 def _open_tfds(name, image_size, validation_split):
-    import tensorflow_datasets as tfds
-
-    try:
-        builder = tfds.builder(name)
-        builder.download_and_prepare()
-    except Exception as e:  # TFDS raises many types: network, registry, checksums.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"could not load TFDS data set {name!r}: {first_line}") from e
+    builder = prepared_builder(name)
     info = builder.info
     label_feature = info.features["label"]
     available = set(info.splits.keys())

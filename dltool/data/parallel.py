@@ -39,6 +39,7 @@ from pathlib import Path
 
 from dltool._tf import keras, tf
 from dltool.data import images, splits as splits_lib, text
+from dltool.data.tfds_loader import prepared_builder
 from dltool.errors import DataError
 
 START, END = "[start]", "[end]"
@@ -302,17 +303,6 @@ def _language_files(folder, source_language, target_language):
     return found
 
 
-def _read_lines(path, skip_bad, report):
-    path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: unreadable: {e.strerror}") from e
-    if not raw.strip():
-        raise DataError(f"{path} is empty")
-    return text.decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), skip_bad, report)
-
-
 def read_tsv(path, skip_bad=False, report=None):
     """Reads `source<TAB>target[<TAB>...]` lines; blank lines are skipped.
 
@@ -332,7 +322,7 @@ def read_tsv(path, skip_bad=False, report=None):
     report = [] if report is None else report
     path = Path(path)
     pairs, bad = [], []
-    for number, line in _read_lines(path, skip_bad, report):
+    for number, line in text.read_lines(path, skip_bad, report):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -356,8 +346,8 @@ def read_aligned(source_path, target_path, skip_bad=False, report=None):
             only, undecodable bytes (file and line number).
     """
     report = [] if report is None else report
-    sources = _read_lines(source_path, skip_bad, report)
-    targets = _read_lines(target_path, skip_bad, report)
+    sources = text.read_lines(source_path, skip_bad, report)
+    targets = text.read_lines(target_path, skip_bad, report)
     if len(sources) != len(targets) and not skip_bad:
         raise DataError(f"{source_path} has {len(sources)} lines but {target_path} has "
                         f"{len(targets)}: line-aligned files need one line per sentence")
@@ -388,12 +378,7 @@ def _read_tfds(name, data):
     """Reads a TFDS translation data set (one text feature per language)."""
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name)
-        builder.download_and_prepare()
-    except Exception as e:  # TFDS raises many types: network, registry, checksums.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"could not load TFDS data set {name!r}: {first_line}") from e
+    builder = prepared_builder(name)
     info = builder.info
     languages = (data["source_language"], data["target_language"])
     features = list(info.features.keys())

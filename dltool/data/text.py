@@ -22,6 +22,7 @@ from pathlib import Path
 from dltool._tf import keras, tf
 from dltool.data import images
 from dltool.data import splits as splits_lib
+from dltool.data.tfds_loader import prepared_builder
 from dltool.errors import ConfigError, DataError
 
 DELIMITED_SUFFIXES = {".tsv": "\t", ".csv": ","}
@@ -244,6 +245,25 @@ def _split_files(path):
     return found
 
 
+def read_lines(path, skip_bad, report):
+    """Reads a UTF-8 text file as a list of `(line_number, line)`.
+
+    A byte order mark is dropped; see `decode_lines` for undecodable lines.
+
+    Raises:
+        DataError: unreadable or empty file; undecodable bytes (file and
+            line) unless `skip_bad`.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise DataError(f"{path}: unreadable: {e.strerror}") from e
+    if not raw.strip():
+        raise DataError(f"{path} is empty")
+    return decode_lines(path, raw.removeprefix(b"\xef\xbb\xbf"), skip_bad, report)
+
+
 def decode_lines(path, raw, skip_bad, report, hint="fix the file or pass --skip-bad"):
     """Decodes `raw` line by line as UTF-8.
 
@@ -289,14 +309,7 @@ def read_delimited(path, data, skip_bad=False, report=None):
     """
     report = [] if report is None else report
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise DataError(f"{path}: unreadable: {e.strerror}") from e
-    if not raw.strip():
-        raise DataError(f"{path} is empty")
-    raw = raw.removeprefix(b"\xef\xbb\xbf")  # UTF-8 byte order mark
-    lines = decode_lines(path, raw, skip_bad, report)
+    lines = read_lines(path, skip_bad, report)
     delimiter = _delimiter(path, data["delimiter"])
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader((line for _, line in lines), delimiter=delimiter, quoting=quoting)
@@ -408,12 +421,7 @@ def _read_tfds(name):
     """Reads a TFDS text classification data set (text feature, ClassLabel)."""
     import tensorflow_datasets as tfds
 
-    try:
-        builder = tfds.builder(name)
-        builder.download_and_prepare()
-    except Exception as e:  # TFDS raises many types: network, registry, checksums.
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise DataError(f"could not load TFDS data set {name!r}: {first_line}") from e
+    builder = prepared_builder(name)
     info = builder.info
     keys = info.supervised_keys
     label_feature = info.features[keys[1]] if keys else None
