@@ -202,7 +202,7 @@ def test_new_translator_project(runner, tmp_path):
         assert (project / name).is_file(), name
     config = config_lib.load_config(project / "config.toml")
     assert config.template == "translator" and config["data"]["source"] == "builtin:fra-eng"
-    assert config.model["architecture"] == "transformer"
+    assert config.model["architecture"] == "rnn"
     assert config["decoding"]["method"] == "beam"
 
 

@@ -22,11 +22,11 @@ target tokens up to t) and accept any length up to `data.max_length + 1`.
 
 Two architectures, chosen by `model.architecture`:
 
-- `transformer` (default): keras_hub's TransformerEncoder / TransformerDecoder
-  over token and position embeddings, layer normalization first;
-- `rnn`: a bidirectional GRU or LSTM encoder, a GRU or LSTM decoder started
-  from the encoder's final states, and dot-product attention from each
-  decoder step over the encoder outputs.
+- `rnn` (default): a bidirectional GRU or LSTM encoder, a GRU or LSTM
+  decoder started from the encoder's final states, and dot-product attention
+  from each decoder step over the encoder outputs;
+- `transformer`: keras_hub's TransformerEncoder / TransformerDecoder over
+  token and position embeddings, layer normalization first.
 
 The loss is the cross-entropy of the next token and the accuracy the share
 of next tokens predicted right, both over real tokens only (padding does not
