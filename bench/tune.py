@@ -12,12 +12,17 @@
    Reported per tuner: best validation accuracy found, trials, epochs trained
    and the wall time of the `dltool tune` command.
 2. Memory: 20 one-epoch trials of the tiny CNN on the embedded CIFAR-10
-   sample in one `dltool tune` process; its resident memory (RSS) is sampled
-   every 0.2 s and reported after trials 1, 5, 10 and 20 and at its peak;
-   beside it, the same figures for a bare Keras loop (build a tiny CNN, fit
-   one epoch, `keras.backend.clear_session()`, 20 times), the floor dltool
-   cannot go below. Memory does not depend on CPU load, so this part may run
-   outside the benchmark lock (`--skip-efficiency`).
+   sample, run twice: as `dltool tune` runs them by default, each trial in a
+   fresh child process (`tune.trials_per_process = 1`), and all in the
+   `dltool tune` process (`tune.trials_per_process = 0`). The resident memory
+   (RSS) of `dltool tune` and of its children is sampled every 0.2 s:
+   reported per trial (the peak of the process that ran it), after trials 1,
+   5, 10 and 20, the growth from trial 5 to 20 and the peak of the whole
+   command (parent + child), with the command's wall time. Beside them, a bare
+   Keras loop (build a tiny CNN, fit one epoch, `keras.backend.clear_session()`,
+   20 times in one process): TensorFlow keeps a few MiB of every model it has
+   trained, which only a new process gives back. Memory does not depend on CPU
+   load, so this part may run outside the benchmark lock (`--skip-efficiency`).
 
 Every search runs as a user runs it (`dltool new`, `dltool tune ...`) in a
 temporary folder. Results go to bench/results/tune.json.
@@ -122,6 +127,51 @@ def rss_kib(pid):
     return None
 
 
+def child_pids(pid):
+    try:
+        return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except OSError:
+        return []
+
+
+def memory(workdir, trials=20, per_process=1):
+    """RSS of a `dltool tune` of `trials` tiny trials, `per_process` trials per process."""
+    project = workdir / f"small-{per_process}"
+    dltool("new", "image-classifier", project)
+    command = [sys.executable, "-m", "dltool.cli", "tune", "--project", str(project),
+               "--max-trials", str(trials), "--epochs", "1", *with_sets([
+                   "model.filters=8", "model.blocks=1", "training.verbose=0",
+                   "search.filters=[8, 12, 16]", "search.blocks=[1]",
+                   "search.dropout={min=0.0, max=0.5}", "search.augment=[true, false]",
+                   "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}",
+                   f"tune.trials_per_process={per_process}"])]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    folder = project / "tuning" / "random"
+    by_trial, parent, peak = {}, 0, 0  # trial number -> the peak RSS while it ran
+    while process.poll() is None:
+        own = rss_kib(process.pid) or 0
+        children = sum(rss_kib(c) or 0 for c in child_pids(process.pid))
+        parent = max(parent, own)
+        peak = max(peak, own + children)
+        trial = finished_trials(folder) + 1
+        by_trial[trial] = max(by_trial.get(trial, 0), children if per_process else own)
+        time.sleep(0.2)
+    seconds = time.perf_counter() - started
+    assert process.returncode == 0, "the memory search failed"
+    per_trial = [round(by_trial.get(n, 0) / 1024, 1) for n in range(1, trials + 1)]
+    row = {"trials": trials, "trials_per_process": per_process,
+           "process": "a child per trial" if per_process == 1 else
+           "one process" if per_process == 0 else f"{per_process} trials per child",
+           "rss_mib_per_trial": per_trial,
+           "rss_mib_after_trials": {n: per_trial[n - 1] for n in (1, 5, 10, trials)},
+           "growth_mib_trial_5_to_20": round(per_trial[trials - 1] - per_trial[4], 1),
+           "parent_rss_mib": round(parent / 1024, 1),
+           "peak_rss_mib": round(peak / 1024, 1), "seconds": round(seconds, 1)}
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def finished_trials(folder):
     done = 0
     for meta in folder.glob("trial_*/execution0/run.json"):
@@ -130,32 +180,6 @@ def finished_trials(folder):
         except ValueError:
             pass
     return done
-
-
-def memory(workdir, trials=20):
-    project = workdir / "small"
-    dltool("new", "image-classifier", project)
-    command = [sys.executable, "-m", "dltool.cli", "tune", "--project", str(project),
-               "--max-trials", str(trials), "--epochs", "1", *with_sets([
-                   "model.filters=8", "model.blocks=1", "training.verbose=0",
-                   "search.filters=[8, 12, 16]", "search.blocks=[1]",
-                   "search.dropout={min=0.0, max=0.5}", "search.augment=[true, false]",
-                   "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}"])]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    folder = project / "tuning" / "random"
-    after, peak = {}, 0
-    while process.poll() is None:
-        rss = rss_kib(process.pid)
-        if rss:
-            peak = max(peak, rss)
-            after[finished_trials(folder)] = rss  # the last sample after n trials
-        time.sleep(0.2)
-    assert process.returncode == 0, "the memory search failed"
-    mib = {n: round(after[n] / 1024, 1) for n in (1, 5, 10, trials) if n in after}
-    row = {"trials": trials, "rss_mib_after_trials": mib, "peak_rss_mib": round(peak / 1024, 1),
-           "growth_mib_trial_5_to_20": round((after.get(trials, 0) - after.get(5, 0)) / 1024, 1)}
-    print(json.dumps(row), flush=True)
-    return row
 
 
 BARE_KERAS_LOOP = """
@@ -213,7 +237,9 @@ def main():
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         if not args.skip_memory:
-            results["memory"] = memory(Path(tmp), args.memory_trials)
+            results["memory"] = memory(Path(tmp), args.memory_trials, per_process=1)
+            results["memory_one_process"] = memory(Path(tmp), args.memory_trials,
+                                                   per_process=0)
             results["memory_bare_keras_loop"] = bare_keras_memory(args.memory_trials)
         if not args.skip_efficiency:
             results["efficiency"] = efficiency(args.data.resolve(), args.max_epochs,

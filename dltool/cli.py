@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 import dltool
-from dltool.errors import DltoolError, DestinationExistsError
+from dltool.errors import DltoolError, DestinationExistsError, ReportedError
 
 
 @contextlib.contextmanager
@@ -23,6 +23,8 @@ def user_errors():
     """Turns dltool's errors into one-line click errors."""
     try:
         yield
+    except ReportedError as e:
+        raise click.exceptions.Exit(e.exit_code) from None
     except DltoolError as e:
         error = click.ClickException(str(e))
         error.exit_code = getattr(e, "exit_code", 1)
@@ -270,9 +272,11 @@ def _flag_overrides(flags):
 @click.option("--connect-timeout", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds a worker waits for its chief.")
 @skip_bad_option
+@click.option("--child-of", default=None, hidden=True,
+              help="Internal: run trials as a child of a local search (STARTED,DEADLINE,INDEX).")
 def tune(project_dir, overrides, tuner, objective, direction, max_trials, executions_per_trial,
          epochs, time_budget, name, fresh, export_best, chief, worker, connect_timeout,
-         skip_bad):
+         skip_bad, child_of):
     """Search the hyperparameters of the config's [search] section with keras-tuner.
 
     Run the same command again to continue an interrupted search. The trials
@@ -285,11 +289,23 @@ def tune(project_dir, overrides, tuner, objective, direction, max_trials, execut
     overrides = (*overrides, *_flag_overrides(flags))
     with user_errors():
         project = _project(project_dir)
-        from dltool.tuning import tune as run_tuning
+        from dltool import search_processes
 
-        run_tuning(project, overrides, name=name, fresh=fresh, chief=chief, worker=worker,
-                   connect_timeout=connect_timeout, export_best=export_best,
-                   skip_bad=skip_bad, echo=click.echo)
+        summary = None
+        if not (chief or worker or child_of):  # TensorFlow stays out of this process
+            summary = search_processes.run_in_children(
+                project, overrides, name=name, fresh=fresh, export_best=export_best,
+                skip_bad=skip_bad)
+        if summary is None:
+            from dltool.tuning import tune as run_tuning
+
+            child = search_processes.ChildRole.parse(child_of) if child_of else None
+            summary = run_tuning(project, overrides, name=name, fresh=fresh, chief=chief,
+                                 worker=worker, connect_timeout=connect_timeout,
+                                 export_best=export_best, skip_bad=skip_bad, echo=click.echo,
+                                 child=child)
+    if summary.get("more_trials"):
+        sys.exit(search_processes.MORE_TRIALS_EXIT)
 
 
 @cli.command()

@@ -96,6 +96,7 @@ COMMON_SECTIONS = {
         "hyperband_factor": Field(3, minimum=2),
         "max_retries_per_trial": Field(0, minimum=0),
         "max_consecutive_failed_trials": Field(3, minimum=1),
+        "trials_per_process": Field(1, minimum=0),
     },
     "runtime": {
         "strategy": Field("auto", choices=STRATEGIES),

@@ -32,3 +32,15 @@ class ModelFileError(DltoolError):
 
 class ProjectError(DltoolError):
     """Not a dltool project, or a step run before the one it needs."""
+
+
+class ReportedError(DltoolError):
+    """A child process failed and has already printed why.
+
+    Args:
+        exit_code: The child's exit code, for the CLI to exit with.
+    """
+
+    def __init__(self, exit_code):
+        super().__init__(f"a child process exited with code {exit_code}")
+        self.exit_code = exit_code

@@ -38,6 +38,10 @@ class BudgetExhausted(keras_tuner.errors.FatalError):
     """The search's time budget ran out (stops the search, not a trial failure)."""
 
 
+class ProcessTrialsDone(keras_tuner.errors.FatalError):
+    """This process ran its `tune.trials_per_process` trials; a new one goes on."""
+
+
 def atomic_state_files():
     """Makes keras-tuner write its JSON state files atomically (idempotent)."""
     if getattr(kt_utils.save_json, "dltool_atomic", False):
@@ -106,12 +110,16 @@ class _ProjectTunerMixin:
         trial_config: The config whose `[training]` section the trials use.
         deadline: `time.time()` after which no trial starts and the running
             one stops (local searches), or None.
+        trials_per_process: Trials after which `search()` raises
+            `ProcessTrialsDone` if the oracle has more (0: no limit).
         **kwargs: `keras_tuner.Tuner` arguments (`directory`, ...).
     """
 
-    def __init__(self, oracle, hypermodel, trial_config, deadline=None, **kwargs):
+    def __init__(self, oracle, hypermodel, trial_config, deadline=None, trials_per_process=0,
+                 **kwargs):
         self.trial_config = trial_config
         self.deadline = deadline
+        self.trials_per_process = trials_per_process
         self._execution = 0
         self.trials_run = []
         # keras_tuner.Tuner's, not Hyperband's: the oracle is made by dltool.
@@ -120,6 +128,10 @@ class _ProjectTunerMixin:
     def pre_create_trial(self):
         if self.deadline is not None and time.time() > self.deadline:
             raise BudgetExhausted("time budget used up")
+        if self.trials_per_process and len(self.trials_run) >= self.trials_per_process:
+            remaining = self.oracle.remaining_trials()  # local oracles only
+            if remaining is None or remaining > 0:
+                raise ProcessTrialsDone(f"ran {len(self.trials_run)} trial(s) in this process")
 
     def run_trial(self, trial, *args, **kwargs):
         self._execution = 0

@@ -6,6 +6,10 @@ command again continues it (keras-tuner reloads its oracle; an interrupted
 trial continues from its last completed epoch, see `dltool.tuners`);
 `fresh=True` moves the old search aside and starts over.
 
+`tune()` runs the trials in this process. `dltool tune` runs a local search
+in child processes instead (`dltool.search_processes`): each one calls
+`tune(child=...)`, which stops after `tune.trials_per_process` trials.
+
 Every check that can fail on bad input (config, search space, objective,
 chief address) runs before the search folder is touched.
 """
@@ -158,7 +162,7 @@ def _check_objective(model, train_ds, val_ds, objective):
 
 
 def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worker=None,
-         connect_timeout=60.0, export_best=False, skip_bad=False, echo=print):
+         connect_timeout=60.0, export_best=False, skip_bad=False, echo=print, child=None):
     """Runs, resumes or joins a hyperparameter search.
 
     Args:
@@ -174,9 +178,13 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
             train + validation data and export it.
         skip_bad: Drop unusable data files instead of failing.
         echo: Function that prints a line for the user.
+        child: In a child process of a local search, its
+            `search_processes.ChildRole` (when the search started, its
+            deadline, the child's number); None otherwise.
 
     Returns:
-        The search summary dict (a worker's: trials it ran).
+        The search summary dict (a worker's: trials it ran; a child that
+        leaves trials to the next one: `{"more_trials": True}`).
 
     Raises:
         DltoolError: bad config, space, objective or data; unreachable chief.
@@ -199,8 +207,9 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
     settings = {"name": name, "template": config.template, "fingerprint": _fingerprint(config)}
     if not fresh and not worker:
         _check_same_search(folder, settings)
+    preamble = echo if child is None or child.index == 0 else (lambda *args, **kwargs: None)
 
-    inputs = _checked_inputs(project_dir, overrides, config, skip_bad, echo)
+    inputs = _checked_inputs(project_dir, overrides, config, skip_bad, preamble)
 
     # The input is good: from here on the search folder changes.
     role = "chief" if chief else "worker" if worker else "local"
@@ -218,15 +227,22 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
             runs.write_json_atomic(folder / trials.SEARCH_FILE, settings)
         trials.ensure_tuner_file(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
     tuners.atomic_state_files()
-    started = time.time()
-    deadline = started + budget if (budget and role != "worker") else None
-    tuner = _make_tuner(config, inputs, objective, direction, folder, deadline)
+    if child is None:
+        started = time.time()
+        deadline = started + budget if (budget and role != "worker") else None
+    else:
+        started, deadline = child.started, child.deadline
+    tuner = _make_tuner(config, inputs, objective, direction, folder, deadline,
+                        trials_per_process=tune_settings["trials_per_process"] if child else 0)
     if role != "worker":
         tuner.save()  # so a search killed in its first trial reloads
-    echo(f"Search: {folder} ({tune_settings['tuner']}, {objective} {direction}, "
-         f"{role}{', time budget ' + tune_settings['time_budget'] if deadline else ''})")
+    preamble(f"Search: {folder} ({tune_settings['tuner']}, {objective} {direction}, "
+             f"{role}{', time budget ' + tune_settings['time_budget'] if deadline else ''}"
+             f"{', trials in child processes' if child else ''})")
 
     stopped_by, failure = _run(tuner, role, address, deadline, inputs, config)
+    if stopped_by == "more trials":
+        return {"more_trials": True}
     if role == "worker":
         ran = sorted(tuner.trials_run)
         echo(f"Worker {tuner.tuner_id} ran {len(ran)} trial(s): {', '.join(ran)}")
@@ -272,7 +288,7 @@ def _checked_inputs(project_dir, overrides, config, skip_bad, echo):
                                  space=space)
 
 
-def _make_tuner(config, inputs, objective, direction, folder, deadline):
+def _make_tuner(config, inputs, objective, direction, folder, deadline, trials_per_process=0):
     import keras_tuner
 
     tune_settings = config["tune"]
@@ -280,7 +296,8 @@ def _make_tuner(config, inputs, objective, direction, folder, deadline):
                                 inputs.space, seed=config["training"]["seed"])
     hypermodel = tuners.ProjectHyperModel(inputs.module, config, inputs.model_kwargs)
     return tuners.make_tuner(tune_settings, oracle, hypermodel, inputs.trial_config,
-                             deadline=deadline, directory=str(folder.parent),
+                             deadline=deadline, trials_per_process=trials_per_process,
+                             directory=str(folder.parent),
                              project_name=folder.name, overwrite=False,
                              distribution_strategy=inputs.strategy)
 
@@ -309,6 +326,8 @@ def _run(tuner, role, address, deadline, inputs, config):
                          verbose=config["training"]["verbose"])
     except tuners.BudgetExhausted:
         return "time budget", None
+    except tuners.ProcessTrialsDone:
+        return "more trials", None
     except KeyboardInterrupt:
         return "interrupted", "interrupted: run the same command to resume"
     except RuntimeError as e:

@@ -20,11 +20,15 @@ from conftest import TINY_MODEL, invoke
 from dltool import config as config_lib
 from dltool.errors import ConfigError
 
-# A small space over cheap hyperparameters of the tiny model.
+# A small space over cheap hyperparameters of the tiny model; every trial in
+# the `dltool tune` process (a fresh process per trial, the default, costs a
+# TensorFlow start each: the tests adding CHILDREN keep the default).
 TINY_SEARCH = (*TINY_MODEL, "--set", "search.filters=[8]", "--set", "search.blocks=[1]",
                "--set", "search.augment=[false]", "--set", "search.weight_decay=[0.0]",
                "--set", "search.dropout=[0.0, 0.3]",
-               "--set", "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}")
+               "--set", "search.learning_rate={min=0.001, max=0.01, sampling=\"log\"}",
+               "--set", "tune.trials_per_process=0")
+CHILDREN = ("--set", "tune.trials_per_process=1")
 
 
 def _cli(*args):
@@ -79,13 +83,14 @@ def test_bad_duration(text):
 
 
 def test_templates_ship_a_search_space(tmp_path, runner):
-    for template in ("image-classifier", "sentiment"):
+    for template in ("image-classifier", "sentiment", "translator"):
         result = invoke(runner, "new", template, tmp_path / template)
         assert result.exit_code == 0, result.output
         config = config_lib.load_config(tmp_path / template / "config.toml")
         space = config_lib.parse_search_space(config["search"])
-        assert len(space) >= 5 and set(space) <= set(config.model)
+        assert len(space) >= 4 and set(space) <= set(config.model)
         assert config["tune"]["tuner"] == "random"
+        assert config["tune"]["trials_per_process"] == 1
 
 
 # ---- bad input: one line, non-zero exit, the search untouched ----
@@ -144,9 +149,24 @@ def test_bad_input_is_one_line_and_keeps_the_search(runner, tuned_project, args,
     assert _state(folder) == before
 
 
+@pytest.mark.slow
+def test_child_process_error_is_one_line(runner, tuned_project):
+    result = invoke(runner, "tune", "--project", tuned_project, "--max-trials", 5,
+                    "--epochs", 2, "--name", "child", *TINY_SEARCH, *CHILDREN,
+                    "--objective", "val_auc")
+    assert result.exit_code == 1, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert errors == ["Error: tune.objective 'val_auc' is not a metric the model reports "
+                      "(it reports: accuracy, loss, val_accuracy, val_loss)"], result.output
+    assert "Traceback" not in result.output
+    assert not (tuned_project / "tuning" / "child").exists()
+
+
 def test_tuning_help_and_top_help_stay_tensorflow_free():
     code = ("import sys; from dltool.cli import cli; from click.testing import CliRunner; "
             "r = CliRunner().invoke(cli, ['tune', '--help']); assert r.exit_code == 0; "
+            # The parent of a search's child processes stays light too.
+            "import dltool.search_processes; "
             "assert 'tensorflow' not in sys.modules and 'keras_tuner' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -267,6 +287,13 @@ def test_time_budget_stops_cleanly_and_resumes(runner, project):
     # 20 epochs without early stopping outlast a 4 s budget: it ends mid-trial.
     args = ("--project", project, "--epochs", 20, *TINY_SEARCH,
             "--set", "tune.early_stopping_patience=0")
+    # The budget counts from the start of `dltool tune`: in child processes, a
+    # second is over before the first can start a trial.
+    result = invoke(runner, "tune", "--max-trials", 50, "--time-budget", "1s", *args,
+                    *CHILDREN)
+    assert result.exit_code == 0, result.output
+    assert "Time budget 1s used up: stopped" in result.output
+    assert "No completed trial yet" in result.output
     result = invoke(runner, "tune", "--max-trials", 50, "--time-budget", "4s", *args)
     assert result.exit_code == 0, result.output
     assert "Time budget 4s used up: stopped" in result.output
@@ -311,25 +338,55 @@ def test_sentiment_search(runner, tmp_path):
     assert all(r["status"] == "completed" and r["bidirectional"] == "False" for r in rows)
 
 
+@pytest.mark.slow
+def test_translator_search(runner, tmp_path):
+    project = tmp_path / "fr"
+    assert invoke(runner, "new", "translator", project).exit_code == 0
+    sample = Path(__file__).parents[1] / "dltool" / "data" / "samples" / "fra-eng" / "fra.txt"
+    pairs = project / "pairs.tsv"
+    pairs.write_text("".join(sample.read_text().splitlines(keepends=True)[:600]))
+    result = invoke(runner, "tune", "--project", project, "--max-trials", 2, "--epochs", 1,
+                    "--set", "data.source=\"pairs.tsv\"",
+                    "--set", "data.source_vocabulary_size=300",
+                    "--set", "data.target_vocabulary_size=300", "--set", "training.verbose=0",
+                    "--set", "search.embedding_dim=[16]", "--set", "search.units=[16]",
+                    "--set", "tune.trials_per_process=0")
+    assert result.exit_code == 0, result.output
+    rows = _rows(project / "tuning" / "random")
+    assert len(rows) == 2 and all(r["status"] == "completed" for r in rows), rows
+    assert all(float(r["val_loss"]) > 0 for r in rows)
+
+
 # ---- kill -9 and distributed search (subprocesses) ----
 
 @pytest.mark.slow
 def test_search_survives_kill_9_mid_trial(project):
+    # Each trial runs in a child process (the default): killing `dltool tune`
+    # takes the child training trial 0 with it.
     command = _cli("tune", "--project", project, "--max-trials", 2, "--epochs", 5,
-                   *TINY_SEARCH)
+                   *TINY_SEARCH, *CHILDREN)
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     folder = project / "tuning" / "random"
-    deadline, done = time.monotonic() + 300, 0
+    deadline, done, child = time.monotonic() + 300, 0, None
     while time.monotonic() < deadline and process.poll() is None:
         meta = (folder / "trial_0" / "execution0" / "run.json")
         if meta.exists():
-            done = json.loads(meta.read_text()).get("epochs_done", 0)
+            run = json.loads(meta.read_text())
+            done, child = run.get("epochs_done", 0), run.get("pid")
             if done >= 2:
                 os.kill(process.pid, signal.SIGKILL)
                 break
         time.sleep(0.02)
     process.wait()
     assert 2 <= done < 5, "the search must be killed inside trial 0"
+    assert child and child != process.pid, "the trial ran in a child process"
+    for _ in range(100):
+        stat = Path(f"/proc/{child}/stat")
+        if not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("the trial's process outlived `dltool tune`")
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     rows = _rows(folder)
