@@ -62,6 +62,10 @@ class TrainingBackup(keras.callbacks.Callback):
     - in multi-worker training every worker saves (the save reads the
       replicated variables), but only the chief into `backup_dir`: the others
       pass their own temporary `write_dir`, and all restore from `backup_dir`.
+      A stop requested on any worker stops them all at the same batch: with
+      `agree_on_stop`, the workers share their requests every
+      `stop_check_batches` batches and before each epoch (a collective op),
+      and all save and stop when one asked.
 
     Args:
         backup_dir: Folder of the checkpoints restored from (and written to,
@@ -73,15 +77,21 @@ class TrainingBackup(keras.callbacks.Callback):
         warn: Function called with a warning line.
         on_restore: Function called with the epoch training resumes at (0
             when it starts), e.g. to check that all workers agree.
+        agree_on_stop: In multi-worker training, a function every worker
+            calls with its own stop request (a bool) at the same batches,
+            returning whether any worker asked (`runtime.any_worker`).
+        stop_check_batches: Batches between two calls of `agree_on_stop`.
     """
 
     STATE_FILE = "state.json"
     WEIGHTS_FILE = "state.weights.h5"
 
     def __init__(self, backup_dir, write_dir=None, keep=2, delete_at_end=True, warn=print,
-                 on_restore=None):
+                 on_restore=None, agree_on_stop=None, stop_check_batches=10):
         super().__init__()
         self.on_restore = on_restore
+        self.agree_on_stop = agree_on_stop
+        self.stop_check_batches = stop_check_batches
         self.backup_dir = Path(backup_dir)
         self.write_dir = Path(write_dir or backup_dir)
         self.keep = max(2, keep)
@@ -180,17 +190,32 @@ class TrainingBackup(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch = epoch
+        if epoch > self.model._initial_epoch and self._stop_agreed():
+            # The previous epoch's checkpoint is the state to resume from.
+            raise TrainingInterrupted(
+                f"stopped by {self._stop_reason()} before epoch {epoch + 1}, its checkpoint "
+                "saved; run the same command to resume")
 
     def on_epoch_end(self, epoch, logs=None):
         self.save(epoch + 1)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self._stop_requested:
+        if self.agree_on_stop is not None and (batch + 1) % self.stop_check_batches:
+            return
+        if self._stop_agreed():
             folder = self.save(self._epoch, batch + 1)
             raise TrainingInterrupted(
-                f"stopped by {self._stop_requested} at epoch {self._epoch + 1}, batch "
+                f"stopped by {self._stop_reason()} at epoch {self._epoch + 1}, batch "
                 f"{batch + 1}, after saving checkpoint {folder}; run the same command "
                 "to resume (that epoch restarts from its first batch)")
+
+    def _stop_agreed(self):
+        if self.agree_on_stop is None:
+            return bool(self._stop_requested)
+        return bool(self.agree_on_stop(bool(self._stop_requested)))
+
+    def _stop_reason(self):
+        return self._stop_requested or "a stop request of another worker"
 
     def on_train_end(self, logs=None):
         if self.delete_at_end:

@@ -212,8 +212,9 @@ def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
           deterministic, worker_hosts, task_index, fresh, hparams, skip_bad):
     """Train the project's model; run it again to resume an interrupted run.
 
-    SIGTERM saves a checkpoint after the current batch and exits with code
-    143; SIGKILL loses at most the epoch in progress. A TF_CONFIG in the
+    SIGTERM saves a checkpoint after the current batch (multi-worker: within
+    10 batches, every worker) and exits with code 143; SIGKILL loses at most
+    the epoch in progress. A TF_CONFIG in the
     environment is used as --worker-hosts is.
     """
     flags = {"training.epochs": epochs, "training.batch_size": batch_size,

@@ -187,6 +187,11 @@ def all_equal(strategy, value):
     return abs(count * squares - total * total) < 1e-6
 
 
+def any_worker(strategy, flag):
+    """Returns whether any worker passed a true `flag` (a collective op)."""
+    return bool(_sum_over_replicas(strategy, np.array([float(bool(flag))]))[0] > 0)
+
+
 def make_strategy(name, cluster=None):
     """Returns the `tf.distribute.Strategy` called `name`.
 

@@ -168,9 +168,9 @@ def check_same_epoch(strategy, cluster, backup_dir, epoch):
 
 
 @contextlib.contextmanager
-def stop_on_sigterm(backup, enabled=True):
+def stop_on_sigterm(backup):
     """Makes SIGTERM save a checkpoint and stop, inside the `with` block."""
-    if not enabled or threading.current_thread() is not threading.main_thread():
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: backup.request_stop())
@@ -265,11 +265,13 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         backup_dir, write_dir=run["dir"] / "backup",
         warn=lambda line: echo(f"Warning: {line}"),
         on_restore=None if cluster is None else
-        functools.partial(check_same_epoch, strategy, cluster, backup_dir))
+        functools.partial(check_same_epoch, strategy, cluster, backup_dir),
+        agree_on_stop=None if cluster is None else functools.partial(runtime.any_worker,
+                                                                     strategy))
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
     # Batches grouped by length have no known count: Keras learns it in epoch 1.
     warnings.filterwarnings("ignore", message=".*Your input ran out of data")
-    with stop_on_sigterm(backup, enabled=cluster is None):
+    with stop_on_sigterm(backup):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
                   callbacks=make_callbacks(config, run, monitor, backup),
                   verbose=config["training"]["verbose"])

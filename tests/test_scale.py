@@ -9,6 +9,7 @@ own process. Every subprocess has a timeout, so a test cannot hang.
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -364,6 +365,43 @@ def test_killed_worker_then_restarted_job_completes(project, tmp_path):
     assert not leftovers(project)
 
 
+@pytest.mark.slow
+def test_sigterm_to_one_worker_stops_every_worker_then_the_job_resumes(project, tmp_path):
+    commands = worker_commands(project, 3)
+    logs = [tmp_path / f"worker{i}.log" for i in (0, 1)]
+    chief, worker = [start(c, log) for c, log in zip(commands, logs)]
+    try:
+        wait_for_epochs(project, 1, [chief, worker])
+        worker.send_signal(signal.SIGTERM)
+        codes = [finish(chief, timeout=120), finish(worker, timeout=120)]
+    finally:
+        for process in (chief, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    outputs = [log.read_text() for log in logs]
+    # Both stop at the same point: with 8 batches per epoch (fewer than the
+    # 10 between checks), before the epoch after the signal.
+    assert codes == [143, 143], outputs
+    stops = [re.search(r"^Error: stopped by (.+) before epoch (\d), its checkpoint saved; "
+                       r"run the same command to resume$", out, re.M) for out in outputs]
+    assert all(stops), outputs
+    assert [m[1] for m in stops] == ["a stop request of another worker", "SIGTERM"]
+    assert stops[0][2] == stops[1][2] in ("2", "3")
+    done = int(stops[0][2]) - 1
+    _, meta = only_run(project)
+    assert meta["epochs_done"] == done
+
+    codes, outputs = run_workers(commands, [tmp_path / f"again{i}.log" for i in (0, 1)])
+    assert codes == [0, 0], outputs
+    run, meta = only_run(project)
+    assert meta["status"] == "finished" and meta["epochs_done"] == 3
+    assert history_epochs(run) == [0, 1, 2]
+    for output in outputs:
+        assert output.count("8/8 - ") == 3 - done, output
+    assert not leftovers(project)
+
+
 # --- one process: SIGTERM, damaged checkpoints, determinism --------------------------
 
 @pytest.mark.slow
@@ -421,6 +459,30 @@ def _backed_up_twice(tmp_path):
     backup = TrainingBackup(tmp_path / "backup", delete_at_end=False, warn=lambda line: None)
     model.fit(x, y, epochs=3, batch_size=8, callbacks=[backup], verbose=0)
     return model, [p.name for p in backup.checkpoints()]
+
+
+def test_workers_agree_on_a_stop_every_few_batches(tmp_path):
+    from dltool.callbacks import TrainingBackup, TrainingInterrupted
+
+    x = np.random.default_rng(0).random((96, 3), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype("int32")
+    asked = []  # what this worker told the others, at each check
+
+    def agree_on_stop(flag):  # another worker asks at the fifth check
+        asked.append(flag)
+        return len(asked) >= 5
+
+    backup = TrainingBackup(tmp_path / "backup", delete_at_end=False, warn=lambda line: None,
+                            agree_on_stop=agree_on_stop, stop_check_batches=4)
+    with pytest.raises(TrainingInterrupted, match="stopped by a stop request of another "
+                                                  "worker at epoch 2, batch 4"):
+        _tiny_model().fit(x, y, epochs=3, batch_size=8, callbacks=[backup], verbose=0)
+    # 12 batches per epoch: checks after batches 4, 8 and 12 of epoch 1, then
+    # before epoch 2 and after its batch 4, where the other worker's request
+    # stops this one too.
+    assert asked == [False] * 5
+    state = json.loads((backup.checkpoints()[0] / TrainingBackup.STATE_FILE).read_text())
+    assert (state["epoch"], state["batch"]) == (1, 4)
 
 
 def test_backup_keeps_two_complete_checkpoints(tmp_path):
