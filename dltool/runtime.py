@@ -14,6 +14,7 @@ the same cores: this tests the multi-device code path, it is not faster).
 import contextlib
 import dataclasses
 import os
+import weakref
 
 import numpy as np
 
@@ -152,13 +153,23 @@ class MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
 
 
 def _sum_over_replicas(strategy, array):
-    """Sums a NumPy array that every replica of every worker passes."""
-    @tf.function
-    def all_reduce():
-        per_replica = strategy.run(lambda: tf.constant(array))
-        return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+    """Sums a NumPy array that every replica of every worker passes.
 
-    return np.asarray(all_reduce())
+    The all-reduce function is traced once per strategy (and array shape),
+    not at every call: workers call it every few batches to agree on a stop.
+    """
+    all_reduce = _ALL_REDUCE.get(strategy)
+    if all_reduce is None:
+        @tf.function
+        def all_reduce(value):
+            per_replica = strategy.run(tf.identity, args=(value,))
+            return strategy.reduce(tf.distribute.ReduceOp.SUM, per_replica, axis=None)
+
+        _ALL_REDUCE[strategy] = all_reduce
+    return np.asarray(all_reduce(tf.constant(array)))
+
+
+_ALL_REDUCE = weakref.WeakKeyDictionary()  # strategy -> its all-reduce function
 
 
 def broadcast_text(strategy, text, is_chief, size=256):
