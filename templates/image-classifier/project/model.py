@@ -34,6 +34,8 @@ def build_model(hp, config, num_classes):
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-1, sampling="log",
                              default=defaults["learning_rate"])
     weight_decay = hp.Float("weight_decay", 0.0, 0.2, default=defaults["weight_decay"])
+    batchnorm_momentum = hp.Float("batchnorm_momentum", 0.0, 0.999,
+                                  default=defaults["batchnorm_momentum"])
 
     height, width = config["data"]["image_size"]
     inputs = keras.Input(shape=(height, width, 3), name="image")
@@ -50,7 +52,7 @@ def build_model(hp, config, num_classes):
         # and one per block trains nearly twice as fast as one per convolution.
         x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
         x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization()(x)
+        x = layers.BatchNormalization(momentum=batchnorm_momentum)(x)
         x = layers.ReLU()(x)
         x = layers.MaxPooling2D()(x)
     x = layers.GlobalAveragePooling2D()(x)
