@@ -1,6 +1,6 @@
 """Child processes: run one with its output relayed, and let it die with us.
 
-`dltool tune` runs trials in child processes (see `dltool.tuning`); the
+`dltool tune` runs trials in child processes (`dltool.search_processes`); the
 user sees their output as if it were the parent's, Ctrl-C reaches both, and
 a parent killed with SIGKILL takes the child with it (Linux), so nothing
 keeps training behind the user's back.
@@ -35,18 +35,17 @@ def _relay(source, target):
     target.flush()
 
 
-def run_relayed(command, env=None):
+def run_relayed(command):
     """Runs `command`, copying its stdout and stderr to ours; returns its exit code.
 
     Args:
         command: The argument list.
-        env: Extra environment variables for the child.
 
     Returns:
         The child's exit code (after Ctrl-C: once the child, which got the
         same Ctrl-C, has stopped).
     """
-    child_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    child_env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # output as it comes
     preexec = _die_with_parent if sys.platform.startswith("linux") else None
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                env=child_env, preexec_fn=preexec)
