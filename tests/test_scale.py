@@ -97,6 +97,22 @@ def worker_commands(project, epochs, *extra):
             for index in (0, 1)]
 
 
+def signal_worker_after_epoch_1(project, commands, logs, signum):
+    """Starts the chief and worker 1, sends `signum` to worker 1 once the run
+    has recorded its first epoch, and returns both exit codes (chief first)."""
+    chief, worker = [start(c, log) for c, log in zip(commands, logs)]
+    try:
+        wait_for_epochs(project, 1, [chief, worker])
+        worker.send_signal(signum)
+        worker_code = finish(worker, timeout=120)
+        return [finish(chief, timeout=120), worker_code]
+    finally:
+        for process in (chief, worker):
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
 def run_workers(commands, logs, timeout=TIMEOUT):
     """Runs one process per command; when one fails, stops the others (a
     worker whose peer is gone would wait for it) and returns all exit codes."""
@@ -326,18 +342,8 @@ def test_two_workers_train_and_only_the_chief_writes(project, tmp_path):
 def test_killed_worker_then_restarted_job_completes(project, tmp_path):
     commands = worker_commands(project, 2)
     logs = [tmp_path / f"worker{i}.log" for i in (0, 1)]
-    chief, worker = [start(c, log) for c, log in zip(commands, logs)]
-    try:
-        wait_for_epochs(project, 1, [chief, worker])
-        worker.send_signal(signal.SIGKILL)
-        finish(worker)
-        # The chief notices (heartbeats stop) and ends with one line.
-        code = finish(chief, timeout=120)
-    finally:
-        for process in (chief, worker):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    # The chief notices (heartbeats stop) and ends with one line.
+    code, _ = signal_worker_after_epoch_1(project, commands, logs, signal.SIGKILL)
     chief_output = logs[0].read_text()
     assert code == 1, chief_output
     # Depending on timing TensorFlow reports the lost peer through its
@@ -369,16 +375,7 @@ def test_killed_worker_then_restarted_job_completes(project, tmp_path):
 def test_sigterm_to_one_worker_stops_every_worker_then_the_job_resumes(project, tmp_path):
     commands = worker_commands(project, 3)
     logs = [tmp_path / f"worker{i}.log" for i in (0, 1)]
-    chief, worker = [start(c, log) for c, log in zip(commands, logs)]
-    try:
-        wait_for_epochs(project, 1, [chief, worker])
-        worker.send_signal(signal.SIGTERM)
-        codes = [finish(chief, timeout=120), finish(worker, timeout=120)]
-    finally:
-        for process in (chief, worker):
-            if process.poll() is None:
-                process.kill()
-                process.wait()
+    codes = signal_worker_after_epoch_1(project, commands, logs, signal.SIGTERM)
     outputs = [log.read_text() for log in logs]
     # Both stop at the same point: with 8 batches per epoch (fewer than the
     # 10 between checks), before the epoch after the signal.
