@@ -272,7 +272,8 @@ class EpochLearningRate(keras.callbacks.Callback):
     """Sets the learning rate at the start of each epoch.
 
     `cosine` decays from the optimizer's initial rate to 0 over `epochs`,
-    after `warmup_epochs` of linear warm-up; `constant` keeps it. It reads
+    after `warmup_epochs` of linear warm-up, updated every few batches (so
+    a run of a few epochs ends near 0 too); `constant` keeps it. It reads
     the epoch index Keras passes in, so a resumed run continues the schedule
     where it stopped.
 
@@ -323,8 +324,14 @@ class EpochLearningRate(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.rate(epoch))
 
     def on_train_batch_begin(self, batch, logs=None):
-        if not self.time_budget or self.schedule == "constant" or \
-                self.epoch < self.warmup_epochs or batch % self._EVERY_BATCHES:
+        if self.schedule == "constant" or self.epoch < self.warmup_epochs or \
+                batch % self._EVERY_BATCHES:
+            return
+        if not self.time_budget:
+            steps = self.params.get("steps")
+            if steps:
+                self.model.optimizer.learning_rate.assign(
+                    self.rate(self.epoch + batch / steps))
             return
         spent = self.seconds_done + time.perf_counter() - self.started
         progress = min(1.0, spent / self.time_budget)

@@ -522,6 +522,28 @@ def test_resume_keeps_the_learning_rate_schedule(tmp_path):
     assert model.optimizer.iterations.numpy() == 8  # 2 + 2 epochs of 2 steps
 
 
+def test_cosine_schedule_decays_within_each_epoch():
+    from dltool._tf import keras
+    from dltool.callbacks import EpochLearningRate
+
+    x = np.random.default_rng(0).random((80, 3), dtype=np.float32)
+    y = (x[:, 0] > 0.5).astype("int32")
+    model = _tiny_model()
+    model.optimizer.learning_rate.assign(0.01)
+    schedule = EpochLearningRate("cosine", 2)
+    rates = []
+    record = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: rates.append(
+        float(model.optimizer.learning_rate.numpy())))
+    model.fit(x, y, epochs=2, batch_size=2, verbose=0, callbacks=[schedule, record])
+    # 40 steps per epoch, the rate set every 10: the second epoch ends near 0.
+    assert len(rates) == 80
+    assert rates[0] == pytest.approx(0.01)
+    assert rates[15] == pytest.approx(schedule.rate(10 / 40))
+    assert rates[55] == pytest.approx(schedule.rate(1 + 10 / 40))
+    assert rates[-1] == pytest.approx(schedule.rate(1 + 30 / 40)) and rates[-1] < 0.0005
+    assert rates == sorted(rates, reverse=True)
+
+
 @pytest.mark.parametrize("damage, reason", [
     (lambda ckpt: (ckpt / "state.json").write_text("{"), "Expecting property name"),
     (lambda ckpt: (ckpt / "state.weights.h5").unlink(), "No such file"),
