@@ -132,7 +132,9 @@ def step_rates(data, overrides):
         module = project_lib.load_model_module(project)
         data_ = task.open_data(config, project)
         train_ds, _ = training.training_datasets(task, config, data_)
-        token_ids, labels = (np.stack(a) for a in zip(*data_.splits["train"].as_numpy_iterator()))
+        examples = list(data_.splits["train"].as_numpy_iterator())
+        features = {name: np.stack([x[name] for x, _ in examples]) for name in examples[0][0]}
+        labels = np.array([y for _, y in examples])
 
         def fit(x, **kwargs):
             keras.utils.set_random_seed(config["training"]["seed"])
@@ -145,7 +147,7 @@ def step_rates(data, overrides):
             return seconds
 
         pipeline_seconds = fit(train_ds)
-        memory_seconds = fit(token_ids, y=labels, batch_size=config["training"]["batch_size"],
+        memory_seconds = fit(features, y=labels, batch_size=config["training"]["batch_size"],
                              shuffle=True)
     steps = -(-len(labels) // config["training"]["batch_size"])
     rates = {}

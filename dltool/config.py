@@ -130,6 +130,8 @@ TEMPLATE_SECTIONS = {
             "validation_split": Field(0.1, minimum=0.0, maximum=0.9),
             "vocabulary_size": Field(20000, minimum=3),
             "sequence_length": Field(48, minimum=1),
+            "subword_buckets": Field(100000, minimum=0),
+            "subwords_per_word": Field(16, minimum=1),
             "cache": Field("auto", choices=("auto", "memory", "off")),
             "skip_bad": Field(False),
         },

@@ -45,8 +45,12 @@ def test_tsv_with_header_seeded_split_and_train_only_vocabulary(tmp_path):
     assert data.sizes == {"train": 16, "val": 4, "test": 1}
     assert "unseenword" not in data.vocabulary and "good" in data.vocabulary
     assert data.vocabulary[:2] == ["", "[UNK]"]
-    ids, label = next(iter(data.splits["train"]))
-    assert ids.dtype == tf.int32 and ids.shape == (DATA["sequence_length"],)
+    features, label = next(iter(data.splits["train"]))
+    length, per_word = DATA["sequence_length"], DATA["subwords_per_word"]
+    assert features["token_ids"].dtype == tf.int32
+    assert features["token_ids"].shape == (length,)
+    assert features["subword_ids"].dtype == tf.int32
+    assert features["subword_ids"].shape == (length, per_word)
     assert label.dtype == tf.int32
     again = _open(train, tmp_path, validation_split=0.25)
     assert [int(y) for _, y in again.splits["val"]] == [int(y) for _, y in data.splits["val"]]
@@ -139,8 +143,26 @@ def test_tfds_source_offline_with_mock_data(tmp_path):
         data = _open("tfds:imdb_reviews", tmp_path, labels="0,1")  # TFDS brings its labels
     assert data.class_names == ["neg", "pos"]
     assert {"train", "val"} <= set(data.splits)  # val: a seeded split of train
-    ids, label = next(iter(data.splits["train"]))
-    assert ids.dtype == tf.int32 and label.dtype == tf.int32
+    features, label = next(iter(data.splits["train"]))
+    assert features["token_ids"].dtype == tf.int32 and label.dtype == tf.int32
+
+
+def test_subword_ids_line_up_with_the_token_ids():
+    texts = tf.constant(["A charming, un-funny film!", "", "été 😀"])
+    vectorizer = text.make_vectorizer(5, vocabulary=["", "[UNK]", "a", "film"])
+    features = text.vectorize(vectorizer, texts, subword_buckets=1000, subwords_per_word=6)
+    token_ids, subword_ids = features["token_ids"].numpy(), features["subword_ids"].numpy()
+    assert subword_ids.shape == (3, 5, 6) and subword_ids.dtype == np.int32
+    # A word has subwords exactly where it has a token id: words line up.
+    np.testing.assert_array_equal(subword_ids[..., 0] > 0, token_ids > 0)
+    assert (subword_ids >= 0).all() and (subword_ids <= 1000).all()
+    # "<a>" has one 3-gram; "unfunny" (punctuation stripped) more than 6: cut.
+    assert list(subword_ids[0, 0]) == [subword_ids[0, 0, 0], 0, 0, 0, 0, 0]
+    assert (subword_ids[0, 2] > 0).all()
+    # The same word hashes the same, in any text and any run.
+    again = text.subword_ids(tf.constant(["film"]), 1, 1000, 6).numpy()
+    np.testing.assert_array_equal(again[0, 0], subword_ids[0, 3])
+    assert not subword_ids[1].any()
 
 
 def test_standardize_handles_unicode_and_invalid_bytes():
@@ -218,9 +240,12 @@ def test_saved_model_matches_in_memory_model_on_raw_strings(trained_text_project
 
     run = runs.find_trained(trained_text_project)
     model, _, _ = load_trained_model(trained_text_project, run)
-    vectorizer = text.make_vectorizer(24, vocabulary=run["meta"]["vocabulary"])
-    expected = np.asarray(model(text.vectorize(vectorizer, tf.constant(ODD_TEXTS)),
-                                training=False))
+    meta = run["meta"]
+    vectorizer = text.make_vectorizer(24, vocabulary=meta["vocabulary"])
+    features = text.vectorize(vectorizer, tf.constant(ODD_TEXTS), meta["subword_buckets"],
+                              meta["subwords_per_word"])
+    assert set(features) == {"token_ids", "subword_ids"}
+    expected = np.asarray(model(features, training=False))
 
     loaded = tf.saved_model.load(str(trained_text_project / "saved_models" / "reviews" / "1"))
     outputs = loaded.signatures["serving_default"](texts=tf.constant(ODD_TEXTS))
@@ -304,9 +329,13 @@ def test_each_cell_builds_and_trains_one_step(project_files, cell, bidirectional
         "model.optimizer=sgd", "model.learning_rate=0.05", "data.sequence_length=12"])
     module = project_lib.load_model_module(project_files)
     model, _ = project_lib.build_model(module, config, {"num_classes": 3, "vocabulary_size": 50})
-    token_ids = np.random.default_rng(0).integers(1, 50, (8, 12)).astype("int32")
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(1, 50, (8, 12)).astype("int32")
     token_ids[:, 6:] = 0
-    history = model.fit(token_ids, np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
+    subword_ids = rng.integers(1, 100, (8, 12, config["data"]["subwords_per_word"]))
+    subword_ids[:, 6:] = 0
+    features = {"token_ids": token_ids, "subword_ids": subword_ids.astype("int32")}
+    history = model.fit(features, np.arange(8) % 3, epochs=1, batch_size=8, verbose=0)
     assert np.isfinite(history.history["loss"][0])
     assert model.output_shape == (None, 3)
 

@@ -1,12 +1,16 @@
 """Text data: delimited files, class-per-folder text and TensorFlow Datasets.
 
 `open_text_data` reads the `[data]` section of a config and returns a
-`TextData` whose splits are tf.data datasets of `(token_ids, label)` pairs,
-`token_ids` an int32 tensor of shape `(sequence_length,)`. The vocabulary is
-adapted on the training texts only; the texts are turned into token ids in
-the dataset map (the pipeline caches them), so training runs at the model's
-speed. The exported model vectorizes raw strings with `vectorize`, the same
-function, so serving sees the same token ids as training.
+`TextData` whose splits are tf.data datasets of `(features, label)` pairs:
+`features["token_ids"]` is an int32 tensor of shape `(sequence_length,)` and,
+when subwords are on, `features["subword_ids"]` one of shape
+`(sequence_length, subwords_per_word)`: the hashed character 3- to 5-grams of
+each word, so a word missing from the vocabulary still has features. The
+vocabulary is adapted on the training texts only; the texts are turned into
+features in the dataset map (the pipeline caches them), so training runs at
+the model's speed. The exported model vectorizes raw strings with
+`vectorize`, the same function, so serving sees the same features as
+training.
 
 Every source is read and checked before training: an empty file, a missing
 column (the columns found are listed), labels outside the declared set (they
@@ -32,6 +36,7 @@ _VAL_NAMES = ("val", "validation", "dev")
 # symbols (emoji) are kept as tokens.
 _PUNCTUATION = r"[\p{P}$+<=>^`|~]"
 _VECTORIZE_BATCH = 1024
+SUBWORD_SIZES = (3, 4, 5)
 
 
 @dataclasses.dataclass
@@ -43,7 +48,7 @@ class TextData:
         vocabulary: The vectorizer's tokens, index = token id (0 is padding,
             1 out-of-vocabulary).
         splits: Dict of split name (`train`, `val`, `test`) to an unbatched
-            `tf.data.Dataset` of `(token_ids, label)`.
+            `tf.data.Dataset` of `(features, label)` (see `vectorize`).
         sizes: Dict of split name to number of examples.
         report: Lines describing the data (counts, skipped lines) to show.
         meta: What an exported model needs to know of the data (set by the
@@ -93,12 +98,54 @@ def make_vectorizer(sequence_length, vocabulary_size=None, vocabulary=None):
         output_sequence_length=sequence_length, vocabulary=vocabulary or None)
 
 
-def vectorize(vectorizer, texts):
-    """Maps a 1-D batch of strings to int32 token ids `(n, sequence_length)`.
+def vectorize(vectorizer, texts, subword_buckets=0, subwords_per_word=0):
+    """Maps a 1-D batch of strings to the model's inputs.
 
     The training pipeline and the exported serving signature both use it.
+
+    Args:
+        vectorizer: A layer from `make_vectorizer`.
+        texts: A 1-D string tensor.
+        subword_buckets: Rows the subwords are hashed into; 0 for none.
+        subwords_per_word: Subwords kept per word (see `subword_ids`).
+
+    Returns:
+        A dict: `token_ids`, int32 `(n, sequence_length)`, and with
+        `subword_buckets`, `subword_ids` (see `subword_ids`).
     """
-    return tf.cast(vectorizer(texts), tf.int32)
+    features = {"token_ids": tf.cast(vectorizer(texts), tf.int32)}
+    if subword_buckets:
+        sequence_length = vectorizer.get_config()["output_sequence_length"]
+        features["subword_ids"] = subword_ids(texts, sequence_length, subword_buckets,
+                                              subwords_per_word)
+    return features
+
+
+def subword_ids(texts, sequence_length, buckets, per_word):
+    """Hashes the character n-grams of each word, as fastText does.
+
+    Each word (after `standardize`, split on whitespace like the vectorizer,
+    so position i is token i) is marked `<word>`; its character 3-, 4- and
+    5-grams, in that order, are hashed into `buckets` ids from 1 (0 is
+    padding).
+
+    Args:
+        texts: A 1-D string tensor.
+        sequence_length: Words per text (padded or cut, as the token ids).
+        buckets: Number of hash buckets.
+        per_word: N-grams kept per word (the first ones; padded with 0).
+
+    Returns:
+        An int32 tensor `(n, sequence_length, per_word)`.
+    """
+    words = tf.strings.split(standardize(texts))
+    marked = tf.ragged.map_flat_values(lambda w: tf.strings.join(["<", w, ">"]), words)
+    chars = tf.strings.unicode_split(marked, "UTF-8")
+    grams = tf.concat([tf.strings.ngrams(chars, n, separator="") for n in SUBWORD_SIZES],
+                      axis=-1)
+    ids = tf.ragged.map_flat_values(lambda g: tf.strings.to_hash_bucket_fast(g, buckets) + 1,
+                                    grams)
+    return tf.cast(ids.to_tensor(0, shape=[None, sequence_length, per_word]), tf.int32)
 
 
 def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
@@ -144,9 +191,14 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
     vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
     report.append(f"vocabulary: {len(vocabulary)} tokens, texts cut or padded to "
                   f"{data['sequence_length']} tokens")
+    if data["subword_buckets"]:
+        report.append(f"subwords: up to {data['subwords_per_word']} character 3- to 5-grams "
+                      f"per word, hashed into {data['subword_buckets']} buckets")
     return TextData(
         class_names=class_names, vocabulary=vocabulary, report=report,
-        splits={s: _token_dataset(t, y, vectorizer) for s, (t, y) in encoded.items()},
+        splits={s: _token_dataset(t, y, vectorizer, data["subword_buckets"],
+                                  data["subwords_per_word"])
+                for s, (t, y) in encoded.items()},
         sizes={s: len(t) for s, (t, _) in encoded.items()},
         texts={s: t for s, (t, _) in encoded.items()})
 
@@ -155,12 +207,13 @@ def _comma_list(text):
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _token_dataset(texts, labels, vectorizer):
+def _token_dataset(texts, labels, vectorizer, subword_buckets, subwords_per_word):
     """Vectorizes in batches (fast), then yields one example at a time."""
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
                                              tf.constant(labels, tf.int32)))
-    ds = ds.batch(_VECTORIZE_BATCH).map(lambda t, y: (vectorize(vectorizer, t), y),
-                                        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(_VECTORIZE_BATCH).map(
+        lambda t, y: (vectorize(vectorizer, t, subword_buckets, subwords_per_word), y),
+        num_parallel_calls=tf.data.AUTOTUNE)
     # unbatch() loses the size; Keras needs it to know the steps per epoch.
     return ds.unbatch().apply(tf.data.experimental.assert_cardinality(len(texts)))
 

@@ -25,10 +25,13 @@ def open_data(config, root, *, skip_bad=False):
         The `TextData`, with a `meta` dict added: class names, vocabulary,
         sequence length.
     """
-    data = text.open_text_data(config["data"], root, seed=config["training"]["seed"],
+    settings = config["data"]
+    data = text.open_text_data(settings, root, seed=config["training"]["seed"],
                                skip_bad=skip_bad, vocabulary=_run_vocabulary(config))
     data.meta = {"class_names": data.class_names, "vocabulary": data.vocabulary,
-                 "sequence_length": config["data"]["sequence_length"]}
+                 "sequence_length": settings["sequence_length"],
+                 "subword_buckets": settings["subword_buckets"],
+                 "subwords_per_word": settings["subwords_per_word"]}
     return data
 
 
@@ -41,7 +44,9 @@ def _run_vocabulary(config):
 
 def bytes_per_example(config):
     """Returns the memory one vectorized example (int32 ids + label) takes."""
-    return 4 * (config["data"]["sequence_length"] + 1)
+    data = config["data"]
+    subwords = data["subwords_per_word"] if data["subword_buckets"] else 0
+    return 4 * (data["sequence_length"] * (1 + subwords) + 1)
 
 
 def model_kwargs(meta):
@@ -54,9 +59,10 @@ def serving_endpoint(model, meta):
     """Builds the serving function: raw UTF-8 strings in, label names out.
 
     Args:
-        model: The trained Keras model (token ids in, probabilities out).
+        model: The trained Keras model (`text.vectorize` features in,
+            probabilities out).
         meta: The run's metadata (`class_names`, `vocabulary`,
-            `sequence_length`).
+            `sequence_length`, `subword_buckets`, `subwords_per_word`).
 
     Returns:
         A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
@@ -70,8 +76,9 @@ def serving_endpoint(model, meta):
     class_names = tf.constant(meta["class_names"])
 
     def serve(texts):
-        token_ids = text.vectorize(vectorizer, texts)
-        return image_classifier.classifier_outputs(model(token_ids, training=False),
+        features = text.vectorize(vectorizer, texts, meta["subword_buckets"],
+                                  meta["subwords_per_word"])
+        return image_classifier.classifier_outputs(model(features, training=False),
                                                    class_names)
 
     serve.resources = [vectorizer]

@@ -28,13 +28,19 @@ def test_model_builds_from_config():
     module = project_lib.load_model_module(PROJECT)
     model, hp = project_lib.build_model(module, config,
                                         {"num_classes": 3, "vocabulary_size": 100})
-    length = config["data"]["sequence_length"]
-    assert model.input_shape == (None, length)
+    length, per_word = config["data"]["sequence_length"], config["data"]["subwords_per_word"]
     assert model.output_shape == (None, 3)
     assert model.output.dtype == "float32"
     token_ids = np.random.randint(0, 100, (2, length)).astype("int32")
     token_ids[1, 3:] = 0  # a short text: padding after three tokens
-    probabilities = np.asarray(model(token_ids, training=False))
+    features = {"token_ids": token_ids}
+    if config["data"]["subword_buckets"]:
+        subword_ids = np.random.randint(1, 100, (2, length, per_word)).astype("int32")
+        subword_ids[1, 3:] = 0
+        features["subword_ids"] = subword_ids
+    assert {name: tuple(x.shape) for name, x in model.input.items()} == {
+        name: (None, *x.shape[1:]) for name, x in features.items()}
+    probabilities = np.asarray(model(features, training=False))
     np.testing.assert_allclose(probabilities.sum(axis=-1), 1.0, rtol=1e-5)
     assert set(config.model) <= set(hp.values)
 
