@@ -9,8 +9,8 @@ sentences and phrases; test.tsv: 872 sentences):
    train.tsv, the texts vectorized once up front);
 2. the sentiment template with its default model and settings (`dltool new`
    + `dltool train` + `dltool evaluate`, as a user runs them, on a folder
-   holding only train.tsv and test.tsv: 10% of train is held out for
-   validation, so it trains on 54,552);
+   holding the data set's train.tsv, dev.tsv and test.tsv: it trains on all
+   of train.tsv, picks the best epoch on dev.tsv and is tested on test.tsv);
 3. the training step rate of the template's model fed from the real TSV
    through dltool's pipeline (`open_data` + `training_datasets`: vectorized
    in the dataset map, cached, shuffled, batched, prefetched) against the
@@ -82,11 +82,12 @@ def baseline(data, epochs):
 
 
 def make_project(data, folder):
-    """`dltool new sentiment` on a folder holding train.tsv and test.tsv only."""
+    """`dltool new sentiment` on a copy of the data folder (train, dev, test)."""
     source = folder / "sst2"
     source.mkdir()
-    for name in ("train.tsv", "test.tsv"):
-        shutil.copyfile(data / name, source / name)
+    for name in ("train.tsv", "dev.tsv", "test.tsv"):
+        if (data / name).is_file():
+            shutil.copyfile(data / name, source / name)
     project = folder / "sentiment"
     subprocess.run([sys.executable, "-m", "dltool.cli", "new", "sentiment", str(project),
                     "--data", str(source)], check=True, stdout=subprocess.DEVNULL)
