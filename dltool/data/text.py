@@ -189,11 +189,10 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
         vectorizer.adapt(tf.data.Dataset.from_tensor_slices(encoded["train"][0])
                          .batch(_VECTORIZE_BATCH))
     vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
+    subwords = (f", up to {data['subwords_per_word']} subwords per word in "
+                f"{data['subword_buckets']} buckets" if data["subword_buckets"] else "")
     report.append(f"vocabulary: {len(vocabulary)} tokens, texts cut or padded to "
-                  f"{data['sequence_length']} tokens")
-    if data["subword_buckets"]:
-        report.append(f"subwords: up to {data['subwords_per_word']} character 3- to 5-grams "
-                      f"per word, hashed into {data['subword_buckets']} buckets")
+                  f"{data['sequence_length']} tokens{subwords}")
     return TextData(
         class_names=class_names, vocabulary=vocabulary, report=report,
         splits={s: _token_dataset(t, y, vectorizer, data["subword_buckets"],
