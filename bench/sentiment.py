@@ -121,8 +121,8 @@ def step_rates(data, overrides):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from dltool import project as project_lib
-    from dltool import training
+    from dltool.core import project as project_lib
+    from dltool.engine import train as training
     from dltool._tf import keras
     from dltool.tasks import task_for
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 import dltool
-from dltool.errors import DltoolError, DestinationExistsError, ReportedError
+from dltool.core.errors import DltoolError, DestinationExistsError, ReportedError
 
 
 @contextlib.contextmanager
@@ -44,7 +44,7 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON (
 
 def _complete_runs(ctx, param, incomplete):
     """Shell completion of run names: the folders under the project's runs/."""
-    from dltool.runs import RUNS_DIR
+    from dltool.core.runs import RUNS_DIR
 
     root = Path(ctx.params.get("project_dir") or ".") / RUNS_DIR
     try:
@@ -75,7 +75,7 @@ def _progress(quiet):
 
 
 def _project(project_dir):
-    from dltool.project import find_project
+    from dltool.core.project import find_project
 
     return find_project(project_dir)
 
@@ -96,7 +96,7 @@ def cli():
 @cli.command()
 def templates():
     """List the project templates."""
-    from dltool.scaffold import list_templates
+    from dltool.core.scaffold import list_templates
 
     with user_errors():
         found = list_templates()
@@ -106,7 +106,7 @@ def templates():
 
 
 def _complete_templates(ctx, param, incomplete):
-    from dltool.scaffold import list_templates
+    from dltool.core.scaffold import list_templates
 
     try:
         names = [t["name"] for t in list_templates()]
@@ -125,7 +125,7 @@ def _complete_templates(ctx, param, incomplete):
               help="Replace an existing DEST (it is kept as DEST.dltool-backup-TIME).")
 def new(template, dest, name, data, force):
     """Create a project from TEMPLATE in the new folder DEST."""
-    from dltool.scaffold import find_template, render_project
+    from dltool.core.scaffold import find_template, render_project
 
     try:
         result = render_project(template, dest, name=name, data=data, force=force)
@@ -151,7 +151,7 @@ def info(project_dir, overrides, quiet, as_json):
     _check_output_flags(quiet, as_json)
     with user_errors():
         runtime_section = _runtime_section(project_dir, overrides)
-        from dltool import runtime
+        from dltool.engine import runtime
 
         facts = {"dltool": dltool.__version__, "python": platform.python_version(),
                  **runtime.describe(runtime_section)}
@@ -170,7 +170,7 @@ def info(project_dir, overrides, quiet, as_json):
 
 def _runtime_section(project_dir, overrides):
     """The project's runtime settings; the defaults outside a project."""
-    from dltool.config import COMMON_SECTIONS, CONFIG_FILE
+    from dltool.core.config import COMMON_SECTIONS, CONFIG_FILE
 
     if project_dir is None and not Path(CONFIG_FILE).is_file():
         return {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
@@ -178,7 +178,7 @@ def _runtime_section(project_dir, overrides):
 
 
 def _config(project_dir, overrides):
-    from dltool.project import load_config
+    from dltool.core.project import load_config
 
     return load_config(_project(project_dir), overrides)
 
@@ -222,18 +222,18 @@ def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
              "training.seed": seed, "training.deterministic": deterministic}
     overrides = (*overrides, *_flag_overrides(flags))
     with user_errors():
-        from dltool.cluster import find_cluster
+        from dltool.engine.cluster import find_cluster
 
         cluster = find_cluster(worker_hosts, task_index)
         project = _project(project_dir)
         if hparams is not None:
-            from dltool import trials
+            from dltool.tuning import trials
 
             values, search = trials.find_best_hyperparameters(project, hparams)
             click.echo(f"Hyperparameters of search {search}'s best trial: "
                        + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
             overrides = (*trials.hyperparameter_overrides(values), *overrides)
-        from dltool.training import train as run_training
+        from dltool.engine.train import train as run_training
 
         run_training(project, overrides, skip_bad=skip_bad, fresh=fresh, cluster=cluster,
                      echo=click.echo)
@@ -290,7 +290,7 @@ def tune(project_dir, overrides, tuner, objective, direction, max_trials, execut
     overrides = (*overrides, *_flag_overrides(flags))
     with user_errors():
         project = _project(project_dir)
-        from dltool import search_processes
+        from dltool.tuning import children as search_processes
 
         summary = None
         if not (chief or worker or child_of):  # TensorFlow stays out of this process
@@ -298,7 +298,7 @@ def tune(project_dir, overrides, tuner, objective, direction, max_trials, execut
                 project, overrides, name=name, fresh=fresh, export_best=export_best,
                 skip_bad=skip_bad)
         if summary is None:
-            from dltool.tuning import tune as run_tuning
+            from dltool.tuning.search import tune as run_tuning
 
             child = search_processes.ChildRole.parse(child_of) if child_of else None
             summary = run_tuning(project, overrides, name=name, fresh=fresh, chief=chief,
@@ -327,7 +327,7 @@ def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
     _check_output_flags(quiet, as_json)
     with user_errors():
         project = _project(project_dir)
-        from dltool.evaluation import evaluate as run_evaluation
+        from dltool.engine.evaluate import evaluate as run_evaluation
 
         result = run_evaluation(project, run_name, split, skip_bad=skip_bad,
                                 overrides=overrides, echo=_progress(quiet))
@@ -365,7 +365,7 @@ def export(project_dir, run_name, overrides, name):
     """Export a run as saved_models/NAME/VERSION (raw input in, labels out)."""
     with user_errors():
         project = _project(project_dir)
-        from dltool.export import export as run_export
+        from dltool.engine.export import export as run_export
 
         result = run_export(project, run_name, name, overrides=overrides,
                             echo=_progress(False))
@@ -403,7 +403,7 @@ def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet
             project = _project(project_dir)
         if top_k is None:
             top_k = _config(project, overrides)["export"]["top_k"] if project else 3
-        from dltool.predict import predict as run_predict
+        from dltool.engine.predict import predict as run_predict
 
         source, results = run_predict(project, list(inputs), model_path=model_path,
                                       top_k=top_k, echo=_progress(quiet))
@@ -436,7 +436,7 @@ def report(run_name, project_dir):
     """
     with user_errors():
         project = _project(project_dir)
-        from dltool.reports import report_for
+        from dltool.report.reports import report_for
 
         report_for(project, run_name, echo=click.echo)
 
@@ -450,7 +450,7 @@ def report(run_name, project_dir):
 def runs_command(project_dir, compare, quiet, as_json):
     """List the project's runs, newest first (or compare two)."""
     _check_output_flags(quiet, as_json)
-    from dltool import runs
+    from dltool.core import runs
 
     with user_errors():
         project = _project(project_dir)
@@ -514,7 +514,7 @@ def _print_table(header, rows):
               help="Port to listen on (0: any free port).")
 def tensorboard(project_dir, host, port):
     """Start TensorBoard on the project's runs (and tuning searches); Ctrl+C stops it."""
-    from dltool.runs import tensorboard_logdirs
+    from dltool.core.runs import tensorboard_logdirs
 
     with user_errors():
         logdirs = tensorboard_logdirs(_project(project_dir))

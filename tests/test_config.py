@@ -3,8 +3,8 @@
 import pytest
 
 from conftest import invoke
-from dltool import config as config_lib
-from dltool.errors import ConfigError, ProjectError
+from dltool.core import config as config_lib
+from dltool.core.errors import ConfigError, ProjectError
 
 
 def _load(project, *overrides):

@@ -5,7 +5,7 @@ import pytest
 
 from dltool._tf import tf
 from dltool.data import images, pipeline
-from dltool.errors import DataError
+from dltool.core.errors import DataError
 
 DATA = {"source": "", "image_size": [16, 16], "validation_split": 0.25, "cache": "auto",
         "skip_bad": False}

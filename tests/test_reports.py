@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL, invoke
-from dltool import plots, reports
+from dltool.report import plots
+from dltool.report import reports
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",

@@ -2,8 +2,8 @@
 
 import pytest
 
-from dltool import runtime
-from dltool.errors import DltoolError
+from dltool.engine import runtime
+from dltool.core.errors import DltoolError
 
 CPU = {"GPU": [], "TPU": [], "CPU": ["cpu0"]}
 ONE_GPU = {"GPU": ["gpu0"], "TPU": [], "CPU": ["cpu0"]}
@@ -64,7 +64,7 @@ def test_multi_worker_without_tf_config_is_refused(monkeypatch):
 
 
 def test_template_model_outputs_float32_under_mixed_precision(project):
-    from dltool import project as project_lib
+    from dltool.core import project as project_lib
     from dltool._tf import keras
 
     config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])

@@ -8,8 +8,8 @@ import jinja2
 import pytest
 
 from conftest import invoke
-from dltool import scaffold
-from dltool.errors import TemplateError
+from dltool.core import scaffold
+from dltool.core.errors import TemplateError
 
 
 def _tree(root):

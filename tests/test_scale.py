@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, invoke
-from dltool import cluster as cluster_lib
-from dltool.errors import ConfigError
+from dltool.engine import cluster as cluster_lib
+from dltool.core.errors import ConfigError
 
 TIMEOUT = 240
 
@@ -204,7 +204,7 @@ def test_tf_config_is_respected_and_chief_is_found():
 
 
 def test_auto_strategy_with_a_cluster_is_multi_worker():
-    from dltool import runtime
+    from dltool.engine import runtime
 
     cluster = cluster_lib.from_flags("h:1,h:2", 1)
     choice = runtime.choose_strategy("auto", {"GPU": [], "TPU": [], "CPU": [0]}, cluster)
@@ -254,7 +254,7 @@ def write_color_images(folder, per_class=24, seed=0):
 
 PARITY = """
 import json, sys
-from dltool.training import train
+from dltool.engine.train import train
 project, data = sys.argv[1], sys.argv[2]
 common = ["data.source=" + json.dumps(data), "data.validation_split=0.0",
           "model.filters=8", "model.blocks=1", "model.augment=false",
@@ -294,7 +294,8 @@ def test_mirrored_on_two_cpu_devices_matches_one_device(project, tmp_path):
 
 SHARDS = """
 import json, sys
-from dltool import cluster, runtime
+from dltool.engine import cluster
+from dltool.engine import runtime
 from dltool._tf import tf
 from dltool.data import pipeline
 strategy = runtime.make_strategy("multi-worker", cluster.from_flags(sys.argv[1], int(sys.argv[2])))
@@ -448,7 +449,7 @@ def _tiny_model():
 
 
 def _backed_up_twice(tmp_path):
-    from dltool.callbacks import TrainingBackup
+    from dltool.engine.callbacks import TrainingBackup
 
     x = np.random.default_rng(0).random((16, 3), dtype=np.float32)
     y = (x[:, 0] > 0.5).astype("int32")
@@ -459,7 +460,7 @@ def _backed_up_twice(tmp_path):
 
 
 def test_workers_agree_on_a_stop_every_few_batches(tmp_path):
-    from dltool.callbacks import TrainingBackup, TrainingInterrupted
+    from dltool.engine.callbacks import TrainingBackup, TrainingInterrupted
 
     x = np.random.default_rng(0).random((96, 3), dtype=np.float32)
     y = (x[:, 0] > 0.5).astype("int32")
@@ -486,7 +487,7 @@ def test_backup_keeps_two_complete_checkpoints(tmp_path):
     model, names = _backed_up_twice(tmp_path)
     assert names == ["ckpt-000003", "ckpt-000002"]
     assert not leftovers(tmp_path)
-    from dltool.callbacks import TrainingBackup
+    from dltool.engine.callbacks import TrainingBackup
 
     warnings = []
     restored = _tiny_model()
@@ -500,7 +501,7 @@ def test_backup_keeps_two_complete_checkpoints(tmp_path):
 
 def test_resume_keeps_the_learning_rate_schedule(tmp_path):
     from dltool._tf import keras
-    from dltool.callbacks import EpochLearningRate, TrainingBackup
+    from dltool.engine.callbacks import EpochLearningRate, TrainingBackup
 
     x = np.random.default_rng(0).random((16, 3), dtype=np.float32)
     y = (x[:, 0] > 0.5).astype("int32")
@@ -524,7 +525,7 @@ def test_resume_keeps_the_learning_rate_schedule(tmp_path):
 
 def test_cosine_schedule_decays_within_each_epoch():
     from dltool._tf import keras
-    from dltool.callbacks import EpochLearningRate
+    from dltool.engine.callbacks import EpochLearningRate
 
     x = np.random.default_rng(0).random((80, 3), dtype=np.float32)
     y = (x[:, 0] > 0.5).astype("int32")
@@ -550,7 +551,7 @@ def test_cosine_schedule_decays_within_each_epoch():
     (lambda ckpt: (ckpt / "state.weights.h5").write_bytes(b"\0" * 64), "checksum mismatch"),
 ])
 def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, damage, reason):
-    from dltool.callbacks import DamagedBackupError, TrainingBackup
+    from dltool.engine.callbacks import DamagedBackupError, TrainingBackup
 
     _backed_up_twice(tmp_path)
     newest, previous = sorted((tmp_path / "backup").glob("ckpt-*"), reverse=True)
@@ -570,7 +571,7 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(tmp_path, damage, r
 
 DETERMINISM = """
 import sys
-from dltool.training import train
+from dltool.engine.train import train
 for _ in range(2):
     train(sys.argv[1], ["model.filters=8", "model.blocks=1", "training.verbose=0",
                         "training.epochs=1", "training.seed=7", "training.deterministic=true"],
@@ -611,8 +612,8 @@ def _has_gpu():
 @pytest.mark.parametrize("policy, compute", [("mixed_float16", "float16"),
                                              ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_trains_with_float32_outputs_and_loss(project, policy, compute):
-    from dltool import project as project_lib
-    from dltool import runtime
+    from dltool.core import project as project_lib
+    from dltool.engine import runtime
     from dltool._tf import keras
 
     config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])
@@ -642,9 +643,9 @@ def test_mixed_precision_trains_with_float32_outputs_and_loss(project, policy, c
 
 @pytest.mark.slow
 def test_mixed_float16_run_exports_a_float32_saved_model(runner, project):
-    from dltool import runs
+    from dltool.core import runs
     from dltool._tf import tf
-    from dltool.training import load_trained_model
+    from dltool.engine.train import load_trained_model
 
     result = invoke(runner, "train", "--project", project, "--epochs", 1,
                     "--precision", "mixed_float16", *TINY_MODEL)
@@ -669,7 +670,7 @@ def test_mixed_float16_run_exports_a_float32_saved_model(runner, project):
 @pytest.mark.gpu
 @pytest.mark.skipif("not _has_gpu()", reason="needs a GPU")
 def test_auto_precision_on_a_modern_gpu_is_mixed_float16():
-    from dltool import runtime
+    from dltool.engine import runtime
 
     capabilities = runtime.gpu_compute_capabilities()
     expected = "mixed_float16" if min(capabilities) >= (7, 0) else "float32"

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from conftest import invoke
-from dltool import config as config_lib
+from dltool.core import config as config_lib
 from dltool._tf import tf
 from dltool.data import text
-from dltool.errors import ConfigError, DataError
+from dltool.core.errors import ConfigError, DataError
 
 DATA = {key: field.default for key, field in
         config_lib.TEMPLATE_SECTIONS["sentiment"]["data"].items()}
@@ -235,8 +235,8 @@ def test_train_records_vocabulary_and_labels(trained_text_project):
 
 @pytest.mark.slow
 def test_saved_model_matches_in_memory_model_on_raw_strings(trained_text_project):
-    from dltool import runs
-    from dltool.training import load_trained_model
+    from dltool.core import runs
+    from dltool.engine.train import load_trained_model
 
     run = runs.find_trained(trained_text_project)
     model, _, _ = load_trained_model(trained_text_project, run)
@@ -321,7 +321,7 @@ def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
 @pytest.mark.parametrize("cell, bidirectional, layers", [
     ("lstm", True, 2), ("gru", False, 1), ("rnn", True, 1), ("rnn", False, 2)])
 def test_each_cell_builds_and_trains_one_step(project_files, cell, bidirectional, layers):
-    from dltool import project as project_lib
+    from dltool.core import project as project_lib
 
     config = config_lib.load_config(project_files / "config.toml", [
         f"model.cell={cell}", f"model.bidirectional={str(bidirectional).lower()}",
@@ -350,7 +350,7 @@ def project_files(tmp_path_factory):
 
 
 def test_unknown_cell_is_a_config_error(project_files):
-    from dltool import project as project_lib
+    from dltool.core import project as project_lib
 
     config = config_lib.load_config(project_files / "config.toml", ["model.cell=transformer"])
     module = project_lib.load_model_module(project_files)

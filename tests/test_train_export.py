@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 
 from conftest import TINY_MODEL, invoke
-from dltool import modelfiles
+from dltool.engine import modelfiles
 from dltool._tf import keras, tf
 from dltool.data import images
-from dltool.errors import ModelFileError
+from dltool.core.errors import ModelFileError
 
 pytestmark = pytest.mark.slow
 
@@ -72,8 +72,8 @@ def _sample_bytes(project):
 
 
 def test_saved_model_matches_in_memory_model(trained_project):
-    from dltool import runs
-    from dltool.training import load_trained_model
+    from dltool.core import runs
+    from dltool.engine.train import load_trained_model
 
     run = runs.find_trained(trained_project)
     model, _, _ = load_trained_model(trained_project, run)
@@ -196,7 +196,7 @@ def test_unsafe_or_corrupt_model_files_are_refused(tmp_path, name, content, mess
 
 
 def test_nan_guard_raises_and_keeps_the_backup(tmp_path):
-    from dltool.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
+    from dltool.engine.callbacks import NonFiniteLossError, StopOnNonFiniteLoss
 
     class PoisonWeightsAtSecondEpoch(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import invoke
-from dltool import config as config_lib
+from dltool.core import config as config_lib
 from dltool._tf import keras, tf
 from dltool.data import parallel
-from dltool.errors import DataError
+from dltool.core.errors import DataError
 from dltool.tasks import translator
 
 DATA = {key: field.default for key, field in
@@ -237,8 +237,8 @@ def test_train_writes_the_split_and_vocabularies(trained_translator):
 
 @pytest.mark.slow
 def test_saved_model_matches_in_memory_model_on_raw_strings(trained_translator):
-    from dltool import runs
-    from dltool.training import load_trained_model
+    from dltool.core import runs
+    from dltool.engine.train import load_trained_model
 
     texts = ["How are you?", "", "Tom is my friend.", LONG_TEXT, "Où est-il ?"]
     run = runs.find_trained(trained_translator)
@@ -328,7 +328,7 @@ def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
 @pytest.mark.parametrize("architecture, cell", [("rnn", "lstm"), ("transformer", "gru")])
 def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, architecture,
                                                              cell):
-    from dltool import project as project_lib
+    from dltool.core import project as project_lib
 
     project = tmp_path / "proj"
     assert invoke(runner, "new", "translator", project).exit_code == 0
@@ -356,7 +356,7 @@ def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, ar
 
 
 def test_time_budget_stops_training_and_spans_the_schedule():
-    from dltool import callbacks
+    from dltool.engine import callbacks
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(keras.optimizers.SGD(0.5), "mse")

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL, invoke
-from dltool import config as config_lib
-from dltool.errors import ConfigError
+from dltool.core import config as config_lib
+from dltool.core.errors import ConfigError
 
 # A small space over cheap hyperparameters of the tiny model; every trial in
 # the `dltool tune` process (a fresh process per trial, the default, costs a
@@ -166,7 +166,7 @@ def test_tuning_help_and_top_help_stay_tensorflow_free():
     code = ("import sys; from dltool.cli import cli; from click.testing import CliRunner; "
             "r = CliRunner().invoke(cli, ['tune', '--help']); assert r.exit_code == 0; "
             # The parent of a search's child processes stays light too.
-            "import dltool.search_processes; "
+            "import dltool.tuning.children; "
             "assert 'tensorflow' not in sys.modules and 'keras_tuner' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 

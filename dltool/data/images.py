@@ -15,7 +15,7 @@ from pathlib import Path
 from dltool._tf import tf
 from dltool.data import splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
-from dltool.errors import DataError
+from dltool.core.errors import DataError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
 SAMPLES_ROOT = Path(__file__).resolve().parent / "samples"

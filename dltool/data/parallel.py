@@ -40,7 +40,7 @@ from pathlib import Path
 from dltool._tf import keras, tf
 from dltool.data import images, splits as splits_lib, text
 from dltool.data.tfds_loader import prepared_builder
-from dltool.errors import DataError
+from dltool.core.errors import DataError
 
 START, END = "[start]", "[end]"
 HYPHEN = "@-@"

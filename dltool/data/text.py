@@ -27,7 +27,7 @@ from dltool._tf import keras, tf
 from dltool.data import images
 from dltool.data import splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
-from dltool.errors import ConfigError, DataError
+from dltool.core.errors import ConfigError, DataError
 
 DELIMITED_SUFFIXES = {".tsv": "\t", ".csv": ","}
 _DELIMITERS = {"tab": "\t", "comma": ","}

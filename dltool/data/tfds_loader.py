@@ -1,6 +1,6 @@
 """Opens TensorFlow Datasets data sets for dltool's data sources."""
 
-from dltool.errors import DataError
+from dltool.core.errors import DataError
 
 
 def prepared_builder(name):

@@ -22,7 +22,7 @@ Each template's task module provides:
 - `readable_inputs(data, split)` (classifiers): the split's inputs as text
   for `predictions-SPLIT.csv` (texts), or None;
 - `report_sections(run, split, evaluation)`: the template's part of the run
-  report (`dltool.reports.Section`s; classifiers start from
+  report (`dltool.report.reports.Section`s; classifiers start from
   `reports.classifier_sections`);
 - optionally `save_examples(run_dir, split, examples)`: keep the evaluation
   inputs a report shows (images);
@@ -32,7 +32,7 @@ Each template's task module provides:
 
 import importlib
 
-from dltool.errors import ConfigError
+from dltool.core.errors import ConfigError
 
 _TASK_MODULES = {"image-classifier": "dltool.tasks.image_classifier",
                  "sentiment": "dltool.tasks.sentiment",

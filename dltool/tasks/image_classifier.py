@@ -6,7 +6,7 @@ import numpy as np
 
 from dltool._tf import tf
 from dltool.data import images
-from dltool.errors import DataError
+from dltool.core.errors import DataError
 
 
 def open_data(config, root, *, skip_bad=False):
@@ -114,7 +114,7 @@ def evaluate_split(model, data, split, config, run, echo=None):
 
     A classifier evaluates in seconds: `echo` is not used.
     """
-    from dltool.evaluation import evaluate_classifier
+    from dltool.engine.evaluate import evaluate_classifier
 
     return evaluate_classifier(model, data, split, config, run)
 
@@ -165,7 +165,7 @@ def save_examples(run_dir, split, examples):
             0-255, and whether each is in the random sample (the others are
             confident mistakes).
     """
-    from dltool import reports
+    from dltool.report import reports
 
     indices, pixels, in_sample = examples
     if pixels is None:
@@ -179,7 +179,8 @@ def save_examples(run_dir, split, examples):
 def report_sections(run, split, evaluation):
     """The classifier's report sections, then a grid of sample predictions
     and one of the most confident mistakes, titled true / predicted."""
-    from dltool import plots, reports
+    from dltool.report import plots
+    from dltool.report import reports
 
     sections = reports.classifier_sections(run, split, evaluation)
     rows = {r["index"]: r for r in reports.read_predictions(run["dir"], split)}

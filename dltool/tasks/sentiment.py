@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from dltool import runs
+from dltool.core import runs
 from dltool._tf import tf
 from dltool.data import text
 from dltool.tasks import image_classifier
@@ -99,7 +99,8 @@ def readable_inputs(data, split):
 def report_sections(run, split, evaluation):
     """The classifier's report sections, then the most confidently wrong
     texts as a figure and a table."""
-    from dltool import plots, reports
+    from dltool.report import plots
+    from dltool.report import reports
 
     sections = reports.classifier_sections(run, split, evaluation)
     mistakes = reports.confident_mistakes(reports.read_predictions(run["dir"], split))

@@ -11,7 +11,7 @@ from pathlib import Path
 import keras_hub  # also registers its layers, so .keras files with them load
 import numpy as np
 
-from dltool import runs
+from dltool.core import runs
 from dltool._tf import tf
 from dltool.data import parallel
 
@@ -263,11 +263,11 @@ def report_sections(run, split, evaluation):
         evaluation: The `evaluation-SPLIT.json` contents.
 
     Returns:
-        A list of `dltool.reports.Section`s.
+        A list of `dltool.report.reports.Section`s.
     """
     import sacrebleu
 
-    from dltool.reports import Section
+    from dltool.report.reports import Section
 
     decoding = evaluation["decoding"]
     how = ("greedy decoding" if decoding["method"] == "greedy"

@@ -17,7 +17,7 @@ The exported SavedModel computes them from raw strings itself, the same way.
 import keras
 from keras import layers
 
-from dltool.errors import ConfigError
+from dltool.core.errors import ConfigError
 
 RECURRENT_LAYERS = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.SimpleRNN}
 OPTIMIZERS = ("adam", "sgd")

@@ -37,7 +37,7 @@ import keras
 import keras_hub
 from keras import layers, ops
 
-from dltool.errors import ConfigError
+from dltool.core.errors import ConfigError
 
 ARCHITECTURES = ("rnn", "transformer")
 CELLS = {"gru": layers.GRU, "lstm": layers.LSTM}

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dltool import project as project_lib
+from dltool.core import project as project_lib
 from dltool.cli import cli
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_model_builds_from_config():
 
 def test_search_space_fits_the_model():
     """Every [search] entry is a hyperparameter build_model reads, of its type."""
-    from dltool import search_space
+    from dltool.tuning import space as search_space
 
     config = project_lib.load_config(PROJECT)
     module = project_lib.load_model_module(PROJECT)

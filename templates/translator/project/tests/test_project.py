@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from dltool import project as project_lib
+from dltool.core import project as project_lib
 from dltool.cli import cli
 
 PROJECT = Path(__file__).resolve().parents[1]

@@ -1,13 +1,13 @@
 """`dltool tune`: search the `[search]` space of a project with keras-tuner.
 
-A search lives in `tuning/<name>/` (see `dltool.trials`), apart from the
+A search lives in `tuning/<name>/` (see `dltool.tuning.trials`), apart from the
 training runs in `runs/`: it is many trials, not one model. Running the same
 command again continues it (keras-tuner reloads its oracle; an interrupted
-trial continues from its last completed epoch, see `dltool.tuners`);
+trial continues from its last completed epoch, see `dltool.tuning.adapter`);
 `fresh=True` moves the old search aside and starts over.
 
 `tune()` runs the trials in this process. `dltool tune` runs a local search
-in child processes instead (`dltool.search_processes`): each one calls
+in child processes instead (`dltool.tuning.children`): each one calls
 `tune(child=...)`, which stops after `tune.trials_per_process` trials.
 
 Every check that can fail on bad input (config, search space, objective,
@@ -23,12 +23,16 @@ import types
 import warnings
 from pathlib import Path
 
-from dltool import config as config_lib
-from dltool import project as project_lib
-from dltool import runs, search_space, training, trials, tuners
+from dltool.core import config as config_lib
+from dltool.core import project as project_lib
+from dltool.core import runs
+from dltool.tuning import space as search_space
+from dltool.engine import train as training
+from dltool.tuning import trials
+from dltool.tuning import adapter as tuners
 from dltool._tf import keras
-from dltool.errors import ConfigError, DltoolError
-from dltool.scaffold import validate_project_name
+from dltool.core.errors import ConfigError, DltoolError
+from dltool.core.scaffold import validate_project_name
 from dltool.tasks import task_for
 
 # Settings a search must keep to be resumed (the rest, e.g. max_trials or
@@ -407,12 +411,12 @@ def export_best_trial(project_dir, overrides, summary, skip_bad, echo):
     """Retrains the best hyperparameters on train + validation and exports.
 
     Returns:
-        The export's result dict (see `dltool.export.export`).
+        The export's result dict (see `dltool.engine.export.export`).
 
     Raises:
         DltoolError: if the search has no completed trial.
     """
-    from dltool.export import export
+    from dltool.engine.export import export
 
     if not summary.get("best"):
         raise DltoolError("no completed trial to export yet")

@@ -13,7 +13,7 @@ import zipfile
 from pathlib import Path
 
 from dltool._tf import keras, tf
-from dltool.errors import ModelFileError
+from dltool.core.errors import ModelFileError
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 

@@ -17,8 +17,8 @@ import os
 import time
 from pathlib import Path
 
-from dltool import runs
-from dltool.errors import ConfigError, DltoolError, ProjectError
+from dltool.core import runs
+from dltool.core.errors import ConfigError, DltoolError, ProjectError
 
 TUNING_DIR = runs.TUNING_DIR
 SEARCH_FILE = "search.json"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from dltool import runs
+from dltool.core import runs
 from dltool._tf import keras
-from dltool.errors import DltoolError
+from dltool.core.errors import DltoolError
 
 
 class NonFiniteLossError(DltoolError):
@@ -372,7 +372,7 @@ class RunRecorder(keras.callbacks.Callback):
     """Records progress in the run's `run.json` after every epoch.
 
     Args:
-        run: The run's metadata dict (see `dltool.runs`).
+        run: The run's metadata dict (see `dltool.core.runs`).
         monitor: Metric whose best value is recorded.
     """
 

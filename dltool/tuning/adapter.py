@@ -1,7 +1,7 @@
 """keras-tuner's tuners as `dltool tune` runs them.
 
 Each trial execution is trained like a `dltool train` run (the same
-callbacks from `dltool.training.make_callbacks`: learning-rate schedule,
+callbacks from `dltool.engine.train.make_callbacks`: learning-rate schedule,
 non-finite-loss guard, `BackupAndRestore`, early stopping, `history.csv`,
 `run.json`), in `trial_<id>/execution<n>/` of the search folder. So a search
 killed mid-trial resumes that trial from its last completed epoch (keras-tuner
@@ -20,10 +20,11 @@ import os
 import time
 from pathlib import Path
 
-from dltool import project as project_lib
-from dltool import runs, training
+from dltool.core import project as project_lib
+from dltool.core import runs
+from dltool.engine import train as training
 from dltool._tf import keras
-from dltool.errors import DltoolError
+from dltool.core.errors import DltoolError
 
 import keras_tuner  # noqa: E402  (after dltool._tf set the environment)
 from keras_tuner.src import backend as kt_backend  # noqa: E402

@@ -13,11 +13,12 @@ import os
 import shutil
 from pathlib import Path
 
-from dltool import reports, runs
+from dltool.report import reports
+from dltool.core import runs
 from dltool._tf import keras
-from dltool.errors import ModelFileError, ProjectError
-from dltool.scaffold import validate_project_name
-from dltool.training import load_trained_model
+from dltool.core.errors import ModelFileError, ProjectError
+from dltool.core.scaffold import validate_project_name
+from dltool.engine.train import load_trained_model
 
 EXPORT_ROOT = "saved_models"
 METADATA_FILE = "dltool.json"

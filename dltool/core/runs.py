@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from dltool.errors import ProjectError
+from dltool.core.errors import ProjectError
 
 RUNS_DIR = "runs"
 TUNING_DIR = "tuning"

@@ -19,7 +19,7 @@ import weakref
 import numpy as np
 
 from dltool._tf import ONEDNN_SET_BY_USER, keras, tf
-from dltool.errors import DltoolError
+from dltool.core.errors import DltoolError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,7 +298,7 @@ def describe(runtime_section):
     Returns:
         A dict of printable facts: versions, devices, strategy, precision.
     """
-    from dltool.cluster import find_cluster
+    from dltool.engine.cluster import find_cluster
 
     found = devices()
     strategy = choose_strategy(runtime_section["strategy"], found, find_cluster())

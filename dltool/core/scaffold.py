@@ -22,7 +22,7 @@ import tomli_w
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 import dltool
-from dltool.errors import DestinationExistsError, TemplateError
+from dltool.core.errors import DestinationExistsError, TemplateError
 
 ANSWERS_FILE = ".dltool-answers.toml"
 TEMPLATE_META_FILE = "template.toml"
@@ -38,7 +38,7 @@ def templates_root():
     An installed wheel carries them as `dltool/templates`; a source checkout
     keeps them in the top-level `templates/` folder.
     """
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # the dltool package
     for candidate in (here / "templates", here.parent / "templates"):
         if candidate.is_dir():
             return candidate

@@ -5,11 +5,12 @@ import time
 
 import numpy as np
 
-from dltool import reports, runs
+from dltool.report import reports
+from dltool.core import runs
 from dltool._tf import keras
 from dltool.data import pipeline
-from dltool.errors import DataError
-from dltool.training import load_trained_model
+from dltool.core.errors import DataError
+from dltool.engine.train import load_trained_model
 
 SAMPLES_KEPT = 16
 MISTAKES_KEPT = 8
@@ -32,7 +33,7 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
         (`loss`, `accuracy`, `per_class`, `confusion` for classifiers; `bleu`,
         `chrf` for the translator). It is also written to the run folder as
         `evaluation-SPLIT.json`; classifiers add one row per example in
-        `predictions-SPLIT.csv` (see `dltool.reports`).
+        `predictions-SPLIT.csv` (see `dltool.report.reports`).
 
     Raises:
         DltoolError: no trained run, no such split, bad data.

@@ -17,11 +17,12 @@ import sys
 import time
 import types
 
-from dltool import config as config_lib
-from dltool import processes, trials
-from dltool import project as project_lib
-from dltool.errors import ReportedError
-from dltool.scaffold import validate_project_name
+from dltool.core import config as config_lib
+from dltool.core import processes
+from dltool.tuning import trials
+from dltool.core import project as project_lib
+from dltool.core.errors import ReportedError
+from dltool.core.scaffold import validate_project_name
 
 MORE_TRIALS_EXIT = 75  # EX_TEMPFAIL: this child ran its trials; the search goes on
 

@@ -3,8 +3,8 @@
 import importlib.util
 from pathlib import Path
 
-from dltool import config as config_lib
-from dltool.errors import ProjectError
+from dltool.core import config as config_lib
+from dltool.core.errors import ProjectError
 
 MODEL_FILE = "model.py"
 

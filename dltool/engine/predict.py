@@ -5,10 +5,10 @@ from pathlib import Path
 
 import numpy as np
 
-from dltool import export as export_lib
-from dltool import modelfiles
+from dltool.engine import export as export_lib
+from dltool.engine import modelfiles
 from dltool._tf import tf
-from dltool.errors import ModelFileError
+from dltool.core.errors import ModelFileError
 from dltool.tasks import task_for
 
 _CHUNK = 256

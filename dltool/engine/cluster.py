@@ -15,7 +15,7 @@ import json
 import os
 import socket
 
-from dltool.errors import ConfigError, DltoolError
+from dltool.core.errors import ConfigError, DltoolError
 
 _TASK_TYPES = ("chief", "worker")
 

@@ -1,6 +1,6 @@
 """Child processes: run one with its output relayed, and let it die with us.
 
-`dltool tune` runs trials in child processes (`dltool.search_processes`); the
+`dltool tune` runs trials in child processes (`dltool.tuning.children`); the
 user sees their output as if it were the parent's, Ctrl-C reaches both, and
 a parent killed with SIGKILL takes the child with it (Linux), so nothing
 keeps training behind the user's back.

@@ -6,7 +6,7 @@ A config has the sections `project`, `data`, `model`, `search`, `training`,
 wrong value is reported with the key's name and what it accepts. The `model`
 section holds the defaults of the hyperparameters that `build_model(hp,
 config)` reads through `hp`; which keys it may hold is checked against the
-model itself (see `dltool.project`). The `search` section holds the space
+model itself (see `dltool.core.project`). The `search` section holds the space
 `dltool tune` searches: per hyperparameter a list of choices or a range
 (see `parse_search_space`).
 
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import tomli_w
 
-from dltool.errors import ConfigError, ProjectError
+from dltool.core.errors import ConfigError, ProjectError
 
 CONFIG_FILE = "config.toml"
 

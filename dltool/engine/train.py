@@ -19,13 +19,15 @@ import threading
 import warnings
 from pathlib import Path
 
-from dltool import callbacks as dl_callbacks
-from dltool import config as config_lib
-from dltool import project as project_lib
-from dltool import reports, runs, runtime
+from dltool.engine import callbacks as dl_callbacks
+from dltool.core import config as config_lib
+from dltool.core import project as project_lib
+from dltool.report import reports
+from dltool.core import runs
+from dltool.engine import runtime
 from dltool._tf import keras, tf
 from dltool.data import pipeline
-from dltool.errors import DltoolError, ProjectError
+from dltool.core.errors import DltoolError, ProjectError
 from dltool.tasks import task_for
 
 
@@ -34,7 +36,7 @@ def prepare_runtime(config, cluster=None):
 
     Args:
         config: The run's `Config`.
-        cluster: The `dltool.cluster.Cluster` of a multi-worker run, or None.
+        cluster: The `dltool.engine.cluster.Cluster` of a multi-worker run, or None.
 
     Returns:
         A tuple `(strategy, description)`, the description a line saying
@@ -214,7 +216,7 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         overrides: `section.key=value` strings applied to the config.
         skip_bad: Drop unusable data files instead of failing.
         fresh: Start a new run even if an unfinished one could be resumed.
-        cluster: The `dltool.cluster.Cluster` of a multi-worker run, or None.
+        cluster: The `dltool.engine.cluster.Cluster` of a multi-worker run, or None.
         echo: Function that prints a line for the user.
 
     Returns:

@@ -31,8 +31,9 @@ import json
 from pathlib import Path
 
 import dltool
-from dltool import plots, runs
-from dltool.errors import DataError
+from dltool.report import plots
+from dltool.core import runs
+from dltool.core.errors import DataError
 
 REPORT_HTML = "report.html"
 REPORT_MD = "report.md"
@@ -75,7 +76,7 @@ def write_report(project_dir, run, echo=None):
 
     Args:
         project_dir: The project folder.
-        run: The run's metadata dict (see `dltool.runs`).
+        run: The run's metadata dict (see `dltool.core.runs`).
         echo: Function that prints a line for the user, or None.
 
     Returns:

@@ -10,8 +10,8 @@ own. Hyperparameters `model.py` reads that are not in `[search]` keep their
 import dltool._tf  # noqa: F401  (environment before TensorFlow loads)
 import keras_tuner
 
-from dltool import config as config_lib
-from dltool.errors import ConfigError
+from dltool.core import config as config_lib
+from dltool.core.errors import ConfigError
 
 
 def search_hyperparameters(config):
