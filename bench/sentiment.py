@@ -12,7 +12,7 @@ sentences and phrases; test.tsv: 872 sentences):
    holding the data set's train.tsv, dev.tsv and test.tsv: it trains on all
    of train.tsv, picks the best epoch on dev.tsv and is tested on test.tsv);
 3. the training step rate of the template's model fed from the real TSV
-   through dltool's pipeline (`open_data` + `training_datasets`: vectorized
+   through dltool's pipeline (`Experiment.open_data` + `datasets`: vectorized
    in the dataset map, cached, shuffled, batched, prefetched) against the
    same model fed the same token ids as in-memory NumPy arrays, 2 epochs each,
    first epoch (cold: includes vectorizing and tracing) and second epoch
@@ -121,25 +121,22 @@ def step_rates(data, overrides):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
-    from dltool.core import project as project_lib
-    from dltool.engine import train as training
     from dltool._tf import keras
-    from dltool.tasks import task_for
+    from dltool.engine.experiment import Experiment
 
     with tempfile.TemporaryDirectory() as tmp:
         project = make_project(data, Path(tmp))
-        config = project_lib.load_config(project, overrides)
-        task = task_for(config.template)
-        module = project_lib.load_model_module(project)
-        data_ = task.open_data(config, project)
-        train_ds, _ = training.training_datasets(task, config, data_)
+        experiment = Experiment.open(project, overrides)
+        config = experiment.config
+        data_ = experiment.open_data()
+        train_ds, _ = experiment.datasets(data_)
         examples = list(data_.splits["train"].as_numpy_iterator())
         features = {name: np.stack([x[name] for x, _ in examples]) for name in examples[0][0]}
         labels = np.array([y for _, y in examples])
 
         def fit(x, **kwargs):
             keras.utils.set_random_seed(config["training"]["seed"])
-            model, _ = project_lib.build_model(module, config, task.model_kwargs(data_.meta))
+            model, _ = experiment.build_model(data_.meta)
             started, seconds = [], []
             timer = keras.callbacks.LambdaCallback(
                 on_epoch_begin=lambda epoch, logs: started.append(time.perf_counter()),

@@ -1,9 +1,15 @@
 """The `dltool` command line.
 
-Each command parses its options, calls the library and prints the result.
-Library errors (`DltoolError`) become one line on stderr and exit code 1.
-TensorFlow is imported inside the commands that need it, so `dltool --help`,
-`dltool templates` and `dltool new` start fast.
+Each command parses its options, calls the library and prints the result;
+what a result looks like (text, `--quiet`, `--json`) is the task's to say
+(`dltool.tasks.Task`), so no command knows a template. Library errors
+(`DltoolError`) become one line on stderr and exit code 1. The project a
+command works on (`--project`, or the current folder) is a `ProjectContext`
+that `pass_project` hands to the command.
+
+dltool modules are imported inside the commands that need them (the one
+place in dltool that does so), so `dltool --help`, `templates`, `new`,
+`completion` and `runs` without runs never import TensorFlow.
 """
 
 import contextlib
@@ -31,9 +37,61 @@ def user_errors():
         raise error from None
 
 
+class ProjectContext:
+    """The project a command works on: the `--project` option, the folder it
+    names (the current folder without it) and its config, read when first
+    needed.
+
+    Attributes:
+        option: The `--project` value, or None.
+    """
+
+    def __init__(self):
+        self.option = None
+        self._folder = None
+
+    @property
+    def given(self):
+        """Whether `--project` was given."""
+        return self.option is not None
+
+    @property
+    def folder(self):
+        """The project folder, absolute.
+
+        Raises:
+            ProjectError: if it has no `config.toml`.
+        """
+        if self._folder is None:
+            from dltool.core.project import find_project
+
+            self._folder = find_project(self.option)
+        return self._folder
+
+    def config(self, overrides=()):
+        """The project's validated config with `section.key=value` overrides.
+
+        Raises:
+            ProjectError: not a project.
+            ConfigError: a bad key or value.
+        """
+        from dltool.core.project import load_config
+
+        return load_config(self.folder, overrides)
+
+
+pass_project = click.make_pass_decorator(ProjectContext, ensure=True)
+
+
+def _remember_project(ctx, param, value):
+    ctx.ensure_object(ProjectContext).option = value
+    return value
+
+
 project_option = click.option(
-    "--project", "project_dir", type=click.Path(file_okay=False, path_type=str),
-    default=None, help="Project folder (default: the current folder).")
+    "--project", type=click.Path(file_okay=False, path_type=str), default=None,
+    expose_value=False, callback=_remember_project,
+    help="Project folder (default: the current folder).")
 set_option = click.option(
     "--set", "overrides", multiple=True, metavar="SECTION.KEY=VALUE",
     help="Override a config value, e.g. --set training.epochs=5 (repeatable).")
@@ -46,7 +104,7 @@ def _complete_runs(ctx, param, incomplete):
     """Shell completion of run names: the folders under the project's runs/."""
     from dltool.core.runs import RUNS_DIR
 
-    root = Path(ctx.params.get("project_dir") or ".") / RUNS_DIR
+    root = Path(ctx.ensure_object(ProjectContext).option or ".") / RUNS_DIR
     try:
         names = sorted((p.name for p in root.iterdir() if p.is_dir()), reverse=True)
     except OSError:
@@ -72,12 +130,6 @@ def _check_output_flags(quiet, as_json):
 def _progress(quiet):
     """The echo of progress lines: stderr (stdout stays parseable), or none."""
     return None if quiet else (lambda line: click.echo(line, err=True))
-
-
-def _project(project_dir):
-    from dltool.core.project import find_project
-
-    return find_project(project_dir)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -146,11 +198,12 @@ def new(template, dest, name, data, force):
 @set_option
 @quiet_option("the strategy and precision a run would use")
 @json_option
-def info(project_dir, overrides, quiet, as_json):
+@pass_project
+def info(project, overrides, quiet, as_json):
     """Show versions, devices, and the strategy and precision a run would use."""
     _check_output_flags(quiet, as_json)
     with user_errors():
-        runtime_section = _runtime_section(project_dir, overrides)
+        runtime_section = _runtime_section(project, overrides)
         from dltool.engine import runtime
 
         facts = {"dltool": dltool.__version__, "python": platform.python_version(),
@@ -168,19 +221,13 @@ def info(project_dir, overrides, quiet, as_json):
             click.echo(f"{'':<12} {line}")
 
 
-def _runtime_section(project_dir, overrides):
+def _runtime_section(project, overrides):
     """The project's runtime settings; the defaults outside a project."""
     from dltool.core.config import COMMON_SECTIONS, CONFIG_FILE
 
-    if project_dir is None and not Path(CONFIG_FILE).is_file():
+    if not project.given and not Path(CONFIG_FILE).is_file():
         return {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
-    return _config(project_dir, overrides)["runtime"]
-
-
-def _config(project_dir, overrides):
-    from dltool.core.project import load_config
-
-    return load_config(_project(project_dir), overrides)
+    return project.config(overrides)["runtime"]
 
 
 @cli.command()
@@ -208,7 +255,8 @@ def _config(project_dir, overrides):
               help="Use the best hyperparameters of the newest search (best) or of the "
                    "search named SEARCH (see dltool tune).")
 @skip_bad_option
-def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
+@pass_project
+def train(project, overrides, epochs, batch_size, strategy, precision, seed,
           deterministic, worker_hosts, task_index, fresh, hparams, skip_bad):
     """Train the project's model; run it again to resume an interrupted run.
 
@@ -225,17 +273,17 @@ def train(project_dir, overrides, epochs, batch_size, strategy, precision, seed,
         from dltool.engine.cluster import find_cluster
 
         cluster = find_cluster(worker_hosts, task_index)
-        project = _project(project_dir)
+        folder = project.folder
         if hparams is not None:
             from dltool.tuning import trials
 
-            values, search = trials.find_best_hyperparameters(project, hparams)
+            values, search = trials.find_best_hyperparameters(folder, hparams)
             click.echo(f"Hyperparameters of search {search}'s best trial: "
                        + ", ".join(f"{k}={v}" for k, v in sorted(values.items())))
             overrides = (*trials.hyperparameter_overrides(values), *overrides)
         from dltool.engine.train import train as run_training
 
-        run_training(project, overrides, skip_bad=skip_bad, fresh=fresh, cluster=cluster,
+        run_training(folder, overrides, skip_bad=skip_bad, fresh=fresh, cluster=cluster,
                      echo=click.echo)
 
 
@@ -275,7 +323,8 @@ def _flag_overrides(flags):
 @skip_bad_option
 @click.option("--child-of", default=None, hidden=True,
               help="Internal: run trials as a child of a local search (STARTED,DEADLINE,INDEX).")
-def tune(project_dir, overrides, tuner, objective, direction, max_trials, executions_per_trial,
+@pass_project
+def tune(project, overrides, tuner, objective, direction, max_trials, executions_per_trial,
          epochs, time_budget, name, fresh, export_best, chief, worker, connect_timeout,
          skip_bad, child_of):
     """Search the hyperparameters of the config's [search] section with keras-tuner.
@@ -289,19 +338,19 @@ def tune(project_dir, overrides, tuner, objective, direction, max_trials, execut
              "tune.epochs": epochs, "tune.time_budget": time_budget}
     overrides = (*overrides, *_flag_overrides(flags))
     with user_errors():
-        project = _project(project_dir)
+        folder = project.folder
         from dltool.tuning import children as search_processes
 
         summary = None
         if not (chief or worker or child_of):  # TensorFlow stays out of this process
             summary = search_processes.run_in_children(
-                project, overrides, name=name, fresh=fresh, export_best=export_best,
+                folder, overrides, name=name, fresh=fresh, export_best=export_best,
                 skip_bad=skip_bad)
         if summary is None:
             from dltool.tuning.search import tune as run_tuning
 
             child = search_processes.ChildRole.parse(child_of) if child_of else None
-            summary = run_tuning(project, overrides, name=name, fresh=fresh, chief=chief,
+            summary = run_tuning(folder, overrides, name=name, fresh=fresh, chief=chief,
                                  worker=worker, connect_timeout=connect_timeout,
                                  export_best=export_best, skip_bad=skip_bad, echo=click.echo,
                                  child=child)
@@ -318,7 +367,8 @@ def tune(project_dir, overrides, tuner, objective, direction, max_trials, execut
 @skip_bad_option
 @quiet_option("the accuracy (a translator: the BLEU score)")
 @json_option
-def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
+@pass_project
+def evaluate(project, run_name, overrides, split, skip_bad, quiet, as_json):
     """Evaluate the best weights of a run: loss, accuracy, per-class figures
     (classifiers); BLEU and chrF, with sample translations (translator).
 
@@ -326,34 +376,20 @@ def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
     """
     _check_output_flags(quiet, as_json)
     with user_errors():
-        project = _project(project_dir)
+        from dltool.core import runs
         from dltool.engine.evaluate import evaluate as run_evaluation
+        from dltool.tasks import task_for
 
-        result = run_evaluation(project, run_name, split, skip_bad=skip_bad,
+        result = run_evaluation(project.folder, run_name, split, skip_bad=skip_bad,
                                 overrides=overrides, echo=_progress(quiet))
+        task = task_for(runs.find_run(project.folder, result["run"]).template)
     if as_json:
         click.echo(json.dumps(result, indent=2))
-        return
-    if quiet:
-        click.echo(f"{result['bleu']:.2f}" if "bleu" in result else f"{result['accuracy']:.4f}")
-        return
-    click.echo(f"Run {result['run']}, {split} split, {result['examples']} examples")
-    if "bleu" in result:
-        decoding = result["decoding"]
-        how = "greedy" if decoding["method"] == "greedy" else \
-            f"beam search, width {decoding['beam_width']}"
-        click.echo(f"BLEU  {result['bleu']:.2f}  ({result['signature']['bleu']})")
-        click.echo(f"chrF  {result['chrf']:.2f}  ({result['signature']['chrf']})")
-        click.echo(f"decoding: {how}; translations beside the references in "
-                   f"{result['translations_file']}")
-        return
-    click.echo(f"loss      {result['loss']:.4f}\naccuracy  {result['accuracy']:.4f}")
-    if "per_class" in result:
-        width = max(len(c["name"]) for c in result["per_class"])
-        click.echo(f"{'class':<{width}}  precision  recall  support")
-        for c in result["per_class"]:
-            click.echo(f"{c['name']:<{width}}  {c['precision']:>9.3f}  {c['recall']:>6.3f}"
-                       f"  {c['support']:>7}")
+    elif quiet:
+        click.echo(task.evaluation_summary(result))
+    else:
+        for line in task.evaluation_lines(result):
+            click.echo(line)
 
 
 @cli.command()
@@ -361,13 +397,13 @@ def evaluate(project_dir, run_name, overrides, split, skip_bad, quiet, as_json):
 @run_option
 @set_option
 @click.option("--name", default=None, help="Model name under saved_models/.")
-def export(project_dir, run_name, overrides, name):
+@pass_project
+def export(project, run_name, overrides, name):
     """Export a run as saved_models/NAME/VERSION (raw input in, labels out)."""
     with user_errors():
-        project = _project(project_dir)
         from dltool.engine.export import export as run_export
 
-        result = run_export(project, run_name, name, overrides=overrides,
+        result = run_export(project.folder, run_name, name, overrides=overrides,
                             echo=_progress(False))
     click.echo(f"Exported run {result['run']} as {result['path']} "
                f"(SavedModel + model.keras, version {result['version']})")
@@ -385,7 +421,8 @@ def export(project_dir, run_name, overrides, name):
 @set_option
 @quiet_option("the top label of each input, one per line")
 @json_option
-def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet, as_json):
+@pass_project
+def predict(project, inputs, input_file, model_path, top_k, overrides, quiet, as_json):
     """Predict INPUTS (image files, or texts for text templates) with an exported model.
 
     For a translator, each input is a sentence and its translation is printed.
@@ -398,47 +435,50 @@ def predict(inputs, input_file, project_dir, model_path, top_k, overrides, quiet
             from dltool.data.text import read_input_lines
 
             inputs = (*inputs, *read_input_lines(input_file))
-        project = None
-        if model_path is None or project_dir is not None or overrides:
-            project = _project(project_dir)
+        folder = None
+        if model_path is None or project.given or overrides:
+            folder = project.folder
         if top_k is None:
-            top_k = _config(project, overrides)["export"]["top_k"] if project else 3
+            top_k = project.config(overrides)["export"]["top_k"] if folder else 3
         from dltool.engine.predict import predict as run_predict
 
-        source, results = run_predict(project, list(inputs), model_path=model_path,
-                                      top_k=top_k, echo=_progress(quiet))
-    if results and isinstance(results[0][1], dict):  # translations
-        _print_translations(source, results, quiet, as_json)
-        return
+        source, task, results = run_predict(folder, list(inputs), model_path=model_path,
+                                            top_k=top_k, echo=_progress(quiet))
+    _print_predictions(task, source, results, quiet, as_json)
+
+
+def _print_predictions(task, source, results, quiet, as_json):
+    for item, prediction in results:
+        warning = task.prediction_warning(item, prediction)
+        if warning is not None:
+            click.echo(warning, err=True)
     if as_json:
-        click.echo(json.dumps([{"input": i, "top": [{"label": lbl, "probability": p}
-                                                    for lbl, p in top]}
-                               for i, top in results], indent=2))
-        return
-    if quiet:
-        for _, top in results:
-            click.echo(top[0][0])
-        return
-    click.echo(f"Model: {source}")
-    for item, top in results:
-        shown = ", ".join(f"{label} {probability:.3f}" for label, probability in top)
-        click.echo(f"{item}: {shown}")
+        click.echo(json.dumps([task.prediction_record(item, prediction)
+                               for item, prediction in results], indent=2,
+                              ensure_ascii=task.json_ensure_ascii))
+    elif quiet:
+        for _, prediction in results:
+            click.echo(task.prediction_summary(prediction))
+    else:
+        click.echo(f"Model: {source}")
+        for item, prediction in results:
+            click.echo(task.prediction_line(item, prediction))
 
 
 @cli.command()
 @click.argument("run_name", metavar="[RUN]", required=False, shell_complete=_complete_runs)
 @project_option
-def report(run_name, project_dir):
+@pass_project
+def report(project, run_name):
     """Write the report of RUN (default: the newest trained run) again.
 
     The report is PNG figures, a self-contained report.html and report.md in
     the run folder; train, evaluate and export write it too.
     """
     with user_errors():
-        project = _project(project_dir)
-        from dltool.report.reports import report_for
+        from dltool.engine.reporting import report_for
 
-        report_for(project, run_name, echo=click.echo)
+        report_for(project.folder, run_name, echo=click.echo)
 
 
 @cli.command("runs")
@@ -447,31 +487,45 @@ def report(run_name, project_dir):
               default=None, help="Show two runs' config differences and metrics side by side.")
 @quiet_option("the run names")
 @json_option
-def runs_command(project_dir, compare, quiet, as_json):
+@pass_project
+def runs_command(project, compare, quiet, as_json):
     """List the project's runs, newest first (or compare two)."""
     _check_output_flags(quiet, as_json)
     from dltool.core import runs
 
     with user_errors():
-        project = _project(project_dir)
         if compare:
-            _print_comparison(runs.compare(project, *compare), quiet, as_json)
+            _print_comparison(runs.compare(project.folder, *compare, extra_facts=_run_facts),
+                              quiet, as_json)
             return
-        found = [runs.summary(run) for run in runs.list_runs(project)]
+        listed = runs.list_runs(project.folder)
+        found = [{**runs.summary(run), **_run_facts(run)} for run in listed]
+        scores = [_task_of(run).table_score(facts) for run, facts in zip(listed, found)]
     if as_json:
         click.echo(json.dumps(found, indent=2))
     elif quiet:
         for facts in found:
             click.echo(facts["name"])
     elif not found:
-        click.echo(f"No runs yet in {project / runs.RUNS_DIR}: run `dltool train`")
+        click.echo(f"No runs yet in {project.folder / runs.RUNS_DIR}: run `dltool train`")
     else:
         header = ["name", "template", "date", "status", "epochs", "best", "test acc.",
                   "exported"]
         rows = [[f["name"], f["template"], f["date"], f["status"], str(f["epochs"]),
                  f"{f['monitor']} {f['best']:.4f}" if f["best"] is not None else "-",
-                 _cell(f.get("test_accuracy")), f["exported"] or "-"] for f in found]
+                 _cell(score), f["exported"] or "-"] for f, score in zip(found, scores)]
         _print_table(header, rows)
+
+
+def _task_of(run):
+    from dltool.tasks import task_for  # imports TensorFlow: only for projects with runs
+
+    return task_for(run.template)
+
+
+def _run_facts(run):
+    """What the run's task adds to its `dltool runs` row and comparison."""
+    return _task_of(run).run_facts(run)
 
 
 def _print_comparison(comparison, quiet, as_json):
@@ -512,12 +566,13 @@ def _print_table(header, rows):
               help="Address to listen on (0.0.0.0 makes it reachable from other machines).")
 @click.option("--port", type=click.IntRange(0, 65535), default=6006, show_default=True,
               help="Port to listen on (0: any free port).")
-def tensorboard(project_dir, host, port):
+@pass_project
+def tensorboard(project, host, port):
     """Start TensorBoard on the project's runs (and tuning searches); Ctrl+C stops it."""
     from dltool.core.runs import tensorboard_logdirs
 
     with user_errors():
-        logdirs = tensorboard_logdirs(_project(project_dir))
+        logdirs = tensorboard_logdirs(project.folder)
     spec = ",".join(f"{name}:{path}" for name, path in logdirs.items())
     click.echo("Logs: " + ", ".join(str(p) for p in logdirs.values()), err=True)
     from tensorboard import program
@@ -541,24 +596,6 @@ def completion(shell):
 
     completer = get_completion_class(shell)(cli, {}, "dltool", "_DLTOOL_COMPLETE")
     click.echo(completer.source())
-
-
-def _print_translations(source, results, quiet, as_json):
-    for item, out in results:
-        if out["truncated"]:
-            click.echo(f"Warning: {item[:40]!r}... is longer than the model's maximum "
-                       "length; only its beginning was translated", err=True)
-    if as_json:
-        click.echo(json.dumps([{"input": i, **out} for i, out in results], indent=2,
-                              ensure_ascii=False))
-        return
-    if quiet:
-        for _, out in results:
-            click.echo(out["translation"])
-        return
-    click.echo(f"Model: {source}")
-    for item, out in results:
-        click.echo(f"{item} -> {out['translation']}")
 
 
 def main():

@@ -140,3 +140,62 @@ def test_predict_shows_progress_on_many_inputs(runner, trained_project):
     assert len(result.stdout.splitlines()) == 301  # "Model: ..." + one line per input
     result = invoke(runner, "predict", *many, "--project", trained_project, "--quiet")
     assert len(result.output.splitlines()) == 300 and "Predicted" not in result.output
+
+
+# What the CLI prints is the task's: each template formats its own results.
+
+
+def test_task_for_returns_the_class_template_toml_names():
+    from dltool.core.errors import ConfigError
+    from dltool.tasks import Task, task_for
+    from dltool.tasks.classifier import ClassifierTask
+    from dltool.tasks.translator import TranslatorTask
+
+    task = task_for("sentiment")
+    assert type(task).__name__ == "SentimentTask" and isinstance(task, ClassifierTask)
+    assert task is task_for("sentiment") and task.name == "sentiment"
+    assert isinstance(task_for("translator"), TranslatorTask)
+    with pytest.raises(ConfigError) as error:
+        task_for("x")
+    assert str(error.value) == ("project.template must be one of image-classifier, "
+                                "sentiment, translator; got 'x'")
+    with pytest.raises(NotImplementedError):
+        Task({"name": "bare"}).evaluation_summary({})
+    assert Task({"name": "bare"}).batching(None) == {}
+
+
+def test_evaluate_prints_what_the_task_formats(runner, project, monkeypatch):
+    from dltool.engine import evaluate as evaluate_lib
+
+    run = project / "runs" / "20260101-000000"
+    run.mkdir(parents=True)
+    (run / "run.json").write_text(json.dumps({"name": run.name, "template": "image-classifier"}))
+    result = {"run": run.name, "split": "test", "examples": 3, "loss": 0.5, "accuracy": 2 / 3,
+              "per_class": [{"name": "cat", "precision": 1.0, "recall": 0.5, "support": 2},
+                            {"name": "ship", "precision": 0.5, "recall": 1.0, "support": 1}]}
+    monkeypatch.setattr(evaluate_lib, "evaluate", lambda *args, **kwargs: dict(result))
+    out = invoke(runner, "evaluate", "--project", project).stdout
+    assert out == ("Run 20260101-000000, test split, 3 examples\n"
+                   "loss      0.5000\naccuracy  0.6667\n"
+                   "class  precision  recall  support\n"
+                   "cat       1.000   0.500        2\n"
+                   "ship      0.500   1.000        1\n")
+    assert invoke(runner, "evaluate", "--project", project, "-q").stdout == "0.6667\n"
+
+
+def test_predict_prints_translations_as_the_translator_formats(runner, project, monkeypatch):
+    from dltool.engine import predict as predict_lib
+    from dltool.tasks import task_for
+
+    results = [("Hi.", {"translation": "Salut é.", "truncated": False}),
+               ("x" * 50, {"translation": "y", "truncated": True})]
+    monkeypatch.setattr(predict_lib, "predict", lambda *args, **kwargs:
+                        ("m/1", task_for("translator"), results))
+    result = invoke(runner, "predict", "Hi.", "--project", project)
+    assert result.stdout == f"Model: m/1\nHi. -> Salut é.\n{'x' * 50} -> y\n"
+    assert result.stderr == (f"Warning: {'x' * 40!r}... is longer than the model's maximum "
+                             "length; only its beginning was translated\n")
+    assert invoke(runner, "predict", "Hi.", "--project", project, "-q").stdout == "Salut é.\ny\n"
+    printed = invoke(runner, "predict", "Hi.", "--project", project, "--json").stdout
+    assert '"translation": "Salut é."' in printed  # not escaped
+    assert json.loads(printed) == [{"input": i, **out} for i, out in results]

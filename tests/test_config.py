@@ -101,3 +101,64 @@ def test_model_key_not_read_by_build_model(runner, project):
     assert "unknown config key 'model.filtres'; did you mean model.filters?" in result.output
     assert "build_model reads:" in result.output
     assert not (project / "runs").exists()
+
+
+def test_unknown_template_message_lists_the_templates(project):
+    with pytest.raises(ConfigError) as error:
+        _load(project, "project.template=x")
+    assert str(error.value) == ("project.template must be one of image-classifier, sentiment, "
+                                "translator; got 'x'")
+
+
+def test_template_schema_comes_from_template_toml():
+    image = config_lib.schema_for("image-classifier")
+    assert image["data"]["image_size"] == config_lib.Field([32, 32], length=2)
+    assert image["training"]["epochs"].default == 44  # the template's own default
+    assert image["training"]["epochs"].minimum == 1  # the rest from COMMON_SECTIONS
+    assert config_lib.COMMON_SECTIONS["training"]["epochs"].default == 10
+    translator = config_lib.schema_for("translator")
+    assert list(translator) == [*config_lib.COMMON_SECTIONS, "data", "decoding"]
+    assert translator["decoding"]["method"].choices == ("greedy", "beam")
+    assert not hasattr(config_lib, "TEMPLATE_SECTIONS")
+    assert config_lib.defaults(image)["data"]["validation_split"] == 0.1
+
+
+# ---- time budgets: training.time_budget and tune.time_budget take the same forms ----
+
+@pytest.mark.parametrize("key", ["training.time_budget", "tune.time_budget"])
+@pytest.mark.parametrize("written, seconds", [
+    ("90s", 90), ("30m", 1800), ("2h", 7200), ("1.5h", 5400),
+    ("45", 2700), ("'45'", 2700), ("1.5", 90), ("0", None), ("''", None), ("0.0", None),
+])
+def test_time_budget_forms(project, key, written, seconds):
+    config = _load(project, f"{key}={written}")
+    section, name = key.split(".")
+    value = config[section][name]
+    assert config_lib.parse_duration(value, key) == seconds
+    if isinstance(value, str):  # kept as written, so a run's config digest is stable
+        assert value == written.strip("'")
+
+
+def test_time_budget_numbers_are_kept_as_before(project):
+    assert _load(project)["training"]["time_budget"] == 0.0
+    assert _load(project)["tune"]["time_budget"] == ""
+    assert _load(project, "training.time_budget=30")["training"]["time_budget"] == 30.0
+    assert _load(project, "tune.time_budget=30")["tune"]["time_budget"] == 30
+
+
+@pytest.mark.parametrize("key", ["training.time_budget", "tune.time_budget"])
+@pytest.mark.parametrize("written, shown", [
+    ("soon", "'soon'"), ("-5", "-5"), ("'-5m'", "'-5m'"), ("0s", "'0s'"), ("true", "True"),
+    ("[30]", "[30]"), ("nan", "nan"), ("30x", "'30x'"),
+])
+def test_bad_time_budget(project, key, written, shown):
+    with pytest.raises(ConfigError) as error:
+        _load(project, f"{key}={written}")
+    assert str(error.value) == (f"{key} must be a duration such as 90s, 30m or 2h, or a number "
+                                f"of minutes; got {shown}")
+
+
+@pytest.mark.parametrize("value, seconds", [(45, 2700), (0.5, 30), (0, None), (0.0, None),
+                                            (" 2h ", 7200), ("", None)])
+def test_parse_duration_numbers_are_minutes(value, seconds):
+    assert config_lib.parse_duration(value) == seconds

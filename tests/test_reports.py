@@ -17,8 +17,11 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_MODEL, invoke
+from dltool.core.errors import DataError
+from dltool.core.runs import Run
 from dltool.report import plots
 from dltool.report import reports
+from dltool.tasks import classifier
 
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                   "--no-first-run", "--disable-background-networking",
@@ -45,7 +48,7 @@ def test_history_keeps_the_last_line_of_a_resumed_epoch(tmp_path):
         "epoch,accuracy,loss,val_accuracy,val_loss\n"
         "0,0.1,2.3,0.1,2.3\n1,0.2,2.1,0.15,2.2\n"
         "1,0.25,2.0,0.2,2.1\n2,0.3,1.9,0.25,2.0\n")  # epoch 1 again after a resume
-    history = reports.read_history(tmp_path)
+    history = Run(tmp_path, {"name": "run"}).history()
     assert history["epoch"] == [0, 1, 2]
     assert history["accuracy"] == [0.1, 0.25, 0.3]
     names = plots.learning_curves(history, tmp_path / "curves.png")
@@ -57,15 +60,15 @@ def test_history_na_cells_are_missing_values(tmp_path):
     # CSVLogger writes NA for a metric an epoch did not log.
     (tmp_path / "history.csv").write_text("epoch,accuracy,loss,val_loss\n"
                                           "0,0.1,2.3,NA\n1,0.2,2.1,2.2\n")
-    history = reports.read_history(tmp_path)
+    history = Run(tmp_path, {"name": "run"}).history()
     assert history["accuracy"] == [0.1, 0.2]
     assert history["val_loss"][1] == 2.2 and history["val_loss"][0] != history["val_loss"][0]
 
 
 def test_history_that_is_not_csv_names_the_file(tmp_path):
     (tmp_path / "history.csv").write_text("epoch,loss\nzero,abc\n")
-    with pytest.raises(reports.DataError, match="history.csv: not a readable"):
-        reports.read_history(tmp_path)
+    with pytest.raises(DataError, match="history.csv: not a readable"):
+        Run(tmp_path, {"name": "run"}).history()
 
 
 def test_text_is_escaped_in_html_and_markdown(tmp_path):
@@ -129,7 +132,7 @@ def test_evaluate_saves_predictions_examples_and_figures(evaluated_project):
                  "mistakes-test.png"):
         width, height = _png_size(run / name)
         assert width > 300 and height > 200, name
-    rows = reports.read_predictions(run, "test")
+    rows = classifier.read_predictions(Run.open(run), "test")
     assert len(rows) == 200 and [r["index"] for r in rows] == list(range(200))
     evaluation = json.loads((run / "evaluation-test.json").read_text())
     right = sum(r["true"] == r["predicted"] for r in rows)
@@ -297,7 +300,7 @@ def test_sentiment_report_shows_confident_mistakes_escaped(runner, tmp_path):
     result = invoke(runner, "evaluate", "--project", project)
     assert result.exit_code == 0, result.output
     run = _only_run(project)
-    rows = reports.read_predictions(run, "test")
+    rows = classifier.read_predictions(Run.open(run), "test")
     assert [r["input"] for r in rows] == [line.split("\t")[0] for line in test]
     assert _png_size(run / "mistakes-test.png")[0] == 1000
     markdown = (run / "report.md").read_text()

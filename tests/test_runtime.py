@@ -65,13 +65,14 @@ def test_multi_worker_without_tf_config_is_refused(monkeypatch):
 
 def test_template_model_outputs_float32_under_mixed_precision(project):
     from dltool.core import project as project_lib
+    from dltool.engine import experiment as experiment_lib
     from dltool._tf import keras
 
     config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])
-    module = project_lib.load_model_module(project)
+    module = experiment_lib.load_model_module(project)
     try:
         runtime.set_precision("mixed_float16")
-        model, _ = project_lib.build_model(module, config, {"num_classes": 10})
+        model, _ = experiment_lib.build_model(module, config, {"num_classes": 10})
         assert model.layers[-2].compute_dtype == "float16"
         assert model.output.dtype == "float32"
     finally:

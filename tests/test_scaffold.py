@@ -1,6 +1,7 @@
 """`dltool new`: safe rendering, refusals, nothing half-written."""
 
 import os
+import re
 import stat
 import tomllib
 
@@ -166,3 +167,139 @@ def test_environment_is_sandboxed_and_strict(tmp_path):
     env = scaffold._environment(tmp_path)
     assert isinstance(env, jinja2.sandbox.ImmutableSandboxedEnvironment)
     assert env.undefined is jinja2.StrictUndefined
+
+
+# ---- config.toml: every default from the schema, the shared sections from one partial ----
+
+TEMPLATES = ("image-classifier", "sentiment", "translator")
+SHARED_SECTIONS = ("project", "training", "tune", "runtime", "export")
+# Values the sentiment template writes for its embedded sample instead of the
+# schema's defaults (empty: every label of the data).
+SAMPLE_VALUES = {("sentiment", "builtin:sst2"): {"data.labels": "0,1",
+                                                 "data.label_names": "negative,positive"}}
+
+
+def _rendered_config(tmp_path, template, data=None):
+    dest = tmp_path / f"{template}-{'default' if data is None else 'data'}"
+    scaffold.render_project(template, dest, name="proj", data=data)
+    return tomllib.loads((dest / "config.toml").read_text())
+
+
+@pytest.mark.parametrize("data", [None, "some/folder"])
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_rendered_config_shows_the_schema_defaults(tmp_path, template, data):
+    from dltool.core import config as config_lib
+
+    rendered = _rendered_config(tmp_path, template, data)
+    schema = config_lib.schema_for(template)
+    source = data if data is not None else scaffold.find_template(template)["default_data"]
+    expected = {**{f"{s}.{k}": f.default for s, fields in schema.items()
+                   for k, f in fields.items()},
+                "project.name": "proj", "project.template": template, "data.source": source,
+                **SAMPLE_VALUES.get((template, source), {})}
+    shown = {f"{s}.{k}": v for s, keys in rendered.items() if s not in ("model", "search")
+             for k, v in keys.items()}
+    assert set(shown) == set(expected)  # every schema key, and nothing else
+    for key, value in shown.items():
+        assert (value, type(value)) == (expected[key], type(expected[key])), key
+    assert rendered["model"] and rendered["search"]
+    assert config_lib.validate(rendered)
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_rendered_config_has_every_shared_key(tmp_path, template):
+    from dltool.core import config as config_lib
+
+    rendered = _rendered_config(tmp_path, template)
+    for section in SHARED_SECTIONS:
+        assert set(rendered[section]) == set(config_lib.COMMON_SECTIONS[section]), section
+    own = (scaffold.find_template(template)["path"] / "project" / "config.toml.jinja").read_text()
+    for section in SHARED_SECTIONS[1:]:  # written once, in the shared partial
+        assert not re.search(rf"^\[{section}\]", own, re.MULTILINE), section
+    assert '{% include "_shared/config.toml.jinja" %}' in own
+
+
+def test_template_defaults_of_shared_keys(tmp_path):
+    assert _rendered_config(tmp_path, "image-classifier")["training"]["epochs"] == 44
+    translator = _rendered_config(tmp_path, "translator")
+    assert translator["training"]["monitor"] == "val_loss"
+    assert translator["runtime"]["cpu_devices"] == 1
+    assert translator["training"]["deterministic"] is False
+    assert translator["training"]["include_validation"] is False
+
+
+def test_shared_folder_is_not_a_template():
+    names = [t["name"] for t in scaffold.list_templates()]
+    assert names == sorted(TEMPLATES)
+    assert (scaffold.templates_root() / scaffold.SHARED_DIR / "config.toml.jinja").is_file()
+    assert scaffold.find_template("image-classifier")["default_data"] == "builtin:cifar10"
+
+
+@pytest.mark.parametrize("value, literal", [
+    ("auto", '"auto"'), ('say "hi" \\ bye', '"say \\"hi\\" \\\\ bye"'), (0.1, "0.1"),
+    (0.0, "0.0"), (44, "44"), (False, "false"), ([32, 32], "[32, 32]"), ("", '""')])
+def test_toml_filter(value, literal):
+    assert scaffold._toml_literal(value) == literal
+    assert tomllib.loads(f"v = {literal}")["v"] == value
+
+
+@pytest.mark.parametrize("config, message", [
+    ('[config.data]\nsize = {default = {a = 1}}', "its default must be a string"),
+    ('[config.data]\nsize = {default = 1, step = 2}', "may hold only default, choices"),
+    ('[config.data]\nsize = {minimum = 2}', "config.data.size must be a table with a default"),
+    ('[config.data]\nsize = {default = 0, minimum = 1}', "the default of config.data.size: "
+                                                          "data.size must be an integer >= 1"),
+    ('[config.training]\nepochz = {default = 3}', "a template may only set the default"),
+    ('[config.training]\nepochs = {default = 3, minimum = 0}', "may only set the default"),
+    ('[config.training]\nepochs = {default = "3"}', "training.epochs must be an integer"),
+    ('[config.model]\nunits = {default = 3}', "neither model nor search"),
+])
+def test_invalid_config_table_in_template_toml(tmp_path, monkeypatch, config, message):
+    root = _fake_template(tmp_path, {"x.txt.jinja": "x"})
+    meta = root / "evil" / "template.toml"
+    meta.write_text(meta.read_text() + config + "\n")
+    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError, match="template.toml: .*" + message.replace("(", r"\(")):
+        scaffold.render_project("evil", out / "p")
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.parametrize("payload", [
+    '{% include "../template.toml" %}',
+    '{% include "_shared/../../evil/template.toml" %}',
+    '{% include "/etc/passwd" %}',
+    '{% include "_shared/missing.jinja" %}',
+])
+def test_includes_stay_in_the_template_and_shared_folder(tmp_path, monkeypatch, payload):
+    root = _fake_template(tmp_path, {"x.txt.jinja": payload})
+    (root / scaffold.SHARED_DIR).mkdir()
+    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError, match="failed to render"):
+        scaffold.render_project("evil", out / "p")
+    assert list(out.iterdir()) == []
+
+
+def test_shared_partial_renders_in_a_fake_template(tmp_path, monkeypatch):
+    root = _fake_template(tmp_path, {"x.txt.jinja": '{% include "_shared/p.jinja" %}'})
+    (root / scaffold.SHARED_DIR).mkdir()
+    (root / scaffold.SHARED_DIR / "p.jinja").write_text(
+        "epochs = {{ defaults.training.epochs | toml }}\n")
+    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    scaffold.render_project("evil", tmp_path / "p")
+    assert (tmp_path / "p" / "x.txt").read_text() == "epochs = 10\n"
+
+
+def test_symlink_in_shared_folder_refused(tmp_path, monkeypatch):
+    root = _fake_template(tmp_path, {"a.txt": "a"})
+    (root / scaffold.SHARED_DIR).mkdir()
+    os.symlink("/etc/passwd", root / scaffold.SHARED_DIR / "link")
+    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError, match="symlink"):
+        scaffold.render_project("evil", out / "p")
+    assert list(out.iterdir()) == []

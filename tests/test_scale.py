@@ -613,13 +613,14 @@ def _has_gpu():
                                              ("mixed_bfloat16", "bfloat16")])
 def test_mixed_precision_trains_with_float32_outputs_and_loss(project, policy, compute):
     from dltool.core import project as project_lib
+    from dltool.engine import experiment as experiment_lib
     from dltool.engine import runtime
     from dltool._tf import keras
 
     config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])
-    module = project_lib.load_model_module(project)
+    module = experiment_lib.load_model_module(project)
     with runtime.precision_scope(policy):
-        model, _ = project_lib.build_model(module, config, {"num_classes": 10})
+        model, _ = experiment_lib.build_model(module, config, {"num_classes": 10})
     assert keras.mixed_precision.global_policy().name == "float32"  # restored
     conv = next(layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D))
     assert conv.compute_dtype == compute and conv.kernel.dtype == "float32"
@@ -645,7 +646,7 @@ def test_mixed_precision_trains_with_float32_outputs_and_loss(project, policy, c
 def test_mixed_float16_run_exports_a_float32_saved_model(runner, project):
     from dltool.core import runs
     from dltool._tf import tf
-    from dltool.engine.train import load_trained_model
+    from dltool.engine.experiment import Experiment
 
     result = invoke(runner, "train", "--project", project, "--epochs", 1,
                     "--precision", "mixed_float16", *TINY_MODEL)
@@ -657,7 +658,8 @@ def test_mixed_float16_run_exports_a_float32_saved_model(runner, project):
     result = invoke(runner, "export", "--project", project)
     assert result.exit_code == 0, result.output
 
-    model, _, _ = load_trained_model(project, runs.find_trained(project))
+    run = runs.find_trained(project)
+    model = Experiment.for_run(project, run).load_trained_model(run)
     assert model.layers[-2].compute_dtype == "float16"  # as trained
     jpegs = [p.read_bytes() for p in sorted((project / "samples").glob("*.jpg"))]
     serve = tf.saved_model.load(str(project / "saved_models" / "proj" / "1")) \

@@ -12,8 +12,7 @@ from dltool._tf import tf
 from dltool.data import text
 from dltool.core.errors import ConfigError, DataError
 
-DATA = {key: field.default for key, field in
-        config_lib.TEMPLATE_SECTIONS["sentiment"]["data"].items()}
+DATA = config_lib.defaults(config_lib.schema_for("sentiment"))["data"]
 SMALL_MODEL = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
                "--set", "data.sequence_length=24", "--set", "training.verbose=0")
 LONG_TEXT = "a fine film , " * 5000
@@ -236,10 +235,10 @@ def test_train_records_vocabulary_and_labels(trained_text_project):
 @pytest.mark.slow
 def test_saved_model_matches_in_memory_model_on_raw_strings(trained_text_project):
     from dltool.core import runs
-    from dltool.engine.train import load_trained_model
+    from dltool.engine.experiment import Experiment
 
     run = runs.find_trained(trained_text_project)
-    model, _, _ = load_trained_model(trained_text_project, run)
+    model = Experiment.for_run(trained_text_project, run).load_trained_model(run)
     meta = run["meta"]
     vectorizer = text.make_vectorizer(24, vocabulary=meta["vocabulary"])
     features = text.vectorize(vectorizer, tf.constant(ODD_TEXTS), meta["subword_buckets"],
@@ -322,13 +321,14 @@ def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
     ("lstm", True, 2), ("gru", False, 1), ("rnn", True, 1), ("rnn", False, 2)])
 def test_each_cell_builds_and_trains_one_step(project_files, cell, bidirectional, layers):
     from dltool.core import project as project_lib
+    from dltool.engine import experiment as experiment_lib
 
     config = config_lib.load_config(project_files / "config.toml", [
         f"model.cell={cell}", f"model.bidirectional={str(bidirectional).lower()}",
         f"model.layers={layers}", "model.units=8", "model.embedding_dim=8",
         "model.optimizer=sgd", "model.learning_rate=0.05", "data.sequence_length=12"])
-    module = project_lib.load_model_module(project_files)
-    model, _ = project_lib.build_model(module, config, {"num_classes": 3, "vocabulary_size": 50})
+    module = experiment_lib.load_model_module(project_files)
+    model, _ = experiment_lib.build_model(module, config, {"num_classes": 3, "vocabulary_size": 50})
     rng = np.random.default_rng(0)
     token_ids = rng.integers(1, 50, (8, 12)).astype("int32")
     token_ids[:, 6:] = 0
@@ -351,8 +351,9 @@ def project_files(tmp_path_factory):
 
 def test_unknown_cell_is_a_config_error(project_files):
     from dltool.core import project as project_lib
+    from dltool.engine import experiment as experiment_lib
 
     config = config_lib.load_config(project_files / "config.toml", ["model.cell=transformer"])
-    module = project_lib.load_model_module(project_files)
+    module = experiment_lib.load_model_module(project_files)
     with pytest.raises(ConfigError, match="model.cell must be one of lstm, gru, rnn; got"):
-        project_lib.build_model(module, config, {"num_classes": 2, "vocabulary_size": 50})
+        experiment_lib.build_model(module, config, {"num_classes": 2, "vocabulary_size": 50})

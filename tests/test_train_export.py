@@ -73,10 +73,10 @@ def _sample_bytes(project):
 
 def test_saved_model_matches_in_memory_model(trained_project):
     from dltool.core import runs
-    from dltool.engine.train import load_trained_model
+    from dltool.engine.experiment import Experiment
 
     run = runs.find_trained(trained_project)
-    model, _, _ = load_trained_model(trained_project, run)
+    model = Experiment.for_run(trained_project, run).load_trained_model(run)
     jpegs = _sample_bytes(trained_project)
     pngs = [tf.io.encode_png(tf.io.decode_jpeg(b)).numpy() for b in jpegs]
     pixels = tf.stack([images.decode_image(b, (32, 32)) for b in jpegs])

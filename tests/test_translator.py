@@ -14,8 +14,7 @@ from dltool.data import parallel
 from dltool.core.errors import DataError
 from dltool.tasks import translator
 
-DATA = {key: field.default for key, field in
-        config_lib.TEMPLATE_SECTIONS["translator"]["data"].items()}
+DATA = config_lib.defaults(config_lib.schema_for("translator"))["data"]
 SMALL_MODEL = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
                "--set", "data.source_vocabulary_size=400",
                "--set", "data.target_vocabulary_size=400",
@@ -238,11 +237,11 @@ def test_train_writes_the_split_and_vocabularies(trained_translator):
 @pytest.mark.slow
 def test_saved_model_matches_in_memory_model_on_raw_strings(trained_translator):
     from dltool.core import runs
-    from dltool.engine.train import load_trained_model
+    from dltool.engine.experiment import Experiment
 
     texts = ["How are you?", "", "Tom is my friend.", LONG_TEXT, "Où est-il ?"]
     run = runs.find_trained(trained_translator)
-    model, _, _ = load_trained_model(trained_translator, run)
+    model = Experiment.for_run(trained_translator, run).load_trained_model(run)
     in_memory = translator.Translator(model, run["meta"])
     loaded = tf.saved_model.load(str(trained_translator / "saved_models" / "fr" / "1"))
     assert {"serving_default", "translate_greedy", "translate_beam"} <= set(loaded.signatures)
@@ -329,14 +328,15 @@ def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
 def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, architecture,
                                                              cell):
     from dltool.core import project as project_lib
+    from dltool.engine import experiment as experiment_lib
 
     project = tmp_path / "proj"
     assert invoke(runner, "new", "translator", project).exit_code == 0
     config = config_lib.load_config(project / "config.toml", [
         f"model.architecture={architecture}", f"model.cell={cell}", "model.units=8",
         "model.embedding_dim=8", "model.heads=2", "model.transformer_layers=1"])
-    module = project_lib.load_model_module(project)
-    model, _ = project_lib.build_model(module, config, {"source_vocabulary_size": 30,
+    module = experiment_lib.load_model_module(project)
+    model, _ = experiment_lib.build_model(module, config, {"source_vocabulary_size": 30,
                                                         "target_vocabulary_size": 20})
     rng = np.random.default_rng(0)
     inputs = {"source_ids": rng.integers(1, 30, (4, 6)).astype("int32"),

@@ -70,8 +70,9 @@ def test_search_space_kinds():
     assert [space[k]["kind"] for k in "abcd"] == ["int", "float", "float", "choice"]
 
 
+# A plain number is minutes, for both time budgets (issue 13; it was seconds here).
 @pytest.mark.parametrize("text, seconds", [("90s", 90), ("30m", 1800), ("1.5h", 5400),
-                                           ("45", 45), ("", None)])
+                                           ("45", 2700), ("", None)])
 def test_parse_duration(text, seconds):
     assert config_lib.parse_duration(text) == seconds
 

@@ -1,9 +1,14 @@
 """Load and validate a project's `config.toml`.
 
-A config has the sections `project`, `data`, `model`, `search`, `training`,
-`tune`, `runtime` and `export`. Every key except those of `model` and
-`search` is declared here with its default and allowed values, so a typo or a
-wrong value is reported with the key's name and what it accepts. The `model`
+A config has the sections every template shares, `project`, `training`,
+`tune`, `runtime` and `export` (declared here, in `COMMON_SECTIONS`), the
+template's own sections (`data`, and e.g. the translator's `decoding`), and
+`model` and `search`. Every key except those of `model` and `search` is
+declared with its default and allowed values, so a typo or a wrong value is
+reported with the key's name and what it accepts. A template declares its own
+sections, and its own defaults of shared keys, in the `[config]` table of its
+`template.toml` (see `schema_for`); `dltool new` renders those defaults into
+the project's `config.toml`, so each default is stated once. The `model`
 section holds the defaults of the hyperparameters that `build_model(hp,
 config)` reads through `hp`; which keys it may hold is checked against the
 model itself (see `dltool.core.project`). The `search` section holds the space
@@ -13,6 +18,7 @@ model itself (see `dltool.core.project`). The `search` section holds the space
 This module never imports TensorFlow.
 """
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -22,7 +28,7 @@ from pathlib import Path
 
 import tomli_w
 
-from dltool.core.errors import ConfigError, ProjectError
+from dltool.core.errors import ConfigError, DltoolError, ProjectError, TemplateError
 
 CONFIG_FILE = "config.toml"
 
@@ -37,6 +43,8 @@ class Field:
         minimum: If set, the smallest number allowed.
         maximum: If set, the largest number allowed.
         length: For list values, the required number of items.
+        duration: The value is a duration (see `parse_duration`): a number of
+            minutes or a string such as "90s", "30m", "2h"; 0 or "" for none.
     """
 
     default: object
@@ -44,8 +52,11 @@ class Field:
     minimum: float = None
     maximum: float = None
     length: int = None
+    duration: bool = False
 
     def describe(self):
+        if self.duration:
+            return _DURATION_FORMS
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
         kind = _KIND_NAMES[type(self.default)]
@@ -77,7 +88,7 @@ COMMON_SECTIONS = {
         "lr_schedule": Field("cosine", choices=("cosine", "constant")),
         "warmup_epochs": Field(0, minimum=0),
         "monitor": Field("val_accuracy"),
-        "time_budget": Field(0.0, minimum=0.0),
+        "time_budget": Field(0.0, duration=True),
         "early_stopping_patience": Field(10, minimum=0),
         "seed": Field(42, minimum=0),
         "deterministic": Field(False),
@@ -92,7 +103,7 @@ COMMON_SECTIONS = {
         "epochs": Field(10, minimum=1),
         "executions_per_trial": Field(1, minimum=1),
         "early_stopping_patience": Field(3, minimum=0),
-        "time_budget": Field(""),
+        "time_budget": Field("", duration=True),
         "hyperband_factor": Field(3, minimum=2),
         "max_retries_per_trial": Field(0, minimum=0),
         "max_consecutive_failed_trials": Field(3, minimum=1),
@@ -109,52 +120,9 @@ COMMON_SECTIONS = {
     },
 }
 
-TEMPLATE_SECTIONS = {
-    "image-classifier": {
-        "data": {
-            "source": Field("builtin:cifar10"),
-            "image_size": Field([32, 32], length=2),
-            "validation_split": Field(0.1, minimum=0.0, maximum=0.9),
-            "cache": Field("auto", choices=("auto", "memory", "off")),
-            "skip_bad": Field(False),
-        },
-    },
-    "sentiment": {
-        "data": {
-            "source": Field("builtin:sst2"),
-            "text_column": Field("sentence"),
-            "label_column": Field("label"),
-            "delimiter": Field("auto", choices=("auto", "tab", "comma")),
-            "labels": Field(""),
-            "label_names": Field(""),
-            "validation_split": Field(0.1, minimum=0.0, maximum=0.9),
-            "vocabulary_size": Field(20000, minimum=3),
-            "sequence_length": Field(48, minimum=1),
-            "subword_buckets": Field(100000, minimum=0),
-            "subwords_per_word": Field(16, minimum=1),
-            "cache": Field("auto", choices=("auto", "memory", "off")),
-            "skip_bad": Field(False),
-        },
-    },
-    "translator": {
-        "data": {
-            "source": Field("builtin:fra-eng"),
-            "source_language": Field("en"),
-            "target_language": Field("fr"),
-            "max_length": Field(24, minimum=1),
-            "validation_split": Field(0.05, minimum=0.0, maximum=0.5),
-            "test_split": Field(0.05, minimum=0.0, maximum=0.5),
-            "source_vocabulary_size": Field(8000, minimum=4),
-            "target_vocabulary_size": Field(10000, minimum=4),
-            "cache": Field("auto", choices=("auto", "memory", "off")),
-            "skip_bad": Field(False),
-        },
-        "decoding": {
-            "method": Field("beam", choices=("greedy", "beam")),
-            "beam_width": Field(4, minimum=1, maximum=32),
-        },
-    },
-}
+# What a template's `template.toml` may say about a key of its `[config]`
+# table: a `Field`'s attributes.
+_TEMPLATE_FIELD_KEYS = ("default", "choices", "minimum", "maximum", "length")
 
 
 @dataclasses.dataclass
@@ -246,7 +214,11 @@ def parse_override(text):
 
 def _section_hint(name, value_text):
     """`; did you mean training.epochs=...?` for an override without a section."""
-    keys = {f"{section}.{key}" for schema in (COMMON_SECTIONS, *TEMPLATE_SECTIONS.values())
+    try:
+        schemas = [template_schema(meta) for meta in _templates().values()]
+    except DltoolError:  # a broken installation: hint from the shared keys only
+        schemas = [COMMON_SECTIONS]
+    keys = {f"{section}.{key}" for schema in schemas
             for section, fields in schema.items() for key in fields}
     by_leaf = {}
     for full in sorted(keys):
@@ -289,20 +261,101 @@ def validate(raw):
     sections["model"] = _check_model(raw.get("model", {}))
     sections["search"] = raw.get("search", {})
     parse_search_space(sections["search"])
-    parse_duration(sections["tune"]["time_budget"], "tune.time_budget")
     return sections
 
 
 def schema_for(template):
     """Returns the schema (section to key to Field) of a template's config.
 
+    The shared sections come from `COMMON_SECTIONS`; the template's own
+    sections, and its own defaults of shared keys, from the `[config]` table
+    of its `template.toml`, one inline table of `Field` attributes per key:
+
+        [config.data]
+        image_size = {default = [32, 32], length = 2}
+        validation_split = {default = 0.1, minimum = 0.0, maximum = 0.9}
+
+        [config.training]
+        epochs = {default = 44}    # a shared key: only its default
+
     Raises:
         ConfigError: if the template is not known.
+        TemplateError: if the template's `[config]` table is invalid.
     """
-    if template not in TEMPLATE_SECTIONS:
-        allowed = ", ".join(sorted(TEMPLATE_SECTIONS))
+    templates = _templates()
+    if not isinstance(template, str) or template not in templates:
+        allowed = ", ".join(sorted(templates))
         raise ConfigError(f"project.template must be one of {allowed}; got {template!r}")
-    return {**COMMON_SECTIONS, **TEMPLATE_SECTIONS[template]}
+    return template_schema(templates[template])
+
+
+def defaults(schema):
+    """Returns the defaults of a schema (see `schema_for`) as plain values.
+
+    Returns:
+        A dict of section to dict of key to default (lists copied).
+    """
+    return {section: {key: copy.deepcopy(field.default) for key, field in fields.items()}
+            for section, fields in schema.items()}
+
+
+def _templates():
+    """Returns the template metadata (see `scaffold.list_templates`) by name."""
+    from dltool.core import scaffold  # scaffold imports this module
+
+    return {meta["name"]: meta for meta in scaffold.list_templates()}
+
+
+def template_schema(meta):
+    """Returns the schema of a template (see `schema_for`).
+
+    Args:
+        meta: The template, an entry of `scaffold.list_templates()`.
+
+    Raises:
+        TemplateError: if its `[config]` table is invalid.
+    """
+    where = f"{meta['path'] / 'template.toml'}"
+    declared = meta.get("config", {})
+    if not isinstance(declared, dict):
+        raise TemplateError(f"{where}: [config] must be a table of sections")
+    schema = {section: dict(fields) for section, fields in COMMON_SECTIONS.items()}
+    for section, keys in declared.items():
+        if section in ("model", "search") or not isinstance(keys, dict):
+            raise TemplateError(f"{where}: config.{section} must be a table of keys, and "
+                                "neither model nor search (model.py's hyperparameters)")
+        shared = schema[section] if section in COMMON_SECTIONS else None
+        if shared is None:
+            schema[section] = {}
+        for key, attributes in keys.items():
+            name = f"{section}.{key}"
+            if not isinstance(attributes, dict) or "default" not in attributes:
+                raise TemplateError(f"{where}: config.{name} must be a table with a default")
+            if shared is not None:
+                if key not in shared or set(attributes) != {"default"}:
+                    raise TemplateError(
+                        f"{where}: config.{name}: [{section}] is shared by every template "
+                        "(dltool/core/config.py); a template may only set the default of "
+                        f"one of its keys ({', '.join(shared)})")
+                field = shared[key]  # the template's default is checked against it
+            else:
+                unknown = sorted(set(attributes) - set(_TEMPLATE_FIELD_KEYS))
+                if unknown or type(attributes["default"]) not in _KIND_NAMES or \
+                        not isinstance(attributes.get("choices", []), list):
+                    raise TemplateError(
+                        f"{where}: config.{name} may hold only "
+                        f"{', '.join(_TEMPLATE_FIELD_KEYS)}, and its default must be a "
+                        f"string, number, true/false or list (choices: a list); "
+                        f"got {attributes!r}")
+                if "choices" in attributes:
+                    attributes = {**attributes, "choices": tuple(attributes["choices"])}
+                field = Field(**attributes)
+            try:
+                default = _check(name, field, attributes["default"])
+            except ConfigError as e:
+                raise TemplateError(f"{where}: the default of config.{name}: {e}") from e
+            schema[section][key] = dataclasses.replace(field, default=default)
+    return schema
 
 
 def _unknown_message(name, allowed, what, prefix=""):
@@ -315,8 +368,12 @@ def _unknown_message(name, allowed, what, prefix=""):
 
 def _check(name, field, value):
     expected = type(field.default)
+    if field.duration:
+        parse_duration(value, name)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
+    if field.duration:
+        return value  # as written (a number of minutes, or e.g. "30m"): digests stay
     ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
     if ok and field.choices:
         ok = value in field.choices
@@ -430,29 +487,43 @@ def _search_entry(name, value):
 
 
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600}
+_DURATION_FORMS = "a duration such as 90s, 30m or 2h, or a number of minutes"
 
 
-def parse_duration(text, name="time budget"):
-    """Parses a duration such as `90s`, `30m`, `1.5h` (or plain seconds).
+def parse_duration(value, name="time budget"):
+    """Parses a duration: `90s`, `30m`, `2h`, `1.5h` or a number of minutes.
+
+    `training.time_budget` and `tune.time_budget` both take these forms; the
+    config keeps the value as written and consumers call this to get seconds.
 
     Args:
-        text: The duration; empty for none.
+        value: A string with a unit (`s`, `m` or `h`), or a number of minutes
+            (an int, a float or a numeric string). 0, "0" and "" mean none.
         name: What to call it in the error message.
 
     Returns:
-        The duration in seconds, or None for an empty `text`.
+        The duration in seconds (a float), or None for none.
 
     Raises:
-        ConfigError: if `text` is not a positive duration.
+        ConfigError: if `value` is not a duration, is negative, or is zero
+            with a unit ("0s": write 0 or "" for none).
     """
-    text = str(text).strip()
-    if not text:
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return None
+        has_unit = text[-1] in _DURATION_UNITS
+        number, unit = (text[:-1], text[-1]) if has_unit else (text, "m")
+        try:
+            amount = float(number)
+        except ValueError:
+            amount = None
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        amount, unit, has_unit = float(value), "m", False
+    else:
+        amount, has_unit = None, False
+    if amount == 0 and not has_unit:
         return None
-    number, unit = (text[:-1], text[-1]) if text[-1] in _DURATION_UNITS else (text, "s")
-    try:
-        seconds = float(number) * _DURATION_UNITS[unit]
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0 or seconds == float("inf"):
-        raise ConfigError(f"{name} must be a duration such as 90s, 30m or 2h; got {text!r}")
-    return seconds
+    if amount is None or not 0 < amount < float("inf"):
+        raise ConfigError(f"{name} must be {_DURATION_FORMS}; got {value!r}")
+    return amount * _DURATION_UNITS[unit]

@@ -1,146 +1,267 @@
-"""Run folders: `runs/<name>/` inside a project.
+"""Runs: `runs/<name>/` inside a project, and the `Run` object that owns one.
 
-A run folder holds the resolved config (`config.toml`), its metadata
-(`run.json`: status, pid, config digest, class names, epochs, metrics), the
+A run folder holds the resolved config (`config.toml`), its record
+(`run.json`: status, pid, config digest, data metadata, epochs, metrics), the
 best weights (`best.weights.h5`), the resume backup (`backup/`), the epoch log
-(`history.csv`) and TensorBoard logs (`tensorboard/`). Metadata is written
-atomically (temporary file, then rename).
+(`history.csv`), TensorBoard logs (`tensorboard/`), and what `dltool
+evaluate` and the report write. Every file name of a run is a member of
+`Run`; the record is written atomically (`dltool.core.files`).
 
 This module never imports TensorFlow.
 """
 
-import contextlib
+import csv
 import difflib
 import json
-import os
-import shutil
 import time
+import tomllib
 from pathlib import Path
 
-from dltool.core.errors import ProjectError
+from dltool.core import files
+from dltool.core.errors import DataError, ProjectError
 
 RUNS_DIR = "runs"
 TUNING_DIR = "tuning"
-RUN_FILE = "run.json"
-WEIGHTS_FILE = "best.weights.h5"
-TMP_PREFIX = ".tmp-"
 
 
-def fsync_path(path):
-    """Flushes a file or folder to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+class Run:
+    """One run folder and its record, `run.json`.
 
+    The record's fields read like a dict's (`run["meta"]`,
+    `run.get("best_value")`); `update` changes them in memory and on disk.
 
-@contextlib.contextmanager
-def replacing(path):
-    """Yields a temporary path next to `path`; renames it to `path` on success.
-
-    The temporary name ends like `path` (`.tmp-PID-best.weights.h5`), so
-    writers that check the suffix accept it. On an error it is removed and
-    `path` is left as it was.
+    Args:
+        folder: The folder this process writes the run's files to (a worker
+            of a multi-worker run writes to a temporary one).
+        record: The contents of `run.json`; at least `name`.
     """
-    path = Path(path)
-    tmp = path.with_name(f"{TMP_PREFIX}{os.getpid()}-{path.name}")
-    try:
-        yield tmp
-        fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
 
+    RECORD_FILE = "run.json"
+    CONFIG_FILE = "config.toml"
+    WEIGHTS_FILE = "best.weights.h5"
+    HISTORY_FILE = "history.csv"
+    BACKUP_DIR = "backup"
+    TENSORBOARD_DIR = "tensorboard"
+    REPORT_HTML = "report.html"
+    REPORT_MD = "report.md"
+    LEARNING_CURVES = "learning_curves.png"
+    SPLITS = ("test", "val")
 
-def remove_leftovers(run_dir):
-    """Deletes the temporary files and folders a killed process left in a run.
+    def __init__(self, folder, record):
+        self.dir = Path(folder)
+        self.record = dict(record)
 
-    Returns:
-        The number removed.
-    """
-    found = [p for p in Path(run_dir).rglob(f"{TMP_PREFIX}*")
-             if not _alive(_tmp_pid(p.name))]
-    for path in found:
-        if path.is_dir():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-    return len(found)
+    def __repr__(self):
+        return f"Run({str(self.dir)!r}, name={self.name!r})"
 
+    # ---- the record ----
 
-def _tmp_pid(name):
-    pid = name[len(TMP_PREFIX):].split("-", 1)[0]
-    return int(pid) if pid.isdigit() else None
+    @property
+    def name(self):
+        return self.record["name"]
 
+    @property
+    def template(self):
+        return self.record.get("template", "")
 
-def write_json_atomic(path, data):
-    """Writes `data` as JSON to `path` through a temporary file and a rename."""
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    @property
+    def meta(self):
+        """What the data decided and the exported model needs (class names, ...)."""
+        return self.record.get("meta", {})
 
+    def __getitem__(self, key):
+        return self.record[key]
 
-def write_text_atomic(path, text):
-    """Writes UTF-8 `text` to `path` through a temporary file and a rename."""
-    with replacing(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
+    def __contains__(self, key):
+        return key in self.record
 
+    def get(self, key, default=None):
+        return self.record.get(key, default)
 
-def read_run(run_dir):
-    """Returns a run's metadata dict (with `dir` added), or None if unreadable."""
-    try:
-        meta = json.loads((Path(run_dir) / RUN_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    meta["dir"] = Path(run_dir)
-    return meta
+    def update(self, **fields):
+        """Updates the record in memory and writes `run.json`; returns the run."""
+        self.record.update(fields)
+        files.write_json_atomic(self.record_file, self.record)
+        return self
+
+    # ---- its files ----
+
+    def file(self, name):
+        """The path of the file `name` in the run folder."""
+        return self.dir / name
+
+    @property
+    def record_file(self):
+        return self.dir / self.RECORD_FILE
+
+    @property
+    def config_file(self):
+        return self.dir / self.CONFIG_FILE
+
+    @property
+    def weights_file(self):
+        return self.dir / self.WEIGHTS_FILE
+
+    @property
+    def history_file(self):
+        return self.dir / self.HISTORY_FILE
+
+    @property
+    def backup_dir(self):
+        return self.dir / self.BACKUP_DIR
+
+    @property
+    def tensorboard_dir(self):
+        return self.dir / self.TENSORBOARD_DIR
+
+    @property
+    def report_html(self):
+        return self.dir / self.REPORT_HTML
+
+    @property
+    def report_md(self):
+        return self.dir / self.REPORT_MD
+
+    def evaluation_file(self, split):
+        return self.dir / f"evaluation-{split}.json"
+
+    def predictions_file(self, split):
+        return self.dir / f"predictions-{split}.csv"
+
+    def examples_file(self, split):
+        return self.dir / f"examples-{split}.npz"
+
+    def translations_file(self, split):
+        return self.dir / f"translations-{split}.tsv"
+
+    def figure_file(self, kind, split=None):
+        """A report figure: `KIND.png`, or `KIND-SPLIT.png` for one split."""
+        return self.dir / (f"{kind}-{split}.png" if split else f"{kind}.png")
+
+    def has_weights(self):
+        return self.weights_file.is_file()
+
+    def write_text(self, name, text):
+        """Writes the file `name` of the run atomically."""
+        files.write_text_atomic(self.dir / name, text)
+
+    def write_json(self, name, data):
+        """Writes `data` as the JSON file `name` of the run atomically."""
+        files.write_json_atomic(self.dir / name, data)
+
+    def remove_leftovers(self):
+        """Deletes what a killed process left half-written; returns how many."""
+        return files.remove_leftovers(self.dir)
+
+    # ---- what it recorded ----
+
+    def history(self):
+        """Reads the epoch log, `history.csv` (Keras' CSVLogger).
+
+        A resumed run may log an epoch twice: the last line of an epoch
+        wins. Empty cells and CSVLogger's `NA` (a metric an epoch did not
+        log) are missing values (NaN); a last line torn by a kill is left
+        out.
+
+        Returns:
+            Dict of column name to list of floats, epochs in order (column
+            `epoch`, 0-based); None when there is no history yet.
+
+        Raises:
+            DataError: naming the file if it cannot be parsed.
+        """
+        path = self.history_file
+        if not path.is_file():
+            return None
+        try:
+            with open(path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (OSError, csv.Error) as e:
+            raise DataError(f"{path}: not a readable training history ({e})") from e
+        by_epoch = {}
+        for i, row in enumerate(rows):
+            try:
+                by_epoch[int(row["epoch"])] = {k: float(v) for k, v in row.items()
+                                               if v not in ("", "NA")}
+            except (KeyError, ValueError, TypeError) as e:
+                if i == len(rows) - 1 and by_epoch:
+                    break  # the line a kill tore
+                raise DataError(f"{path}: not a readable training history ({e})") from e
+        if not by_epoch:
+            return None
+        epochs = sorted(by_epoch)
+        columns = sorted({k for row in by_epoch.values() for k in row})
+        return {k: [by_epoch[e].get(k, float("nan")) for e in epochs] for k in columns}
+
+    def evaluations(self):
+        """Returns `{split: evaluation dict}` for the splits the run was evaluated on.
+
+        Raises:
+            DataError: naming a file that exists but is not valid JSON.
+        """
+        found = {}
+        for split in self.SPLITS:
+            path = self.evaluation_file(split)
+            if path.is_file():
+                try:
+                    found[split] = json.loads(path.read_text(encoding="utf-8"))
+                except (OSError, ValueError) as e:
+                    raise DataError(f"{path}: not readable JSON ({e})") from e
+        return found
+
+    def config_sections(self):
+        """The run's resolved `config.toml` as parsed TOML sections.
+
+        Raises:
+            ProjectError: if it is missing or not TOML.
+        """
+        try:
+            return tomllib.loads(self.config_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ProjectError(f"{self.config_file}: not a readable config ({e})") from e
+
+    # ---- opening and creating ----
+
+    @classmethod
+    def open(cls, folder):
+        """Returns the run in `folder`, or None if its record is unreadable."""
+        record = files.read_json(Path(folder) / cls.RECORD_FILE)
+        if not isinstance(record, dict) or "name" not in record:
+            return None
+        return cls(folder, record)
+
+    @classmethod
+    def create(cls, project_dir, config, name=None):
+        """Creates a new run folder holding the resolved config.
+
+        Args:
+            project_dir: The project folder.
+            config: The resolved `Config`.
+            name: The run's name; the current time when None (with a suffix
+                if taken).
+
+        Returns:
+            The `Run`.
+        """
+        name = name or time.strftime("%Y%m%d-%H%M%S")
+        folder = Path(project_dir) / RUNS_DIR / name
+        suffix = 1
+        while folder.exists():
+            suffix += 1
+            folder = Path(project_dir) / RUNS_DIR / f"{name}-{suffix}"
+        folder.mkdir(parents=True)
+        run = cls(folder, {"name": folder.name, "template": config.template,
+                           "status": "created", "config_digest": config.digest(),
+                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs_done": 0})
+        files.write_text_atomic(run.config_file, config.to_toml())
+        return run.update()
 
 
 def list_runs(project_dir):
-    """Returns the metadata of a project's runs, newest first."""
+    """Returns a project's runs, newest first."""
     root = Path(project_dir) / RUNS_DIR
-    runs = [read_run(d) for d in sorted(root.iterdir(), reverse=True)] if root.is_dir() else []
-    return [r for r in runs if r is not None]
-
-
-def create_run(project_dir, config, name=None):
-    """Creates a new run folder holding the resolved config.
-
-    Returns:
-        The run's metadata dict.
-    """
-    name = name or time.strftime("%Y%m%d-%H%M%S")
-    run_dir = Path(project_dir) / RUNS_DIR / name
-    suffix = 1
-    while run_dir.exists():
-        suffix += 1
-        run_dir = Path(project_dir) / RUNS_DIR / f"{name}-{suffix}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.toml").write_text(config.to_toml(), encoding="utf-8")
-    meta = {"name": run_dir.name, "template": config.template, "status": "created",
-            "config_digest": config.digest(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-            "epochs_done": 0}
-    write_json_atomic(run_dir / RUN_FILE, meta)
-    return {**meta, "dir": run_dir}
-
-
-def update_run(run, **fields):
-    """Updates a run's metadata on disk and in `run`; returns `run`."""
-    run.update(fields)
-    write_json_atomic(run["dir"] / RUN_FILE, {k: v for k, v in run.items() if k != "dir"})
-    return run
-
-
-def _alive(pid):
-    if not pid or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    found = [Run.open(d) for d in sorted(root.iterdir(), reverse=True)] if root.is_dir() else []
+    return [r for r in found if r is not None]
 
 
 def find_resumable(project_dir, config):
@@ -152,25 +273,25 @@ def find_resumable(project_dir, config):
     for run in list_runs(project_dir):
         if run.get("status") in ("created", "running") and \
                 run.get("config_digest") == config.digest():
-            if _alive(run.get("pid")):
+            if files.process_alive(run.get("pid")):
                 raise ProjectError(
-                    f"run {run['name']} is being trained by process {run['pid']}; "
+                    f"run {run.name} is being trained by process {run['pid']}; "
                     "wait for it or stop it first")
             return run
     return None
 
 
 def find_run(project_dir, name):
-    """Returns the metadata of the run called `name`.
+    """Returns the run called `name`.
 
     Raises:
         ProjectError: if there is no such run (naming close matches).
     """
     runs = list_runs(project_dir)
     for run in runs:
-        if run["name"] == name:
+        if run.name == name:
             return run
-    close = difflib.get_close_matches(name, [r["name"] for r in runs], n=3)
+    close = difflib.get_close_matches(name, [r.name for r in runs], n=3)
     hint = f"; did you mean {', '.join(close)}?" if close else ""
     raise ProjectError(f"no run named {name!r} in {Path(project_dir) / RUNS_DIR}{hint}")
 
@@ -183,11 +304,11 @@ def find_trained(project_dir, name=None):
     """
     if name is not None:
         run = find_run(project_dir, name)
-        if not (run["dir"] / WEIGHTS_FILE).is_file():
+        if not run.has_weights():
             raise ProjectError(f"run {name} has no trained weights yet")
         return run
     for run in list_runs(project_dir):
-        if (run["dir"] / WEIGHTS_FILE).is_file():
+        if run.has_weights():
             return run
     raise ProjectError("no trained model yet: run `dltool train` first")
 
@@ -196,45 +317,39 @@ def summary(run):
     """Returns the facts `dltool runs` shows of a run, as a flat dict.
 
     Keys: `name`, `template`, `date`, `status`, `epochs`, `monitor`,
-    `best` (best value of the monitored metric, or None), `exported`
-    (`NAME/VERSION` or None), and the `test_accuracy` and `test_loss` of
-    `dltool evaluate` when it ran.
+    `best` (best value of the monitored metric, or None) and `exported`
+    (`NAME/VERSION` or None). The run's task adds its own facts
+    (`Task.run_facts`: a classifier's test accuracy and loss).
     """
     facts = {"name": run["name"], "template": run.get("template", ""),
              "date": run.get("started", ""), "status": run.get("status", ""),
              "epochs": run.get("epochs_done", 0), "monitor": run.get("monitor"),
              "best": run.get("best_value"), "exported": run.get("exported_version")}
-    try:
-        evaluation = json.loads((run["dir"] / "evaluation-test.json").read_text("utf-8"))
-        facts.update(test_accuracy=evaluation.get("accuracy"), test_loss=evaluation.get("loss"))
-    except (OSError, ValueError):
-        pass
     return facts
 
 
-def compare(project_dir, name_a, name_b):
+def compare(project_dir, name_a, name_b, extra_facts=None):
     """Compares two runs: config differences and metrics side by side.
+
+    Args:
+        project_dir: The project folder.
+        name_a: The first run's name.
+        name_b: The second run's name.
+        extra_facts: Function of a `Run` returning a dict of more facts to
+            compare (the run's `Task.run_facts`), or None.
 
     Returns:
         A dict with `runs` (the two names), `config` (list of
         `(key, value_a, value_b)` for every `section.key` that differs; None
         for a key one config lacks) and `metrics` (list of `(name, a, b)`:
-        epochs, best value, training time, last epoch's metrics, test
-        results).
+        epochs, best value, training time, last epoch's metrics, the
+        `extra_facts`, export).
 
     Raises:
         ProjectError: no such run, or a run folder without its config.
     """
-    import tomllib
-
     runs = [find_run(project_dir, name) for name in (name_a, name_b)]
-    configs = []
-    for run in runs:
-        path = run["dir"] / "config.toml"
-        try:
-            configs.append(_flatten(tomllib.loads(path.read_text(encoding="utf-8"))))
-        except (OSError, ValueError) as e:
-            raise ProjectError(f"{path}: not a readable config ({e})") from e
+    configs = [_flatten(run.config_sections()) for run in runs]
     keys = sorted(configs[0].keys() | configs[1].keys())
     config = [(k, configs[0].get(k), configs[1].get(k)) for k in keys
               if configs[0].get(k) != configs[1].get(k)]
@@ -250,10 +365,10 @@ def compare(project_dir, name_a, name_b):
     last = [run.get("last_metrics", {}) for run in runs]
     metrics += [(f"last {k}", last[0].get(k), last[1].get(k))
                 for k in sorted(last[0].keys() | last[1].keys())]
-    metrics += [(k, facts[0].get(k), facts[1].get(k)) for k in ("test_accuracy", "test_loss")
-                if k in facts[0] or k in facts[1]]
+    extra = [extra_facts(run) if extra_facts else {} for run in runs]
+    metrics += [(k, extra[0].get(k), extra[1].get(k)) for k in {**extra[0], **extra[1]}]
     metrics.append(("exported", facts[0]["exported"], facts[1]["exported"]))
-    return {"runs": [r["name"] for r in runs], "config": config, "metrics": metrics}
+    return {"runs": [r.name for r in runs], "config": config, "metrics": metrics}
 
 
 def _flatten(sections):

@@ -4,7 +4,13 @@ Rendering follows copier's safety rules: a sandboxed Jinja2 environment with
 `StrictUndefined`, only plain values in the context, only `*.jinja` files
 rendered (the rest copied byte for byte), no symlinks, every output path kept
 inside the destination, output written to a temporary sibling folder and
-renamed into place, and an existing destination refused.
+renamed into place, and an existing destination refused. Besides its own
+files, a template's `*.jinja` files may include the partials of the
+`templates/_shared/` folder (`{% include "_shared/NAME" %}`; nothing else
+outside the template's `project/` folder), and see the template's config
+defaults as `defaults` (section to key to value: `config.defaults` of
+`config.template_schema`), with the filter `toml` that writes a value as a TOML
+literal: `epochs = {{ defaults.training.epochs | toml }}`.
 
 This module never imports TensorFlow.
 """
@@ -22,10 +28,14 @@ import tomli_w
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 import dltool
+from dltool.core import config as config_lib
 from dltool.core.errors import DestinationExistsError, TemplateError
 
 ANSWERS_FILE = ".dltool-answers.toml"
 TEMPLATE_META_FILE = "template.toml"
+# The folder of the templates root holding the partials every template may
+# include (it has no template.toml, so it is not a template).
+SHARED_DIR = "_shared"
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _MAX_RENDERED_BYTES = 1_000_000
 _SKIPPED_NAMES = {"__pycache__", ".pytest_cache"}
@@ -49,12 +59,21 @@ def list_templates():
     """Lists the available templates.
 
     Returns:
-        A list of dicts with `name`, `description` and `path`, sorted by name.
+        A list of dicts, sorted by name, with the keys of each template's
+        `template.toml` (`name`, `description`, `task`, `config`, ...),
+        `path`, and `default_data`: the data source `dltool new` writes,
+        the default of `data.source` in the template's `[config]` table.
     """
     found = []
     for meta_path in sorted(templates_root().glob(f"*/{TEMPLATE_META_FILE}")):
-        with open(meta_path, "rb") as f:
-            meta = tomllib.load(f)
+        try:
+            with open(meta_path, "rb") as f:
+                meta = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise TemplateError(f"{meta_path}: invalid TOML: {e}") from e
+        source = meta.get("config", {}).get("data", {}).get("source", {})
+        if isinstance(source, dict) and "default" in source:
+            meta.setdefault("default_data", source["default"])
         found.append({**meta, "path": meta_path.parent})
     return found
 
@@ -129,11 +148,13 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         "template": template["name"],
         "dltool_version": dltool.__version__,
         "data_source": data if data is not None else template["default_data"],
+        "defaults": config_lib.defaults(config_lib.template_schema(template)),
     }
     staging = Path(tempfile.mkdtemp(prefix=".dltool-tmp-", dir=dest.parent))
     try:
         os.chmod(staging, 0o777 & ~_current_umask())
-        _render_tree(template["path"] / "project", staging, context)
+        _render_tree(template["path"] / "project", staging, context,
+                     shared_root=template["path"].parent / SHARED_DIR)
         _write_answers(staging, context)
         backup = _move_into_place(staging, dest, force)
     except BaseException:
@@ -148,18 +169,52 @@ def _current_umask():
     return mask
 
 
-def _environment(source_root):
-    return ImmutableSandboxedEnvironment(
-        loader=jinja2.FileSystemLoader(str(source_root)),
+def _environment(source_root, shared_root=None):
+    """The sandboxed environment that renders the files of `source_root`.
+
+    Templates load from `source_root`, and as `_shared/NAME` from
+    `shared_root` (by default the templates root's `_shared/` folder).
+    """
+    if shared_root is None:
+        shared_root = templates_root() / SHARED_DIR
+    _refuse_symlinks(shared_root)
+    env = ImmutableSandboxedEnvironment(
+        loader=jinja2.ChoiceLoader([
+            jinja2.FileSystemLoader(str(source_root)),
+            jinja2.PrefixLoader({SHARED_DIR: jinja2.FileSystemLoader(str(shared_root))}),
+        ]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
         autoescape=False,
     )
+    env.filters["toml"] = _toml_literal
+    return env
 
 
-def _render_tree(source_root, target_root, context):
+def _refuse_symlinks(folder):
+    if folder.is_symlink():
+        raise TemplateError(f"template folder {folder.name} is a symlink; refused")
+    if folder.is_dir():
+        for path in folder.rglob("*"):
+            if path.is_symlink():
+                raise TemplateError(f"template file {path.relative_to(folder.parent)} "
+                                    "is a symlink; refused")
+
+
+def _toml_literal(value):
+    """The filter `toml`: `value` (a string, number, boolean or list of them)
+    as a TOML literal, e.g. `"auto"`, `0.1`, `false`, `[32, 32]`."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_literal(v) for v in value) + "]"
+    if not isinstance(value, (str, int, float, bool)):
+        raise jinja2.TemplateRuntimeError(
+            f"the toml filter writes strings, numbers, booleans and lists; got {value!r}")
+    return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
+
+
+def _render_tree(source_root, target_root, context, shared_root=None):
     """Renders `*.jinja` files and copies the rest from source to target."""
-    env = _environment(source_root)
+    env = _environment(source_root, shared_root)
     for source in sorted(source_root.rglob("*")):
         relative = source.relative_to(source_root)
         if _is_skipped(relative):

@@ -36,6 +36,7 @@ class ImageData:
         report: Lines describing the data (counts, skipped files) to show.
         meta: What an exported model needs to know of the data (set by the
             task).
+        run_files: Dict of file name to text the run folder keeps (none).
     """
 
     class_names: list
@@ -44,6 +45,7 @@ class ImageData:
     sizes: dict
     report: list
     meta: dict = dataclasses.field(default_factory=dict)
+    run_files: dict = dataclasses.field(default_factory=dict)
 
 
 def decode_image(data, image_size):

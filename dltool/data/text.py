@@ -54,6 +54,7 @@ class TextData:
         meta: What an exported model needs to know of the data (set by the
             task).
         texts: Dict of split name to its raw texts, in the split's order.
+        run_files: Dict of file name to text the run folder keeps (none).
     """
 
     class_names: list
@@ -63,6 +64,7 @@ class TextData:
     report: list
     meta: dict = dataclasses.field(default_factory=dict)
     texts: dict = dataclasses.field(default_factory=dict)
+    run_files: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

@@ -3,14 +3,14 @@
 import hashlib
 import json
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from dltool.core import runs
+from dltool.core import files
+from dltool.core.metrics import is_better
 from dltool._tf import keras
 from dltool.core.errors import DltoolError
 
@@ -27,11 +27,6 @@ class TrainingInterrupted(DltoolError):
 
 class DamagedBackupError(DltoolError):
     """No backup of a run can be loaded."""
-
-
-def monitor_mode(monitor):
-    """Returns `max` for accuracy-like metrics, `min` for losses."""
-    return "max" if "acc" in monitor or "auc" in monitor else "min"
 
 
 def _sha256(path):
@@ -172,18 +167,12 @@ class TrainingBackup(keras.callbacks.Callback):
         self.write_dir.mkdir(parents=True, exist_ok=True)
         newest = self.checkpoints(self.write_dir)
         number = int(newest[0].name.split("-")[1]) + 1 if newest else 1
-        staging = self.write_dir / f".tmp-{os.getpid()}-ckpt"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        weights = staging / self.WEIGHTS_FILE
-        self.model.save_weights(str(weights))
-        state = {"epoch": epoch, "batch": batch, "sha256": _sha256(weights)}
-        (staging / self.STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
-        for path in (weights, staging / self.STATE_FILE, staging):
-            runs.fsync_path(path)
         target = self.write_dir / f"ckpt-{number:06d}"
-        os.rename(staging, target)
-        runs.fsync_path(self.write_dir)
+        with files.staging_folder(target) as staging:
+            weights = staging / self.WEIGHTS_FILE
+            self.model.save_weights(str(weights))
+            state = {"epoch": epoch, "batch": batch, "sha256": _sha256(weights)}
+            (staging / self.STATE_FILE).write_text(json.dumps(state) + "\n", encoding="utf-8")
         for old in self.checkpoints(self.write_dir)[self.keep:]:
             shutil.rmtree(old, ignore_errors=True)
         return target
@@ -232,23 +221,24 @@ class BestWeights(keras.callbacks.Callback):
     Args:
         path: The weights file (`*.weights.h5`).
         monitor: Metric that decides which epoch is best.
+        mode: `max` or `min` (`dltool.core.metrics.direction` of `monitor`).
         best: Best value of an earlier part of the run, or None.
     """
 
-    def __init__(self, path, monitor, best=None):
+    def __init__(self, path, monitor, mode, best=None):
         super().__init__()
         self.path = Path(path)
         self.monitor = monitor
-        self.better = np.greater if monitor_mode(monitor) == "max" else np.less
+        self.mode = mode
         self.best = best
 
     def on_epoch_end(self, epoch, logs=None):
         value = (logs or {}).get(self.monitor)
-        if value is None or (self.best is not None and not self.better(value, self.best)):
+        if value is None or not is_better(value, self.best, self.mode):
             return
         self.best = float(value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with runs.replacing(self.path) as tmp:
+        with files.replacing(self.path) as tmp:
             self.model.save_weights(str(tmp))
 
 
@@ -372,15 +362,16 @@ class RunRecorder(keras.callbacks.Callback):
     """Records progress in the run's `run.json` after every epoch.
 
     Args:
-        run: The run's metadata dict (see `dltool.core.runs`).
+        run: The `dltool.core.runs.Run`.
         monitor: Metric whose best value is recorded.
+        mode: `max` or `min` (`dltool.core.metrics.direction` of `monitor`).
     """
 
-    def __init__(self, run, monitor):
+    def __init__(self, run, monitor, mode):
         super().__init__()
         self.run = run
         self.monitor = monitor
-        self.mode_max = monitor_mode(monitor) == "max"
+        self.mode = mode
         self.epoch_started = None
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -390,13 +381,12 @@ class RunRecorder(keras.callbacks.Callback):
         logs = logs or {}
         value = logs.get(self.monitor)
         best = self.run.get("best_value")
-        if value is not None and (best is None or
-                                  (value > best if self.mode_max else value < best)):
+        if value is not None and is_better(value, best, self.mode):
             best = float(value)
             self.run.update(best_value=best, best_epoch=epoch + 1)
         epoch_seconds = round(time.perf_counter() - self.epoch_started, 2)
         seconds = self.run.get("train_seconds", 0.0) + epoch_seconds
-        runs.update_run(self.run, epochs_done=epoch + 1, train_seconds=round(seconds, 2),
+        self.run.update(epochs_done=epoch + 1, train_seconds=round(seconds, 2),
                         epoch_seconds=[*self.run.get("epoch_seconds", []), epoch_seconds],
                         last_metrics={k: float(v) for k, v in logs.items()
                                       if np.isscalar(v) or np.ndim(v) == 0})

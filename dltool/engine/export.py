@@ -9,16 +9,14 @@ temporary name and renamed into place, so a version is complete or absent.
 """
 
 import json
-import os
-import shutil
 from pathlib import Path
 
-from dltool.report import reports
-from dltool.core import runs
 from dltool._tf import keras
+from dltool.core import files, runs
 from dltool.core.errors import ModelFileError, ProjectError
 from dltool.core.scaffold import validate_project_name
-from dltool.engine.train import load_trained_model
+from dltool.engine import reporting
+from dltool.engine.experiment import Experiment
 
 EXPORT_ROOT = "saved_models"
 METADATA_FILE = "dltool.json"
@@ -51,32 +49,29 @@ def export(project_dir, run_name=None, name=None, *, overrides=(), echo=None):
     """
     echo = echo or (lambda line: None)
     run = runs.find_trained(project_dir, run_name)
-    echo(f"Loading run {run['name']}")
-    model, config, task = load_trained_model(project_dir, run, overrides)
+    echo(f"Loading run {run.name}")
+    experiment = Experiment.for_run(project_dir, run, overrides)
+    config = experiment.config
+    model = experiment.load_trained_model(run)
     name = validate_project_name(
         name or config["export"]["name"] or config["project"]["name"] or Path(project_dir).name,
         what="model name")
     model_root = Path(project_dir) / EXPORT_ROOT / name
     model_root.mkdir(parents=True, exist_ok=True)
     version = (versions(model_root) or [0])[-1] + 1
-    staging = model_root / f".tmp-{version}-{os.getpid()}"
-    try:
+    with files.staging_folder(model_root / str(version)) as staging:
         echo("Writing the SavedModel (serving signature: raw input in, readable output out)")
-        write_saved_model(model, task.serving_endpoint(model, run["meta"]), staging)
+        write_saved_model(model, experiment.task.serving_endpoint(model, run.meta), staging)
         echo(f"Writing {KERAS_FILE}")
         model.save(staging / KERAS_FILE)
-        metadata = {"name": name, "version": version, "run": run["name"],
-                    "template": config.template, "meta": run["meta"],
+        metadata = {"name": name, "version": version, "run": run.name,
+                    "template": config.template, "meta": run.meta,
                     "best_value": run.get("best_value"), "monitor": run.get("monitor")}
         (staging / METADATA_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
-        os.rename(staging, model_root / str(version))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    runs.update_run(run, exported_version=f"{name}/{version}")
-    reports.write_report(project_dir, run, echo=echo)
+    run.update(exported_version=f"{name}/{version}")
+    reporting.write_run_report(project_dir, run, echo=echo)
     return {"path": model_root / str(version), "version": version, "name": name,
-            "run": run["name"]}
+            "run": run.name}
 
 
 def write_saved_model(model, endpoint, path):

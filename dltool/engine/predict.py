@@ -25,7 +25,7 @@ def load_predictor(project_dir, model_path=None):
 
     Returns:
         A tuple `(serve, task, source)`: `serve` maps a batch of raw inputs
-        to the signature's outputs, `task` the template's task module and
+        to the signature's outputs, `task` the template's `Task` and
         `source` the path used.
 
     Raises:
@@ -59,15 +59,19 @@ def predict(project_dir, items, *, model_path=None, top_k=3, echo=None):
 
     Args:
         project_dir: The project folder, or None.
-        items: Raw inputs as the template takes them (image file paths).
+        items: Raw inputs as the template takes them (image file paths,
+            texts).
         model_path: See `load_predictor`.
         top_k: How many classes to return per item.
         echo: Function that prints a progress line for the user (once per
             chunk of 256 inputs, when there is more than one), or None.
 
     Returns:
-        A tuple `(source, results)`: the model path used and a list of
-        `(item, [(label, probability), ...])`.
+        A tuple `(source, task, results)`: the model path used, the
+        template's `Task` (which formats the results for the user) and a
+        list of `(item, prediction)`, each prediction what
+        `task.format_prediction` returns (classifiers: `[(label,
+        probability), ...]`, the top `top_k`).
     """
     serve, task, source = load_predictor(project_dir, model_path)
     inputs = task.read_inputs(items)
@@ -79,4 +83,4 @@ def predict(project_dir, items, *, model_path=None, top_k=3, echo=None):
             results.append((item, task.format_prediction(outputs, i, top_k)))
         if echo is not None and len(inputs) > _CHUNK:
             echo(f"Predicted {len(results)}/{len(inputs)}")
-    return source, results
+    return source, task, results

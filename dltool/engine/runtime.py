@@ -13,6 +13,7 @@ the same cores: this tests the multi-device code path, it is not faster).
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import os
 import weakref
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from dltool._tf import ONEDNN_SET_BY_USER, keras, tf
 from dltool.core.errors import DltoolError
+from dltool.engine.cluster import find_cluster
 
 
 @dataclasses.dataclass(frozen=True)
@@ -298,17 +300,13 @@ def describe(runtime_section):
     Returns:
         A dict of printable facts: versions, devices, strategy, precision.
     """
-    from dltool.engine.cluster import find_cluster
-
     found = devices()
     strategy = choose_strategy(runtime_section["strategy"], found, find_cluster())
     precision = choose_precision(runtime_section["precision"], found)
-    import keras_tuner
-
     return {
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
-        "keras-tuner": keras_tuner.__version__,
+        "keras-tuner": importlib.metadata.version("keras-tuner"),
         "devices": ", ".join(f"{len(v)} {k}" for k, v in found.items()),
         "strategy": f"{strategy.value} ({strategy.reason})",
         "precision": f"{precision.value} ({precision.reason})",

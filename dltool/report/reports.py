@@ -2,44 +2,30 @@
 
 A report is a list of `Section`s (a title, a paragraph, a PNG figure, a
 table). Every run gets an overview and its learning curves; for each split
-the run was evaluated on (`evaluation-SPLIT.json`), the template's task module
-adds its own sections through `report_sections(run, split, evaluation)`:
-classifiers share `classifier_sections` (metrics, confusion matrix, per-class
-table); the image classifier adds a grid of sample predictions, the sentiment
-classifier its most confidently wrong texts.
+the run was evaluated on (`evaluation-SPLIT.json`), the run's task adds its
+own sections (`Task.report_sections(run, split, evaluation)`): classifiers
+their metrics, confusion matrix and per-class table, then the image
+classifier a grid of sample predictions, the sentiment classifier its most
+confidently wrong texts; the translator a sample of its translations.
 
 `report.html` is self-contained (figures embedded as base64 PNG, no scripts,
 a Content-Security-Policy that allows nothing else) and every piece of text
 in it is escaped by a sandboxed, autoescaping Jinja2 environment. `report.md`
 links the PNG files next to it.
 
-What the report needs from an evaluation is saved by `dltool evaluate` in
-the run folder: `evaluation-SPLIT.json`, `predictions-SPLIT.csv` (one row per
-example) and, for images, `examples-SPLIT.npz` (a few input images as uint8
-arrays, read with `allow_pickle=False`).
-
-This module never imports TensorFlow; matplotlib is imported by `plots`
-when a figure is drawn.
+This layer may import `dltool.core` only (never tasks or the engine: the
+task is passed in), and never imports TensorFlow; matplotlib is imported by
+`plots` when a figure is drawn.
 """
 
 import base64
-import csv
 import dataclasses
 import datetime
 import html
-import json
 from pathlib import Path
 
 import dltool
 from dltool.report import plots
-from dltool.core import runs
-from dltool.core.errors import DataError
-
-REPORT_HTML = "report.html"
-REPORT_MD = "report.md"
-HISTORY_FILE = "history.csv"
-SPLITS = ("test", "val")
-MISTAKES_SHOWN = 10
 
 
 @dataclasses.dataclass
@@ -59,48 +45,36 @@ class Section:
     table: list = None
 
 
-def evaluation_file(split):
-    return f"evaluation-{split}.json"
-
-
-def predictions_file(split):
-    return f"predictions-{split}.csv"
-
-
-def examples_file(split):
-    return f"examples-{split}.npz"
-
-
-def write_report(project_dir, run, echo=None):
+def write_report(project_dir, run, task, echo=None):
     """Draws a run's figures and writes its `report.html` and `report.md`.
 
     Args:
         project_dir: The project folder.
-        run: The run's metadata dict (see `dltool.core.runs`).
+        run: The `dltool.core.runs.Run`.
+        task: The run's `dltool.tasks.Task`, which adds the sections of each
+            evaluated split.
         echo: Function that prints a line for the user, or None.
 
     Returns:
         The path of `report.html`.
-    """
-    from dltool.tasks import task_for
 
-    run_dir = Path(run["dir"])
-    sections = [overview_section(run), *learning_curve_sections(run_dir)]
-    task = task_for(run["template"])
-    for split, evaluation in read_evaluations(run_dir).items():
-        if hasattr(task, "report_sections"):
-            sections += task.report_sections(run, split, evaluation)
-    title = f"{Path(project_dir).name}: run {run['name']}"
-    runs.write_text_atomic(run_dir / REPORT_HTML, render_html(title, sections, run_dir))
-    runs.write_text_atomic(run_dir / REPORT_MD, render_markdown(title, sections))
+    Raises:
+        DataError: a file of the run (history, evaluation) is unreadable.
+    """
+    sections = [overview_section(run), *learning_curve_sections(run)]
+    for split, evaluation in run.evaluations().items():
+        sections += task.report_sections(run, split, evaluation)
+    title = f"{Path(project_dir).name}: run {run.name}"
+    run.write_text(run.REPORT_HTML, render_html(title, sections, run.dir))
+    run.write_text(run.REPORT_MD, render_markdown(title, sections))
     if echo is not None:
-        echo(f"Report: {run_dir / REPORT_HTML}")
-    return run_dir / REPORT_HTML
+        echo(f"Report: {run.report_html}")
+    return run.report_html
 
 
 def overview_section(run):
     """The run's facts: template, dates, epochs, best metric, export."""
-    rows = [["run", run["name"]], ["template", run.get("template", "")],
+    rows = [["run", run.name], ["template", run.get("template", "")],
             ["started", run.get("started", "")], ["status", run.get("status", "")],
             ["epochs", str(run.get("epochs_done", 0))]]
     if run.get("best_value") is not None:
@@ -116,144 +90,21 @@ def overview_section(run):
     return Section("Overview", table=[["", ""], *rows])
 
 
-def read_history(run_dir):
-    """Reads a run's `history.csv` (Keras' CSVLogger).
-
-    A resumed run may log an epoch twice; the last line of an epoch wins.
-    Empty cells and CSVLogger's `NA` (a metric missing from an epoch's logs)
-    are left out.
-
-    Returns:
-        Dict of column name to list of floats, epochs in order (column
-        `epoch`, 0-based); None when there is no history yet.
-
-    Raises:
-        DataError: naming the file if it cannot be parsed.
-    """
-    path = Path(run_dir) / HISTORY_FILE
-    if not path.is_file():
-        return None
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            by_epoch = {int(row["epoch"]): {k: float(v) for k, v in row.items()
-                                               if v not in ("", "NA")}
-                        for row in csv.DictReader(f)}
-    except (KeyError, ValueError, TypeError, csv.Error) as e:
-        raise DataError(f"{path}: not a readable training history ({e})") from e
-    if not by_epoch:
-        return None
-    epochs = sorted(by_epoch)
-    columns = sorted({k for row in by_epoch.values() for k in row})
-    return {k: [by_epoch[e].get(k, float("nan")) for e in epochs] for k in columns}
-
-
-def learning_curve_sections(run_dir):
+def learning_curve_sections(run):
     """The learning curves figure, when the run has a history."""
-    history = read_history(run_dir)
+    history = run.history()
     if history is None:
         return []
-    names = plots.learning_curves(history, Path(run_dir) / "learning_curves.png")
+    image = run.figure_file("learning_curves")
+    names = plots.learning_curves(history, image)
     if not names:
         return []
     last = {k: v[-1] for k, v in history.items()}
     summary = ", ".join(f"{k} {last[k]:.4f}" + (f" (validation {last['val_' + k]:.4f})"
                                                  if f"val_{k}" in last else "")
                         for k in names)
-    return [Section("Learning curves", image="learning_curves.png",
+    return [Section("Learning curves", image=image.name,
                     text=f"{len(history['epoch'])} epochs; last epoch: {summary}.")]
-
-
-def read_evaluations(run_dir):
-    """Returns `{split: evaluation dict}` for the splits a run was evaluated on.
-
-    Raises:
-        DataError: naming a file that exists but is not valid JSON.
-    """
-    found = {}
-    for split in SPLITS:
-        path = Path(run_dir) / evaluation_file(split)
-        if path.is_file():
-            try:
-                found[split] = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as e:
-                raise DataError(f"{path}: not readable JSON ({e})") from e
-    return found
-
-
-def save_predictions(run_dir, split, labels, probabilities, class_names, inputs=None):
-    """Writes `predictions-SPLIT.csv`: one row per evaluated example.
-
-    Args:
-        run_dir: The run folder.
-        split: The split evaluated.
-        labels: True labels, integers `(n,)`.
-        probabilities: Model outputs `(n, classes)`.
-        class_names: Names of the classes, index = label.
-        inputs: Readable inputs (texts) in the same order, or None.
-    """
-    import numpy as np
-
-    predicted = np.argmax(probabilities, axis=-1)
-    path = Path(run_dir) / predictions_file(split)
-    with runs.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "true", "predicted", "confidence", "true_probability",
-                         "input"])
-        for i, (label, guess) in enumerate(zip(labels, predicted)):
-            writer.writerow([i, class_names[label], class_names[guess],
-                             f"{probabilities[i, guess]:.6f}",
-                             f"{probabilities[i, label]:.6f}",
-                             inputs[i] if inputs is not None else ""])
-
-
-def read_predictions(run_dir, split):
-    """Reads `predictions-SPLIT.csv`; returns a list of row dicts (or [])."""
-    path = Path(run_dir) / predictions_file(split)
-    if not path.is_file():
-        return []
-    try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        for row in rows:
-            row["index"] = int(row["index"])
-            row["confidence"] = float(row["confidence"])
-        return rows
-    except (KeyError, ValueError, csv.Error) as e:
-        raise DataError(f"{path}: not a readable predictions file ({e})") from e
-
-
-def confident_mistakes(rows, count=MISTAKES_SHOWN):
-    """The wrong predictions with the highest confidence, highest first."""
-    wrong = [r for r in rows if r["true"] != r["predicted"]]
-    return sorted(wrong, key=lambda r: -r["confidence"])[:count]
-
-
-def classifier_sections(run, split, evaluation):
-    """A classifier's evaluation: metrics, confusion matrix, per-class table.
-
-    Args:
-        run: The run's metadata dict.
-        split: The split evaluated.
-        evaluation: The `evaluation-SPLIT.json` contents.
-
-    Returns:
-        A list of `Section`s.
-    """
-    text = (f"{evaluation['examples']} examples: accuracy {evaluation['accuracy']:.4f}, "
-            f"loss {evaluation['loss']:.4f}.")
-    sections = [Section(f"Evaluation on the {split} split", text=text)]
-    names = run["meta"]["class_names"]
-    if "confusion" in evaluation:
-        image = f"confusion-{split}.png"
-        plots.confusion_matrix(evaluation["confusion"], names, Path(run["dir"]) / image)
-        sections.append(Section(f"Confusion matrix ({split})", image=image,
-                                text="Rows: true class; columns: predicted class."))
-    if "per_class" in evaluation:
-        table = [["class", "precision", "recall", "support"]]
-        table += [[c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}",
-                   str(c["support"])] for c in evaluation["per_class"]]
-        sections.append(Section(f"Per class ({split})", table=table))
-    return sections
 
 
 _HTML = """<!doctype html>
@@ -343,21 +194,3 @@ def _md(text):
 
 def _now():
     return datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-
-
-def report_for(project_dir, run_name=None, echo=None):
-    """Regenerates the report of a run (`dltool report`).
-
-    Args:
-        project_dir: The project folder.
-        run_name: The run; the newest trained one when None.
-        echo: Function that prints a line for the user, or None.
-
-    Returns:
-        The path of `report.html`.
-
-    Raises:
-        ProjectError: no such run, nothing trained yet.
-    """
-    run = runs.find_trained(project_dir, run_name)
-    return write_report(project_dir, run, echo=echo)

@@ -1,51 +1,43 @@
-"""What differs between templates: data, model inputs, serving, prediction.
+"""What differs between templates, one `Task` class per template.
 
-Each template's task module provides:
+`Task` (`dltool.tasks.base`) states the contract; `ClassifierTask`
+(`dltool.tasks.classifier`) holds what the image and sentiment classifiers
+share. A template's `template.toml` names its class
+(`task = "dltool.tasks.image_classifier:ImageClassifierTask"`): that is the
+one registry, read by `task_for`.
 
-- `open_data(config, root, *, skip_bad)`: the data, with `splits`, `sizes`,
-  `report` and `meta` (what the exported model needs: class names, ...);
-- `bytes_per_example(config)`: size of one decoded example, for caching;
-- `model_kwargs(meta)`: extra arguments of the project's `build_model`;
-- `serving_endpoint(model, meta)`: the exported signature's function and
-  input signature (raw input in, readable output out); the function may list
-  in a `resources` attribute layers it uses besides the model (a text
-  vectorizer), so the export saves their lookup tables, and in an
-  `endpoints` attribute more signatures (name to function, same input);
-- `read_inputs(items)` and `format_prediction(outputs, i, top_k)` for
-  `dltool predict` (a list of `(label, probability)` for classifiers, a
-  dict with `translation` for the translator);
-- `evaluate_split(model, data, split, config, run, echo)`: the figures `dltool
-  evaluate` reports (classifiers: loss, accuracy and the per-class report of
-  `evaluation_report(y_true, probabilities, meta)`, with one row per example
-  in `predictions-SPLIT.csv`; translator: BLEU, chrF and sample
-  translations);
-- `readable_inputs(data, split)` (classifiers): the split's inputs as text
-  for `predictions-SPLIT.csv` (texts), or None;
-- `report_sections(run, split, evaluation)`: the template's part of the run
-  report (`dltool.report.reports.Section`s; classifiers start from
-  `reports.classifier_sections`);
-- optionally `save_examples(run_dir, split, examples)`: keep the evaluation
-  inputs a report shows (images);
-- optionally `batching(config)`: extra `pipeline.batched` arguments (the
-  translator groups pairs by length).
+Tasks may import `dltool.core`, `dltool._tf`, `dltool.data` and
+`dltool.report`, never `dltool.engine`: the engine calls tasks, not the
+reverse.
 """
 
+import functools
 import importlib
 
-from dltool.core.errors import ConfigError
+from dltool.core import scaffold
+from dltool.core.errors import ConfigError, TemplateError
+from dltool.tasks.base import Task
 
-_TASK_MODULES = {"image-classifier": "dltool.tasks.image_classifier",
-                 "sentiment": "dltool.tasks.sentiment",
-                 "translator": "dltool.tasks.translator"}
+__all__ = ["Task", "task_for"]
 
 
+@functools.cache
 def task_for(template):
-    """Returns the task module of a template.
+    """Returns the task of a template: one instance of the class its
+    `template.toml` names, the same on every call.
+
+    Args:
+        template: The template's name (`config.template`, `run.template`).
 
     Raises:
-        ConfigError: if the template has no task module.
+        ConfigError: if there is no such template.
     """
-    if template not in _TASK_MODULES:
-        raise ConfigError(f"project.template must be one of {', '.join(_TASK_MODULES)}; "
-                          f"got {template!r}")
-    return importlib.import_module(_TASK_MODULES[template])
+    try:
+        spec = scaffold.find_template(template)
+    except TemplateError:
+        names = ", ".join(t["name"] for t in scaffold.list_templates())
+        raise ConfigError(f"project.template must be one of {names}; "
+                          f"got {template!r}") from None
+    module_name, _, class_name = spec["task"].partition(":")
+    task_class = getattr(importlib.import_module(module_name), class_name)
+    return task_class(spec)

@@ -2,119 +2,112 @@
 
 from pathlib import Path
 
-from dltool.core import runs
 from dltool._tf import tf
+from dltool.core import runs
 from dltool.data import text
-from dltool.tasks import image_classifier
-
-# Both templates are classifiers: same per-class report, same top-k output.
-evaluate_split = image_classifier.evaluate_split
-evaluation_report = image_classifier.evaluation_report
-format_prediction = image_classifier.format_prediction
+from dltool.report import plots
+from dltool.report.reports import Section
+from dltool.tasks import classifier
 
 
-def open_data(config, root, *, skip_bad=False):
-    """Opens the text data of `config["data"]` (see `text.open_text_data`).
+class SentimentTask(classifier.ClassifierTask):
+    """Labelled texts in, label names out (a text classifier).
 
-    When `config` is a run's resolved config (`runs/<run>/config.toml`, as
-    `dltool evaluate` loads it), the text is vectorized with that run's
-    vocabulary, exactly as in training; otherwise a vocabulary is adapted on
-    the training texts.
-
-    Returns:
-        The `TextData`, with a `meta` dict added: class names, vocabulary,
-        sequence length.
+    Its report adds, to the classifier's sections, the most confidently
+    wrong texts as a figure and a table.
     """
-    settings = config["data"]
-    data = text.open_text_data(settings, root, seed=config["training"]["seed"],
-                               skip_bad=skip_bad, vocabulary=_run_vocabulary(config))
-    data.meta = {"class_names": data.class_names, "vocabulary": data.vocabulary,
-                 "sequence_length": settings["sequence_length"],
-                 "subword_buckets": settings["subword_buckets"],
-                 "subwords_per_word": settings["subwords_per_word"]}
-    return data
+
+    def open_data(self, config, root, *, skip_bad=False):
+        """Opens the text data of `config["data"]` (see `text.open_text_data`).
+
+        When `config` is a run's resolved config (`runs/<run>/config.toml`, as
+        `dltool evaluate` loads it), the text is vectorized with that run's
+        vocabulary, exactly as in training; otherwise a vocabulary is adapted
+        on the training texts.
+
+        Returns:
+            The `TextData`, with a `meta` dict added: class names, vocabulary,
+            sequence length.
+        """
+        settings = config["data"]
+        data = text.open_text_data(settings, root, seed=config["training"]["seed"],
+                                   skip_bad=skip_bad, vocabulary=_run_vocabulary(config))
+        data.meta = {"class_names": data.class_names, "vocabulary": data.vocabulary,
+                     "sequence_length": settings["sequence_length"],
+                     "subword_buckets": settings["subword_buckets"],
+                     "subwords_per_word": settings["subwords_per_word"]}
+        return data
+
+    def bytes_per_example(self, config):
+        """Returns the memory one vectorized example (int32 ids + label) takes."""
+        data = config["data"]
+        subwords = data["subwords_per_word"] if data["subword_buckets"] else 0
+        return 4 * (data["sequence_length"] * (1 + subwords) + 1)
+
+    def model_kwargs(self, meta):
+        """Returns the data-dependent arguments of `build_model`."""
+        return {"num_classes": len(meta["class_names"]),
+                "vocabulary_size": len(meta["vocabulary"])}
+
+    def serving_endpoint(self, model, meta):
+        """Builds the serving function: raw UTF-8 strings in, label names out.
+
+        Args:
+            model: The trained Keras model (`text.vectorize` features in,
+                probabilities out).
+            meta: The run's metadata (`class_names`, `vocabulary`,
+                `sequence_length`, `subword_buckets`, `subwords_per_word`).
+
+        Returns:
+            A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+            texts and returns `classifier_outputs`. `fn.resources` lists the
+            vectorizer, whose vocabulary table the export must save.
+        """
+        vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
+        vectorizer.build()  # a built layer can be tracked by the export
+        class_names = tf.constant(meta["class_names"])
+
+        def serve(texts):
+            features = text.vectorize(vectorizer, texts, meta["subword_buckets"],
+                                      meta["subwords_per_word"])
+            return self.classifier_outputs(model(features, training=False), class_names)
+
+        serve.resources = [vectorizer]
+        signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
+        return serve, signature
+
+    def read_inputs(self, items):
+        """Returns the texts to predict: the items themselves (raw strings)."""
+        return [str(item) for item in items]
+
+    def readable_inputs(self, data, split):
+        """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
+        return data.texts.get(split)
+
+    def report_sections(self, run, split, evaluation):
+        """The classifier's report sections, then the most confidently wrong
+        texts as a figure and a table."""
+        sections = super().report_sections(run, split, evaluation)
+        mistakes = classifier.confident_mistakes(classifier.read_predictions(run, split))
+        if not mistakes:
+            return sections
+        image = run.figure_file("mistakes", split)
+        plots.confident_mistakes([r["input"] for r in mistakes],
+                                 [r["confidence"] for r in mistakes],
+                                 [f"{r['true']} → {r['predicted']}" for r in mistakes],
+                                 image)
+        table = [["text", "true", "predicted", "probability"]]
+        table += [[r["input"], r["true"], r["predicted"], f"{r['confidence']:.3f}"]
+                  for r in mistakes]
+        sections.append(Section(
+            f"Most confident mistakes ({split})", image=image.name, table=table,
+            text=f"The {len(mistakes)} wrong predictions made with the highest probability."))
+        return sections
 
 
 def _run_vocabulary(config):
+    """The vocabulary of the run whose resolved config `config` is, or None."""
     if config.path is None:
         return None
-    run = runs.read_run(Path(config.path).parent)
-    return (run or {}).get("meta", {}).get("vocabulary")
-
-
-def bytes_per_example(config):
-    """Returns the memory one vectorized example (int32 ids + label) takes."""
-    data = config["data"]
-    subwords = data["subwords_per_word"] if data["subword_buckets"] else 0
-    return 4 * (data["sequence_length"] * (1 + subwords) + 1)
-
-
-def model_kwargs(meta):
-    """Returns the data-dependent arguments of `build_model`."""
-    return {"num_classes": len(meta["class_names"]),
-            "vocabulary_size": len(meta["vocabulary"])}
-
-
-def serving_endpoint(model, meta):
-    """Builds the serving function: raw UTF-8 strings in, label names out.
-
-    Args:
-        model: The trained Keras model (`text.vectorize` features in,
-            probabilities out).
-        meta: The run's metadata (`class_names`, `vocabulary`,
-            `sequence_length`, `subword_buckets`, `subwords_per_word`).
-
-    Returns:
-        A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
-        texts and returns `probabilities` `(n, classes)`, `classes` (the
-        label names, `(n, classes)`, in the same order), `label` (top label,
-        `(n,)`) and `score` (its probability). `fn.resources` lists the
-        vectorizer, whose vocabulary table the export must save.
-    """
-    vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
-    vectorizer.build()  # a built layer can be tracked by the export
-    class_names = tf.constant(meta["class_names"])
-
-    def serve(texts):
-        features = text.vectorize(vectorizer, texts, meta["subword_buckets"],
-                                  meta["subwords_per_word"])
-        return image_classifier.classifier_outputs(model(features, training=False),
-                                                   class_names)
-
-    serve.resources = [vectorizer]
-    signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
-    return serve, signature
-
-
-def read_inputs(items):
-    """Returns the texts to predict: the items themselves (raw strings)."""
-    return [str(item) for item in items]
-
-
-def readable_inputs(data, split):
-    """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
-    return data.texts.get(split)
-
-
-def report_sections(run, split, evaluation):
-    """The classifier's report sections, then the most confidently wrong
-    texts as a figure and a table."""
-    from dltool.report import plots
-    from dltool.report import reports
-
-    sections = reports.classifier_sections(run, split, evaluation)
-    mistakes = reports.confident_mistakes(reports.read_predictions(run["dir"], split))
-    if not mistakes:
-        return sections
-    image = f"mistakes-{split}.png"
-    plots.confident_mistakes([r["input"] for r in mistakes],
-                             [r["confidence"] for r in mistakes],
-                             [f"{r['true']} → {r['predicted']}" for r in mistakes],
-                             Path(run["dir"]) / image)
-    table = [["text", "true", "predicted", "probability"]]
-    table += [[r["input"], r["true"], r["predicted"], f"{r['confidence']:.3f}"]
-              for r in mistakes]
-    sections.append(reports.Section(
-        f"Most confident mistakes ({split})", image=image, table=table,
-        text=f"The {len(mistakes)} wrong predictions made with the highest probability."))
-    return sections
+    run = runs.Run.open(Path(config.path).parent)
+    return run.meta.get("vocabulary") if run is not None else None

@@ -10,10 +10,14 @@ from pathlib import Path
 
 import keras_hub  # also registers its layers, so .keras files with them load
 import numpy as np
+import sacrebleu
 
-from dltool.core import runs
 from dltool._tf import tf
+from dltool.core import files
+from dltool.core import runs
 from dltool.data import parallel
+from dltool.report.reports import Section
+from dltool.tasks.base import Task
 
 DECODING_METHODS = ("greedy", "beam")
 _EVALUATE_BATCH = 256
@@ -21,56 +25,228 @@ _BUCKETS = 8
 _REPORT_SAMPLES = 20
 
 
-def open_data(config, root, *, skip_bad=False):
-    """Opens the parallel text of `config["data"]` (see `parallel.open_parallel_data`).
+class TranslatorTask(Task):
+    """Sentence pairs in; source sentences in, translations out.
 
-    When `config` is a run's resolved config (`runs/<run>/config.toml`, as
-    `dltool evaluate` loads it), the pairs are vectorized with that run's
-    vocabularies, exactly as in training.
-
-    Returns:
-        The `ParallelData`, with a `meta` dict added: vocabularies, maximum
-        length, decoding settings.
+    An evaluation is corpus BLEU and chrF with a file of the translations;
+    the report shows a sample of them beside their references.
     """
-    data = parallel.open_parallel_data(config["data"], root, seed=config["training"]["seed"],
-                                       skip_bad=skip_bad, vocabularies=_run_vocabularies(config))
-    data.meta = {"source_vocabulary": data.source_vocabulary,
-                 "target_vocabulary": data.target_vocabulary,
-                 "max_length": config["data"]["max_length"],
-                 "decoding": dict(config["decoding"])}
-    return data
+
+    json_ensure_ascii = False
+
+    def open_data(self, config, root, *, skip_bad=False):
+        """Opens the parallel text of `config["data"]` (see `parallel.open_parallel_data`).
+
+        When `config` is a run's resolved config (`runs/<run>/config.toml`, as
+        `dltool evaluate` loads it), the pairs are vectorized with that run's
+        vocabularies, exactly as in training.
+
+        Returns:
+            The `ParallelData`, with a `meta` dict added: vocabularies,
+            maximum length, decoding settings.
+        """
+        data = parallel.open_parallel_data(config["data"], root,
+                                           seed=config["training"]["seed"], skip_bad=skip_bad,
+                                           vocabularies=_run_vocabularies(config))
+        data.meta = {"source_vocabulary": data.source_vocabulary,
+                     "target_vocabulary": data.target_vocabulary,
+                     "max_length": config["data"]["max_length"],
+                     "decoding": dict(config["decoding"])}
+        return data
+
+    def bytes_per_example(self, config):
+        """Returns the memory one vectorized pair takes at most (int32 ids)."""
+        return 4 * 3 * (config["data"]["max_length"] + 2)
+
+    def model_kwargs(self, meta):
+        """Returns the data-dependent arguments of `build_model`."""
+        return {"source_vocabulary_size": len(meta["source_vocabulary"]),
+                "target_vocabulary_size": len(meta["target_vocabulary"])}
+
+    def batching(self, config):
+        """How `pipeline.batched` groups pairs: by length, padded per batch."""
+        max_length = config["data"]["max_length"] + 1
+        step = max(1, -(-max_length // _BUCKETS))
+        return {"element_length": _pair_length,
+                "bucket_boundaries": list(range(step + 1, max_length + 1, step))}
+
+    def serving_endpoint(self, model, meta):
+        """Builds the serving function: raw UTF-8 strings in, translations out.
+
+        Args:
+            model: The trained Keras model.
+            meta: The run's metadata (vocabularies, `max_length`, `decoding`:
+                `method` and `beam_width`).
+
+        Returns:
+            A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+            source sentences and returns `translation` (strings) and
+            `truncated` (bool) with the decoding of `meta["decoding"]`.
+            `fn.resources` lists the source vectorizer (its vocabulary table
+            must be saved) and `fn.endpoints` two more functions with the
+            same signature, `translate_greedy` and `translate_beam`.
+        """
+        translator = Translator(model, meta)
+        decoding = meta["decoding"]
+        width = decoding["beam_width"]
+
+        def serve(texts):
+            return translator(texts, decoding["method"], width)
+
+        serve.resources = [translator.source_vectorizer]
+        serve.endpoints = {"translate_greedy": lambda texts: translator(texts, "greedy"),
+                           "translate_beam": lambda texts: translator(texts, "beam", width)}
+        signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
+        return serve, signature
+
+    def read_inputs(self, items):
+        """Returns the sentences to translate: the items themselves."""
+        return [str(item) for item in items]
+
+    def format_prediction(self, outputs, index, top_k):
+        """Returns `{"translation": str, "truncated": bool}` of one input."""
+        translation = np.asarray(outputs["translation"][index])
+        translation = translation.item() if translation.ndim == 0 else translation
+        if isinstance(translation, bytes):
+            translation = translation.decode("utf-8", errors="replace")
+        return {"translation": translation, "truncated": bool(outputs["truncated"][index])}
+
+    # ---- evaluating and reporting ----
+
+    def evaluate_split(self, model, data, split, config, run, echo=None):
+        """Translates a split's sources and scores them against the references.
+
+        Writes `translations-SPLIT.tsv` (source, reference, translation) to the
+        run folder. The decoding is the config's `[decoding]`. `echo`, when
+        given, is called with a progress line after each batch.
+
+        Returns:
+            A dict: `examples`, `bleu`, `chrf`, `signature` (sacrebleu's, for
+            both scores), `decoding`, `truncated` (inputs cut to `max_length`)
+            and `translations_file`.
+        """
+        pairs = data.pairs[split]
+        translator = Translator(model, run.meta)
+        decoding = config["decoding"]
+        hypotheses, truncated = _translate_all(translator, [a for a, _ in pairs], decoding, echo)
+        scores = score(hypotheses, [b for _, b in pairs])
+        path = run.translations_file(split)
+        files.write_text_atomic(path, "source\treference\ttranslation\n" + "".join(
+            f"{a}\t{b}\t{h}\n" for (a, b), h in zip(pairs, hypotheses)))
+        if truncated:
+            logging.getLogger("dltool").warning("%d input(s) longer than %d tokens were cut",
+                                                truncated, translator.max_length)
+        return {"examples": len(pairs), **scores, "decoding": dict(decoding),
+                "truncated": truncated, "translations_file": str(path)}
+
+    def report_sections(self, run, split, evaluation):
+        """The translator's part of the run report: the scores, then a seeded
+        sample of test translations beside their references, each with its
+        sentence BLEU.
+
+        Args:
+            run: The `Run`.
+            split: The split evaluated.
+            evaluation: The `evaluation-SPLIT.json` contents.
+
+        Returns:
+            A list of `Section`s.
+        """
+        sections = [Section(f"Evaluation on the {split} split",
+                            text=_scores_text(evaluation))]
+        path = run.translations_file(split)
+        rows = _read_translations(path)
+        if rows:
+            rng = np.random.default_rng(0)
+            sample = sorted(rng.choice(len(rows), min(len(rows), _REPORT_SAMPLES),
+                                       replace=False))
+            bleu = sacrebleu.metrics.BLEU(effective_order=True)
+            table = [["English", "reference", "translation", "BLEU"]]
+            table += [[*rows[i], f"{bleu.sentence_score(rows[i][2], [rows[i][1]]).score:.1f}"]
+                      for i in sample]
+            sections.append(Section(f"Sample translations ({split})", table=table,
+                                    text=f"{len(sample)} pairs drawn at random (seed 0) from "
+                                         f"{path.name}."))
+        return sections
+
+    # ---- what the CLI prints ----
+
+    def evaluation_lines(self, result):
+        """The header, BLEU and chrF with their signatures, then the decoding."""
+        decoding = result["decoding"]
+        how = "greedy" if decoding["method"] == "greedy" else \
+            f"beam search, width {decoding['beam_width']}"
+        return [*super().evaluation_lines(result),
+                f"BLEU  {result['bleu']:.2f}  ({result['signature']['bleu']})",
+                f"chrF  {result['chrf']:.2f}  ({result['signature']['chrf']})",
+                f"decoding: {how}; translations beside the references in "
+                f"{result['translations_file']}"]
+
+    def evaluation_summary(self, result):
+        """The BLEU score, two decimals."""
+        return f"{result['bleu']:.2f}"
+
+    def prediction_line(self, item, prediction):
+        """`SOURCE -> TRANSLATION`."""
+        return f"{item} -> {prediction['translation']}"
+
+    def prediction_summary(self, prediction):
+        """The translation."""
+        return prediction["translation"]
+
+    def prediction_record(self, item, prediction):
+        """`{"input": item, "translation": ..., "truncated": ...}`."""
+        return {"input": item, **prediction}
+
+    def prediction_warning(self, item, prediction):
+        """Says when an input was cut to the model's maximum length."""
+        if not prediction["truncated"]:
+            return None
+        return (f"Warning: {item[:40]!r}... is longer than the model's maximum length; "
+                "only its beginning was translated")
 
 
 def _run_vocabularies(config):
+    """The vocabularies of the run whose resolved config `config` is, or None."""
     if config.path is None:
         return None
-    meta = (runs.read_run(Path(config.path).parent) or {}).get("meta", {})
+    run = runs.Run.open(Path(config.path).parent)
+    meta = run.meta if run is not None else {}
     if "source_vocabulary" not in meta:
         return None
     return meta["source_vocabulary"], meta["target_vocabulary"]
 
 
-def bytes_per_example(config):
-    """Returns the memory one vectorized pair takes at most (int32 ids)."""
-    return 4 * 3 * (config["data"]["max_length"] + 2)
-
-
-def model_kwargs(meta):
-    """Returns the data-dependent arguments of `build_model`."""
-    return {"source_vocabulary_size": len(meta["source_vocabulary"]),
-            "target_vocabulary_size": len(meta["target_vocabulary"])}
-
-
-def batching(config):
-    """How `pipeline.batched` groups pairs: by length, padded per batch."""
-    max_length = config["data"]["max_length"] + 1
-    step = max(1, -(-max_length // _BUCKETS))
-    return {"element_length": _pair_length,
-            "bucket_boundaries": list(range(step + 1, max_length + 1, step))}
-
-
 def _pair_length(inputs, target):
     return tf.maximum(tf.shape(inputs["source_ids"])[0], tf.shape(target)[0])
+
+
+def _translate_all(translator, sources, decoding, echo=None):
+    """Translates sentences in batches of 256 with the decoding of `decoding`.
+
+    Returns:
+        A tuple `(translations, truncated)`: a list of strings, and how many
+        inputs were cut to the maximum length.
+    """
+    translate = tf.function(lambda texts: translator(texts, decoding["method"],
+                                                     decoding["beam_width"]))
+    hypotheses, truncated = [], 0
+    for start in range(0, len(sources), _EVALUATE_BATCH):
+        out = translate(tf.constant(sources[start:start + _EVALUATE_BATCH]))
+        hypotheses += [t.decode("utf-8") for t in out["translation"].numpy()]
+        truncated += int(np.sum(out["truncated"].numpy()))
+        if echo is not None:
+            echo(f"Translated {len(hypotheses)}/{len(sources)} sentences")
+    return hypotheses, truncated
+
+
+def _scores_text(evaluation):
+    """One sentence of an evaluation's scores, for the report."""
+    decoding = evaluation["decoding"]
+    how = ("greedy decoding" if decoding["method"] == "greedy"
+           else f"beam search of width {decoding['beam_width']}")
+    return (f"{evaluation['examples']} sentence pairs, {how}: BLEU {evaluation['bleu']:.2f}, "
+            f"chrF {evaluation['chrf']:.2f} (sacrebleu {evaluation['signature']['bleu']}).")
 
 
 class Translator:
@@ -153,86 +329,6 @@ class Translator:
         return {"translation": tf.where(empty, "", translation), "truncated": truncated}
 
 
-def serving_endpoint(model, meta):
-    """Builds the serving function: raw UTF-8 strings in, translations out.
-
-    Args:
-        model: The trained Keras model.
-        meta: The run's metadata (vocabularies, `max_length`, `decoding`:
-            `method` and `beam_width`).
-
-    Returns:
-        A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
-        source sentences and returns `translation` (strings) and `truncated`
-        (bool) with the decoding of `meta["decoding"]`. `fn.resources` lists
-        the source vectorizer (its vocabulary table must be saved) and
-        `fn.endpoints` two more functions with the same signature,
-        `translate_greedy` and `translate_beam`.
-    """
-    translator = Translator(model, meta)
-    decoding = meta["decoding"]
-    width = decoding["beam_width"]
-
-    def serve(texts):
-        return translator(texts, decoding["method"], width)
-
-    serve.resources = [translator.source_vectorizer]
-    serve.endpoints = {"translate_greedy": lambda texts: translator(texts, "greedy"),
-                       "translate_beam": lambda texts: translator(texts, "beam", width)}
-    signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
-    return serve, signature
-
-
-def read_inputs(items):
-    """Returns the sentences to translate: the items themselves."""
-    return [str(item) for item in items]
-
-
-def format_prediction(outputs, index, top_k):
-    """Returns `{"translation": str, "truncated": bool}` of one input."""
-    translation = np.asarray(outputs["translation"][index])
-    translation = translation.item() if translation.ndim == 0 else translation
-    if isinstance(translation, bytes):
-        translation = translation.decode("utf-8", errors="replace")
-    return {"translation": translation, "truncated": bool(outputs["truncated"][index])}
-
-
-def evaluate_split(model, data, split, config, run, echo=None):
-    """Translates a split's sources and scores them against the references.
-
-    Writes `translations-SPLIT.tsv` (source, reference, translation) to the
-    run folder. The decoding is the config's `[decoding]`. `echo`, when
-    given, is called with a progress line after each batch.
-
-    Returns:
-        A dict: `examples`, `bleu`, `chrf`, `signature` (sacrebleu's, for
-        both scores), `decoding`, `truncated` (inputs cut to `max_length`)
-        and `translations_file`.
-    """
-    pairs = data.pairs[split]
-    translator = Translator(model, run["meta"])
-    decoding = config["decoding"]
-    translate = tf.function(lambda texts: translator(texts, decoding["method"],
-                                                     decoding["beam_width"]))
-    hypotheses, truncated = [], 0
-    for start in range(0, len(pairs), _EVALUATE_BATCH):
-        batch = [a for a, _ in pairs[start:start + _EVALUATE_BATCH]]
-        out = translate(tf.constant(batch))
-        hypotheses += [t.decode("utf-8") for t in out["translation"].numpy()]
-        truncated += int(np.sum(out["truncated"].numpy()))
-        if echo is not None:
-            echo(f"Translated {len(hypotheses)}/{len(pairs)} sentences")
-    scores = score(hypotheses, [b for _, b in pairs])
-    path = Path(run["dir"]) / f"translations-{split}.tsv"
-    runs.write_text_atomic(path, "source\treference\ttranslation\n" + "".join(
-        f"{a}\t{b}\t{h}\n" for (a, b), h in zip(pairs, hypotheses)))
-    if truncated:
-        logging.getLogger("dltool").warning("%d input(s) longer than %d tokens were cut",
-                                            truncated, translator.max_length)
-    return {"examples": len(pairs), **scores, "decoding": dict(decoding),
-            "truncated": truncated, "translations_file": str(path)}
-
-
 def score(hypotheses, references):
     """Corpus BLEU and chrF (sacrebleu's defaults: cased, 13a tokenization).
 
@@ -244,49 +340,10 @@ def score(hypotheses, references):
         A dict: `bleu`, `chrf` (0-100, two decimals) and `signature` (the
         sacrebleu signature of each, for reporting).
     """
-    import sacrebleu
-
     bleu, chrf = sacrebleu.metrics.BLEU(), sacrebleu.metrics.CHRF()
     return {"bleu": round(bleu.corpus_score(hypotheses, [references]).score, 2),
             "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
             "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}}
-
-
-def report_sections(run, split, evaluation):
-    """The translator's part of the run report: the scores, then a seeded
-    sample of test translations beside their references, each with its
-    sentence BLEU.
-
-    Args:
-        run: The run's metadata dict.
-        split: The split evaluated.
-        evaluation: The `evaluation-SPLIT.json` contents.
-
-    Returns:
-        A list of `dltool.report.reports.Section`s.
-    """
-    import sacrebleu
-
-    from dltool.report.reports import Section
-
-    decoding = evaluation["decoding"]
-    how = ("greedy decoding" if decoding["method"] == "greedy"
-           else f"beam search of width {decoding['beam_width']}")
-    text = (f"{evaluation['examples']} sentence pairs, {how}: BLEU {evaluation['bleu']:.2f}, "
-            f"chrF {evaluation['chrf']:.2f} (sacrebleu {evaluation['signature']['bleu']}).")
-    sections = [Section(f"Evaluation on the {split} split", text=text)]
-    rows = _read_translations(Path(run["dir"]) / f"translations-{split}.tsv")
-    if rows:
-        rng = np.random.default_rng(0)
-        sample = sorted(rng.choice(len(rows), min(len(rows), _REPORT_SAMPLES), replace=False))
-        bleu = sacrebleu.metrics.BLEU(effective_order=True)
-        table = [["English", "reference", "translation", "BLEU"]]
-        table += [[*rows[i], f"{bleu.sentence_score(rows[i][2], [rows[i][1]]).score:.1f}"]
-                  for i in sample]
-        sections.append(Section(f"Sample translations ({split})", table=table,
-                                text=f"{len(sample)} pairs drawn at random (seed 0) from "
-                                     f"translations-{split}.tsv."))
-    return sections
 
 
 def _read_translations(path):

@@ -1,38 +1,94 @@
-"""keras-tuner's tuners as `dltool tune` runs them.
+"""keras-tuner behind one adapter: every use of its internals is here.
 
-Each trial execution is trained like a `dltool train` run (the same
-callbacks from `dltool.engine.train.make_callbacks`: learning-rate schedule,
-non-finite-loss guard, `BackupAndRestore`, early stopping, `history.csv`,
-`run.json`), in `trial_<id>/execution<n>/` of the search folder. So a search
-killed mid-trial resumes that trial from its last completed epoch (keras-tuner
-alone re-runs it from scratch), an execution that had finished is not run
-again, and a trial's score is read from its whole `history.csv`, epochs
-before the interruption included.
+dltool drives keras-tuner's public API (oracles, `Tuner`, `HyperModel`) and,
+here only, a few of its internals, so a keras-tuner release that changes them
+breaks one module, and the version check below says so first:
 
-keras-tuner writes its state files (`oracle.json`, `trial.json`) with a
-plain `open(...).write(...)`; `atomic_state_files()` makes those writes go
-through a temporary file and a rename, so a kill never leaves a torn one.
+- each trial execution is trained like a `dltool train` run (the callbacks
+  of `dltool.engine.train.make_callbacks`, a `Run` record and `history.csv`
+  in `trial_<id>/execution<n>/`), by overriding `Tuner._build_and_fit_model`:
+  a search killed mid-trial resumes that trial from its last completed epoch
+  (keras-tuner alone re-runs it from scratch), and a finished execution is
+  not run again;
+- keras-tuner writes its state files (`oracle.json`, `trial.json`) with a
+  plain `open(...).write(...)`: `atomic_state_files()` routes them through
+  `dltool.core.files`, so a kill never leaves a torn one;
+- `repair_state` sets damaged trial files aside by editing `oracle.json`, so
+  a search whose `trial.json` was torn still reloads;
+- the chief's gRPC service (`serve_oracle`) binds the address it is given,
+  returns within a second of the last worker leaving and hands out no trial
+  after the time budget; workers wait at most 10 minutes for a vanished
+  chief (keras-tuner's `oracle_client.TIMEOUT` is an hour).
+
+The keras-tuner versions this is tested against are the range in dltool's
+own requirements (`setup.cfg`); importing this module checks the installed
+one against it.
 """
 
-import csv
+import importlib.metadata
 import json
 import os
 import time
 from pathlib import Path
 
-from dltool.core import project as project_lib
-from dltool.core import runs
-from dltool.engine import train as training
+import grpc
+from packaging.requirements import Requirement
+
 from dltool._tf import keras
+from dltool.core import files, runs
 from dltool.core.errors import DltoolError
+from dltool.engine import train as training
+from dltool.tuning.trials import ORACLE_FILE, TRIAL_FILE
 
 import keras_tuner  # noqa: E402  (after dltool._tf set the environment)
 from keras_tuner.src import backend as kt_backend  # noqa: E402
 from keras_tuner.src import utils as kt_utils  # noqa: E402
-from keras_tuner.src.distribute import oracle_chief  # noqa: E402
+from keras_tuner.src.distribute import oracle_chief, oracle_client  # noqa: E402
 from keras_tuner.src.engine import trial as trial_module  # noqa: E402
 
 EXECUTION_DIR = "execution{}"
+CHIEF_WAIT_SECONDS = 10 * 60
+
+
+class UnsupportedVersionError(DltoolError):
+    """The installed keras-tuner is outside the range dltool is tested with."""
+
+
+def tested_range():
+    """The keras-tuner requirement dltool declares (`setup.cfg`), or None.
+
+    None when dltool runs from a source tree that is not installed.
+    """
+    try:
+        required = importlib.metadata.requires("dltool") or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    for line in required:
+        requirement = Requirement(line)
+        if requirement.name == "keras-tuner" and not requirement.marker:
+            return requirement.specifier
+    return None
+
+
+def check_version(version=None, specifier=None):
+    """Checks a keras-tuner version against the tested range.
+
+    Args:
+        version: The version; the installed one when None.
+        specifier: The range; `tested_range()` when None.
+
+    Raises:
+        UnsupportedVersionError: naming both and what to install.
+    """
+    version = version or keras_tuner.__version__
+    specifier = specifier if specifier is not None else tested_range()
+    if specifier is not None and not specifier.contains(version, prereleases=True):
+        raise UnsupportedVersionError(
+            f"keras-tuner {version} is installed, but dltool is tested with keras-tuner"
+            f"{specifier} (it uses some of its internals): pip install 'keras-tuner{specifier}'")
+
+
+check_version()
 
 
 class BudgetExhausted(keras_tuner.errors.FatalError):
@@ -53,35 +109,70 @@ def atomic_state_files():
         if "://" in str(path):  # remote file systems: keras-tuner's own way
             return original(path, obj)
         text = json.dumps(obj)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        files.write_text_atomic(path, text)
         return text
 
     save_json.dltool_atomic = True
     kt_utils.save_json = save_json
 
 
-class ProjectHyperModel(keras_tuner.HyperModel):
-    """The project's `build_model(hp, config, **model_kwargs)` as a HyperModel.
+class TooManyFailedTrials(DltoolError):
+    """keras-tuner stopped the search after failed trials in a row."""
+
+
+class ChiefLost(DltoolError):
+    """A worker lost its connection to the chief (the gRPC status code)."""
+
+
+def search(tuner, *args, **kwargs):
+    """Runs `tuner.search(*args, **kwargs)`, its failures as dltool's errors.
+
+    Raises:
+        TooManyFailedTrials: keras-tuner's `max_consecutive_failed_trials`.
+        ChiefLost: a worker's gRPC call to the chief failed.
+    """
+    try:
+        tuner.search(*args, **kwargs)
+    except RuntimeError as e:
+        if "consecutive failures" not in str(e):
+            raise
+        raise TooManyFailedTrials(str(e)) from None
+    except grpc.RpcError as e:
+        code = getattr(e, "code", lambda: "error")()
+        raise ChiefLost(str(getattr(code, "name", code))) from None
+
+
+def set_distributed_env(address, tuner_id):
+    """Sets keras-tuner's distributed-mode variables for this process.
 
     Args:
-        module: The project's imported `model.py`.
-        config: The config the trials use.
-        model_kwargs: What the data decides (`num_classes`, ...).
+        address: `(host, port)` of the chief.
+        tuner_id: `chief`, or the worker's id.
+    """
+    os.environ["KERASTUNER_ORACLE_IP"] = address[0]
+    os.environ["KERASTUNER_ORACLE_PORT"] = str(address[1])
+    os.environ["KERASTUNER_TUNER_ID"] = tuner_id
+    # keras-tuner waits up to an hour for a vanished chief; 10 minutes is
+    # plenty once the worker has reached it.
+    oracle_client.TIMEOUT = CHIEF_WAIT_SECONDS
+
+
+class ProjectHyperModel(keras_tuner.HyperModel):
+    """The project's `build_model(hp, config, ...)` as a HyperModel.
+
+    Args:
+        experiment: The search's `dltool.engine.experiment.Experiment`.
+        meta: The data's metadata (what `build_model`'s data arguments
+            come from).
     """
 
-    def __init__(self, module, config, model_kwargs):
+    def __init__(self, experiment, meta):
         super().__init__(name="project_model")
-        self.module = module
-        self.config = config
-        self.model_kwargs = model_kwargs
+        self.experiment = experiment
+        self.meta = meta
 
     def build(self, hp):
-        model, _ = project_lib.build_model(self.module, self.config, self.model_kwargs, hp=hp)
+        model, _ = self.experiment.build_model(self.meta, hp=hp)
         return model
 
 
@@ -143,23 +234,23 @@ class _ProjectTunerMixin:
         execution = self._execution
         self._execution += 1
         run = execution_run(self.get_trial_dir(trial.trial_id), execution)
-        history = run["dir"] / "history.csv"
-        if run.get("status") == "finished" and history.is_file():
-            return history_from_csv(history)  # done before the search was interrupted
+        if run.get("status") == "finished" and run.history_file.is_file():
+            return keras_history(run)  # done before the search was interrupted
         kwargs["callbacks"] = [*self._execution_callbacks(run), *kwargs.get("callbacks", [])]
         model = self._try_build(trial.hyperparameters)
         if kt_backend.config.multi_backend():  # Hyperband rebuilds models from it
             kt_utils.save_json(self._get_build_config_fname(trial.trial_id),
                                model.get_build_config())
-        runs.update_run(run, status="running", pid=os.getpid(), tuner_id=self.tuner_id,
-                        parameters=int(model.count_params()))
+        run.update(status="running", pid=os.getpid(), tuner_id=self.tuner_id,
+                   parameters=int(model.count_params()))
         model.fit(*args, **kwargs)
-        runs.update_run(run, status="finished", pid=None)
-        return history_from_csv(history)
+        run.update(status="finished", pid=None)
+        return keras_history(run)
 
     def _execution_callbacks(self, run):
-        monitor = self.oracle.objective.name
-        callbacks = [c for c in training.make_callbacks(self.trial_config, run, monitor)
+        objective = self.oracle.objective
+        callbacks = [c for c in training.make_callbacks(self.trial_config, run, objective.name,
+                                                        objective.direction)
                      # keras-tuner saves the best epoch and writes TensorBoard
                      # logs with HParams per trial itself.
                      if not isinstance(c, (keras.callbacks.ModelCheckpoint,
@@ -178,45 +269,109 @@ class _ProjectTunerMixin:
 
 
 def execution_run(trial_dir, execution):
-    """Returns the run dict of one trial execution, resuming a recorded one."""
+    """Returns the `Run` of one trial execution, resuming a recorded one."""
     folder = Path(trial_dir) / EXECUTION_DIR.format(execution)
     folder.mkdir(parents=True, exist_ok=True)
-    run = runs.read_run(folder)
+    run = runs.Run.open(folder)
     if run is None:
-        run = {"name": f"{Path(trial_dir).name}/{folder.name}", "dir": folder,
-               "epochs_done": 0}
+        run = runs.Run(folder, {"name": f"{Path(trial_dir).name}/{folder.name}",
+                                "epochs_done": 0})
     return run
 
 
-def history_from_csv(path):
-    """Reads a `history.csv` (CSVLogger) into a `keras.callbacks.History`.
-
-    Rows are keyed by epoch, the last row of an epoch winning, so an epoch
-    logged again after a resume is counted once.
-    """
-    by_epoch = {}
-    with open(path, newline="", encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            try:
-                by_epoch[int(row.pop("epoch"))] = {k: float(v) for k, v in row.items()}
-            except (TypeError, ValueError):
-                continue  # a row torn by a kill
+def keras_history(run):
+    """A run's `history.csv` (`Run.history`) as a `keras.callbacks.History`."""
+    columns = run.history() or {"epoch": []}
     history = keras.callbacks.History()
-    history.epoch = sorted(by_epoch)
-    for epoch in history.epoch:
-        for name, value in by_epoch[epoch].items():
-            history.history.setdefault(name, []).append(value)
+    history.epoch = [int(e) for e in columns.pop("epoch")]
+    history.history = columns
     return history
 
 
-def make_oracle(tune, objective, space, seed):
+def repair_state(folder, warn):
+    """Sets damaged trial files aside so keras-tuner can reload the search.
+
+    A `trial.json` that does not parse is renamed `trial.json.damaged-<time>`
+    and replaced by a record of a failed trial (same id, so trial ids stay
+    unique); the oracle stops waiting for it.
+
+    Args:
+        folder: The search folder.
+        warn: Function that prints a warning line.
+
+    Raises:
+        DltoolError: if `oracle.json` itself is damaged.
+    """
+    folder = Path(folder)
+    oracle_path = folder / ORACLE_FILE
+    if not oracle_path.exists():
+        return
+    oracle = files.read_json(oracle_path)
+    if not isinstance(oracle, dict) or "end_order" not in oracle:
+        raise DltoolError(f"{oracle_path} is damaged: start the search over with --fresh "
+                          "(the old one is kept aside)")
+    changed = False
+    for trial_dir in sorted(folder.glob("trial_*")):
+        path = trial_dir / TRIAL_FILE
+        state = files.read_json(path)
+        if isinstance(state, dict) and {"trial_id", "status", "hyperparameters"} <= set(state):
+            continue
+        if not path.exists() and not trial_dir.is_dir():
+            continue
+        trial_id = trial_dir.name.removeprefix("trial_")
+        damaged = path.with_name(f"{TRIAL_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        if path.exists():
+            os.rename(path, damaged)
+        elif trial_id not in oracle.get("start_order", []):
+            continue  # a folder keras-tuner made before recording the trial
+        warn(f"Warning: {path} was damaged; set aside as {damaged.name}, "
+             f"trial {trial_id} counts as failed")
+        files.write_json_atomic(path, {
+            "trial_id": trial_id, "status": "FAILED", "score": None, "best_step": 0,
+            "hyperparameters": {**oracle.get("hyperparameters", {"space": []}),
+                                "values": {}},
+            "metrics": {"metrics": {}},
+            "message": f"trial.json was damaged and set aside as {damaged.name}"})
+        oracle["ongoing_trials"] = {k: v for k, v in oracle.get("ongoing_trials", {}).items()
+                                    if v != trial_id}
+        oracle["retry_queue"] = [t for t in oracle.get("retry_queue", []) if t != trial_id]
+        if trial_id not in oracle["end_order"]:
+            oracle["end_order"].append(trial_id)
+        if trial_id not in oracle.get("start_order", []):
+            oracle.setdefault("start_order", []).append(trial_id)
+        changed = True
+    if changed:
+        files.write_json_atomic(oracle_path, oracle)
+
+
+def ensure_tuner_file(folder, tuner_id):
+    """Makes keras-tuner reload an existing search under another tuner id.
+
+    keras-tuner reloads a search only when the file of the tuner id running
+    it exists (`tuner0.json` locally, `chief.json` for a chief); a search
+    started locally and continued as a chief would otherwise start over.
+    The file holds no state of its own (`{}`).
+    """
+    path = Path(folder) / f"{tuner_id}.json"
+    if (Path(folder) / ORACLE_FILE).exists() and not path.exists():
+        files.write_json_atomic(path, {})
+
+
+def make_oracle(tune, objective, direction, space, seed):
     """Creates the keras-tuner oracle named by `tune["tuner"]`.
 
     Only the hyperparameters of `space` are searched; the others the model
     reads keep their defaults (`tune_new_entries=False`).
+
+    Args:
+        tune: The config's `[tune]` section.
+        objective: The metric to optimize.
+        direction: `max` or `min` (`dltool.core.metrics.direction`).
+        space: The `keras_tuner.HyperParameters` to search.
+        seed: The oracle's seed.
     """
     oracles = keras_tuner.oracles
-    common = dict(objective=objective, hyperparameters=space, seed=seed,
+    common = dict(objective=keras_tuner.Objective(objective, direction), hyperparameters=space, seed=seed,
                   tune_new_entries=False, allow_new_entries=True,
                   max_retries_per_trial=tune["max_retries_per_trial"],
                   max_consecutive_failed_trials=tune["max_consecutive_failed_trials"])

@@ -18,11 +18,11 @@ import time
 import types
 
 from dltool.core import config as config_lib
-from dltool.core import processes
-from dltool.tuning import trials
+from dltool.core import files, processes
 from dltool.core import project as project_lib
 from dltool.core.errors import ReportedError
 from dltool.core.scaffold import validate_project_name
+from dltool.tuning import trials
 
 MORE_TRIALS_EXIT = 75  # EX_TEMPFAIL: this child ran its trials; the search goes on
 
@@ -88,4 +88,4 @@ def run_in_children(project_dir, overrides=(), *, name=None, fresh=False, export
         role.index += 1
     if code != 0:
         raise ReportedError(code)
-    return trials.read_json(trials.search_dir(project_dir, name) / trials.SUMMARY_FILE) or {}
+    return files.read_json(trials.search_dir(project_dir, name) / trials.SUMMARY_FILE) or {}

@@ -23,17 +23,17 @@ import types
 import warnings
 from pathlib import Path
 
-from dltool.core import config as config_lib
-from dltool.core import project as project_lib
-from dltool.core import runs
-from dltool.tuning import space as search_space
-from dltool.engine import train as training
-from dltool.tuning import trials
-from dltool.tuning import adapter as tuners
 from dltool._tf import keras
+from dltool.core import config as config_lib
+from dltool.core import files, metrics
+from dltool.core import project as project_lib
 from dltool.core.errors import ConfigError, DltoolError
 from dltool.core.scaffold import validate_project_name
-from dltool.tasks import task_for
+from dltool.engine import train as training
+from dltool.engine.experiment import Experiment
+from dltool.engine.export import export
+from dltool.tuning import adapter, trials
+from dltool.tuning import space as search_space
 
 # Settings a search must keep to be resumed (the rest, e.g. max_trials or
 # the time budget, may change between runs).
@@ -42,23 +42,6 @@ _FIXED_TUNE_KEYS = ("tuner", "objective", "direction", "epochs", "early_stopping
 _FIXED_SECTIONS = ("data", "model", "search")
 _FIXED_TRAINING_KEYS = ("batch_size", "lr_schedule", "warmup_epochs", "seed")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def objective_direction(objective, direction):
-    """Resolves `tune.direction`: `max` or `min` for `objective`.
-
-    Raises:
-        ConfigError: if `direction` is `auto` and the name does not tell.
-    """
-    if direction != "auto":
-        return direction
-    name = objective.removeprefix("val_")
-    if "loss" in name or "error" in name:
-        return "min"
-    if any(word in name for word in ("acc", "auc", "precision", "recall", "f1")):
-        return "max"
-    raise ConfigError(f"cannot tell whether {objective} should go up or down: "
-                      "set tune.direction (--direction max or min)")
 
 
 def parse_address(text, what):
@@ -132,7 +115,7 @@ def _fingerprint(config):
 
 
 def _check_same_search(folder, settings):
-    saved = trials.read_json(folder / trials.SEARCH_FILE)
+    saved = files.read_json(folder / trials.SEARCH_FILE)
     if not isinstance(saved, dict) or saved.get("fingerprint") == settings["fingerprint"]:
         return
     old, new = saved.get("fingerprint", {}), settings["fingerprint"]
@@ -183,8 +166,7 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
         skip_bad: Drop unusable data files instead of failing.
         echo: Function that prints a line for the user.
         child: In a child process of a local search, its
-            `search_processes.ChildRole` (when the search started, its
-            deadline, the child's number); None otherwise.
+            `dltool.tuning.children.ChildRole`; None otherwise.
 
     Returns:
         The search summary dict (a worker's: trials it ran; a child that
@@ -193,157 +175,313 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
     Raises:
         DltoolError: bad config, space, objective or data; unreachable chief.
     """
-    config = project_lib.load_config(project_dir, overrides)
-    tune_settings = config["tune"]
-    objective = tune_settings["objective"]
-    direction = objective_direction(objective, tune_settings["direction"])
-    budget = config_lib.parse_duration(tune_settings["time_budget"], "tune.time_budget")
-    name = validate_project_name(name or tune_settings["tuner"], what="search name")
-    folder = trials.search_dir(project_dir, name)
     if chief and worker:
         raise ConfigError("give --chief or --worker, not both")
-    address = parse_address(chief or worker, "--chief" if chief else "--worker") \
-        if (chief or worker) else None
     if export_best and worker:
         raise ConfigError("--export-best belongs to the chief (or a search without workers)")
-    if worker:
-        wait_for_chief(*address, connect_timeout)
-    settings = {"name": name, "template": config.template, "fingerprint": _fingerprint(config)}
-    if not fresh and not worker:
-        _check_same_search(folder, settings)
-    preamble = echo if child is None or child.index == 0 else (lambda *args, **kwargs: None)
-
-    inputs = _checked_inputs(project_dir, overrides, config, skip_bad, preamble)
-
-    # The input is good: from here on the search folder changes.
-    role = "chief" if chief else "worker" if worker else "local"
-    if fresh and folder.exists() and role != "worker":
-        echo(f"Moved the old search to {trials.set_aside(folder)}")
-    folder.mkdir(parents=True, exist_ok=True)
-    if role == "chief":
-        _set_distributed_env(address, "chief")
-        _warn_no_authentication(address, echo)
-    elif role == "worker":
-        _set_distributed_env(address, worker_id(folder))
-    if role != "worker":
-        trials.repair_state(folder, warn=echo)
-        if not (folder / trials.SEARCH_FILE).exists():
-            runs.write_json_atomic(folder / trials.SEARCH_FILE, settings)
-        trials.ensure_tuner_file(folder, os.environ.get("KERASTUNER_TUNER_ID", "tuner0"))
-    tuners.atomic_state_files()
-    if child is None:
-        started = time.time()
-        deadline = started + budget if (budget and role != "worker") else None
+    common = dict(name=name, fresh=fresh, skip_bad=skip_bad, echo=echo)
+    if chief:
+        search = ChiefSearch(project_dir, overrides, parse_address(chief, "--chief"),
+                             export_best=export_best, **common)
+    elif worker:
+        search = WorkerSearch(project_dir, overrides, parse_address(worker, "--worker"),
+                              connect_timeout, **common)
     else:
-        started, deadline = child.started, child.deadline
-    tuner = _make_tuner(config, inputs, objective, direction, folder, deadline,
-                        trials_per_process=tune_settings["trials_per_process"] if child else 0)
-    if role != "worker":
-        tuner.save()  # so a search killed in its first trial reloads
-    preamble(f"Search: {folder} ({tune_settings['tuner']}, {objective} {direction}, "
-             f"{role}{', time budget ' + tune_settings['time_budget'] if deadline else ''}"
-             f"{', trials in child processes' if child else ''})")
+        search = LocalSearch(project_dir, overrides, child=child, export_best=export_best,
+                             **common)
+    return search.run()
 
-    stopped_by, failure = _run(tuner, role, address, deadline, inputs, config)
-    if stopped_by == "more trials":
-        return {"more_trials": True}
-    if role == "worker":
+
+class Search:
+    """A search as this process takes part in it: the checks and setup all roles share.
+
+    Subclasses say what the process does: `LocalSearch` runs the trials,
+    `ChiefSearch` serves them to workers, `WorkerSearch` runs the chief's.
+    Every check that can fail on bad input runs in `__init__` and
+    `check_inputs`, before `open_folder` changes anything on disk.
+
+    Args:
+        project_dir: The project folder.
+        overrides: `section.key=value` strings.
+        name: Search name; the tuner's name if None.
+        fresh: Move an existing search aside and start over.
+        skip_bad: Drop unusable data files.
+        echo: Function that prints a line for the user.
+    """
+
+    role = "local"
+    saves_state = True  # the chief's and a local search's oracle; a worker's is the chief's
+    export_best = False
+
+    def __init__(self, project_dir, overrides=(), *, name=None, fresh=False, skip_bad=False,
+                 echo=print):
+        self.project_dir = project_dir
+        self.overrides = tuple(overrides)
+        self.config = project_lib.load_config(project_dir, overrides)
+        self.settings = self.config["tune"]
+        self.objective = self.settings["objective"]
+        self.direction = metrics.direction(self.objective, self.settings["direction"])
+        self.budget = config_lib.parse_duration(self.settings["time_budget"], "tune.time_budget")
+        self.name = validate_project_name(name or self.settings["tuner"], what="search name")
+        self.folder = trials.search_dir(project_dir, self.name)
+        self.fresh = fresh
+        self.skip_bad = skip_bad
+        self.echo = echo
+        self.record = {"name": self.name, "template": self.config.template,
+                       "fingerprint": _fingerprint(self.config)}
+
+    def run(self):
+        """Checks the input, then runs this process's part of the search.
+
+        Returns:
+            The summary dict (see `tune`).
+        """
+        self.check_search()
+        self.inputs = inputs = self.check_inputs()
+        self.open_folder()
+        started, deadline = self.clock()
+        tuner = self.make_tuner(inputs, deadline)
+        if self.saves_state:
+            tuner.save()  # so a search killed in its first trial reloads
+        self.preamble(f"Search: {self.folder} ({self.settings['tuner']}, {self.objective} "
+                      f"{self.direction}, {self.role}"
+                      f"{', time budget ' + str(self.settings['time_budget']) if deadline else ''}"
+                      f"{self.description_suffix()})")
+        stopped_by, failure = self.stopping(lambda: self.search(tuner, inputs, deadline))
+        return self.finish(tuner, stopped_by, failure, time.time() - started)
+
+    # ---- what the roles change ----
+
+    def check_search(self):
+        """Refuses to continue a search started with other settings."""
+        if not self.fresh:
+            _check_same_search(self.folder, self.record)
+
+    def preamble(self, line):
+        """Prints a line of the search's description."""
+        self.echo(line)
+
+    def description_suffix(self):
+        return ""
+
+    def clock(self):
+        """Returns `(started, deadline)`: when the search started, when it must stop."""
+        started = time.time()
+        return started, (started + self.budget if self.budget else None)
+
+    def open_folder(self):
+        """Creates (or sets aside and recreates) the search folder and its state."""
+        if self.fresh and self.folder.exists():
+            self.echo(f"Moved the old search to {trials.set_aside(self.folder)}")
+        self.folder.mkdir(parents=True, exist_ok=True)
+        adapter.repair_state(self.folder, warn=self.echo)
+        if not (self.folder / trials.SEARCH_FILE).exists():
+            files.write_json_atomic(self.folder / trials.SEARCH_FILE, self.record)
+        adapter.ensure_tuner_file(self.folder, self.tuner_id())
+        adapter.atomic_state_files()
+
+    def tuner_id(self):
+        return "tuner0"
+
+    def trials_per_process(self):
+        return 0
+
+    def search(self, tuner, inputs, deadline):
+        """Runs the trials in this process (the local search and the workers)."""
+        log_dir = Path(tuner.project_dir) / "tensorboard"
+        adapter.search(tuner, inputs.train_ds, validation_data=inputs.val_ds,
+                     epochs=self.settings["epochs"],
+                     callbacks=[keras.callbacks.TensorBoard(str(log_dir))],
+                     verbose=self.config["training"]["verbose"])
+
+    def finish(self, tuner, stopped_by, failure, seconds):
+        """Writes and prints the summary; exports the best if asked.
+
+        Raises:
+            DltoolError: the search ended on a failure.
+        """
+        summary = summarize(self.folder, self.record, self.settings, self.objective,
+                            self.direction, self.inputs.space, stopped_by, seconds,
+                            self.echo)
+        if failure:
+            raise DltoolError(failure)
+        if self.export_best:
+            summary["export"] = export_best_trial(self.project_dir, self.overrides, summary,
+                                                  self.skip_bad, self.echo)
+        return summary
+
+    # ---- shared pieces ----
+
+    def check_inputs(self):
+        """Opens the data and checks the space and objective against the model.
+
+        Returns:
+            A namespace: `experiment`, `trial_config`, `strategy`, `train_ds`,
+            `val_ds`, `meta` (the data's), `space`.
+
+        Raises:
+            DltoolError: bad data, space or objective.
+        """
+        experiment = Experiment.open(self.project_dir, self.overrides)
+        config = experiment.config
+        trial_config = _trial_config(self.project_dir, self.overrides, config, self.objective)
+        keras.utils.set_random_seed(config["training"]["seed"])
+        strategy, description = experiment.prepare_runtime()
+        data = experiment.open_data(skip_bad=self.skip_bad)
+        for line in [description, *data.report]:
+            self.preamble(line)
+        train_ds, val_ds = experiment.datasets(data, trial_config)
+        space = search_space.search_hyperparameters(config)
+        with strategy.scope():
+            model, declared = experiment.build_model(data.meta)
+        search_space.check_against_model(space, declared, self.settings["tuner"])
+        _check_objective(model, train_ds, val_ds, self.objective)
+        del model
+        keras.backend.clear_session()
+        return types.SimpleNamespace(experiment=experiment, trial_config=trial_config,
+                                     strategy=strategy, train_ds=train_ds, val_ds=val_ds,
+                                     meta=data.meta, space=space)
+
+    def make_tuner(self, inputs, deadline):
+        """The keras-tuner tuner of this search, its oracle made from the config."""
+        oracle = adapter.make_oracle(self.settings, self.objective, self.direction,
+                                     inputs.space, seed=self.config["training"]["seed"])
+        hypermodel = adapter.ProjectHyperModel(inputs.experiment, inputs.meta)
+        return adapter.make_tuner(self.settings, oracle, hypermodel, inputs.trial_config,
+                                  deadline=deadline,
+                                  trials_per_process=self.trials_per_process(),
+                                  directory=str(self.folder.parent),
+                                  project_name=self.folder.name, overwrite=False,
+                                  distribution_strategy=inputs.strategy)
+
+    def stopping(self, search):
+        """Runs `search()` and tells what ended it.
+
+        Returns:
+            A tuple `(stopped_by, failure)`: what ended it, and the error
+            line to exit with (None when it ended well).
+        """
+        warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
+        try:
+            search()
+        except adapter.BudgetExhausted:
+            return "time budget", None
+        except adapter.ProcessTrialsDone:
+            return "more trials", None
+        except KeyboardInterrupt:
+            return "interrupted", "interrupted: run the same command to resume"
+        except adapter.TooManyFailedTrials as e:
+            return "failures", (f"stopped after {self.settings['max_consecutive_failed_trials']} "
+                                f"failed trials in a row; last error: {_last_line(str(e))}")
+        return "done", None
+
+
+class LocalSearch(Search):
+    """A search that runs its trials itself (in `dltool tune`, or in its children).
+
+    Args:
+        child: In a child process of a local search, its `ChildRole`: the
+            search's start and deadline come from the parent, and the child
+            stops after `tune.trials_per_process` trials.
+        export_best: Retrain and export the best trial afterwards.
+        **kwargs: See `Search`.
+    """
+
+    def __init__(self, project_dir, overrides=(), *, child=None, export_best=False, **kwargs):
+        super().__init__(project_dir, overrides, **kwargs)
+        self.child = child
+        self.export_best = export_best
+
+    def preamble(self, line):
+        if self.child is None or self.child.index == 0:
+            self.echo(line)
+
+    def description_suffix(self):
+        return ", trials in child processes" if self.child else ""
+
+    def clock(self):
+        if self.child is None:
+            return super().clock()
+        return self.child.started, self.child.deadline
+
+    def trials_per_process(self):
+        return self.settings["trials_per_process"] if self.child else 0
+
+    def finish(self, tuner, stopped_by, failure, seconds):
+        if stopped_by == "more trials":
+            return {"more_trials": True}
+        return super().finish(tuner, stopped_by, failure, seconds)
+
+
+class ChiefSearch(Search):
+    """The chief of a distributed search: serves the trials to workers.
+
+    Args:
+        address: `(host, port)` to listen on.
+        export_best: Retrain and export the best trial afterwards.
+        **kwargs: See `Search`.
+    """
+
+    role = "chief"
+
+    def __init__(self, project_dir, overrides, address, *, export_best=False, **kwargs):
+        super().__init__(project_dir, overrides, **kwargs)
+        self.address = address
+        self.export_best = export_best
+
+    def tuner_id(self):
+        return "chief"
+
+    def open_folder(self):
+        super().open_folder()
+        adapter.set_distributed_env(self.address, "chief")
+        _warn_no_authentication(self.address, self.echo)
+
+    def search(self, tuner, inputs, deadline):
+        adapter.serve_oracle(tuner, f"{self.address[0]}:{self.address[1]}", deadline)
+        if deadline is not None and time.time() > deadline:
+            raise adapter.BudgetExhausted("time budget used up")
+
+
+class WorkerSearch(Search):
+    """A worker of a distributed search: runs the trials its chief hands out.
+
+    Args:
+        address: `(host, port)` of the chief.
+        connect_timeout: Seconds to wait for the chief.
+        **kwargs: See `Search`.
+    """
+
+    role = "worker"
+    saves_state = False
+
+    def __init__(self, project_dir, overrides, address, connect_timeout=60.0, **kwargs):
+        super().__init__(project_dir, overrides, **kwargs)
+        self.address = address
+        self.connect_timeout = connect_timeout
+
+    def check_search(self):
+        wait_for_chief(*self.address, self.connect_timeout)
+
+    def clock(self):
+        return time.time(), None  # the chief keeps the time budget
+
+    def open_folder(self):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        adapter.set_distributed_env(self.address, worker_id(self.folder))
+        adapter.atomic_state_files()
+
+    def search(self, tuner, inputs, deadline):
+        try:
+            super().search(tuner, inputs, deadline)
+        except adapter.ChiefLost as e:
+            raise DltoolError(f"lost the chief at {self.address[0]}:{self.address[1]}: "
+                              f"{e}") from None
+
+    def finish(self, tuner, stopped_by, failure, seconds):
         ran = sorted(tuner.trials_run)
-        echo(f"Worker {tuner.tuner_id} ran {len(ran)} trial(s): {', '.join(ran)}")
+        self.echo(f"Worker {tuner.tuner_id} ran {len(ran)} trial(s): {', '.join(ran)}")
         return {"worker": tuner.tuner_id, "trials": ran}
-    summary = summarize(folder, settings, tune_settings, objective, direction, inputs.space,
-                        stopped_by, time.time() - started, echo)
-    if failure:
-        raise DltoolError(failure)
-    if export_best:
-        summary["export"] = export_best_trial(project_dir, overrides, summary, skip_bad, echo)
-    return summary
-
-
-def _checked_inputs(project_dir, overrides, config, skip_bad, echo):
-    """Opens the data and checks the space and objective against the model.
-
-    Returns:
-        A namespace: `module`, `trial_config`, `strategy`, `train_ds`,
-        `val_ds`, `model_kwargs`, `space`.
-
-    Raises:
-        DltoolError: bad data, space or objective.
-    """
-    task = task_for(config.template)
-    module = project_lib.load_model_module(project_dir)
-    trial_config = _trial_config(project_dir, overrides, config, config["tune"]["objective"])
-    keras.utils.set_random_seed(config["training"]["seed"])
-    strategy, description = training.prepare_runtime(config)
-    data = task.open_data(config, project_dir, skip_bad=skip_bad)
-    for line in [description, *data.report]:
-        echo(line)
-    train_ds, val_ds = training.training_datasets(task, trial_config, data)
-    model_kwargs = task.model_kwargs(data.meta)
-    space = search_space.search_hyperparameters(config)
-    with strategy.scope():
-        model, declared = project_lib.build_model(module, config, model_kwargs)
-    search_space.check_against_model(space, declared, config["tune"]["tuner"])
-    _check_objective(model, train_ds, val_ds, config["tune"]["objective"])
-    del model
-    keras.backend.clear_session()
-    return types.SimpleNamespace(module=module, trial_config=trial_config, strategy=strategy,
-                                 train_ds=train_ds, val_ds=val_ds, model_kwargs=model_kwargs,
-                                 space=space)
-
-
-def _make_tuner(config, inputs, objective, direction, folder, deadline, trials_per_process=0):
-    import keras_tuner
-
-    tune_settings = config["tune"]
-    oracle = tuners.make_oracle(tune_settings, keras_tuner.Objective(objective, direction),
-                                inputs.space, seed=config["training"]["seed"])
-    hypermodel = tuners.ProjectHyperModel(inputs.module, config, inputs.model_kwargs)
-    return tuners.make_tuner(tune_settings, oracle, hypermodel, inputs.trial_config,
-                             deadline=deadline, trials_per_process=trials_per_process,
-                             directory=str(folder.parent),
-                             project_name=folder.name, overwrite=False,
-                             distribution_strategy=inputs.strategy)
-
-
-def _run(tuner, role, address, deadline, inputs, config):
-    """Runs the search in this process's role.
-
-    Returns:
-        A tuple `(stopped_by, failure)`: what ended it, and the error line
-        to exit with (None when it ended well).
-    """
-    import grpc
-
-    tune_settings = config["tune"]
-    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
-    try:
-        if role == "chief":
-            tuners.serve_oracle(tuner, f"{address[0]}:{address[1]}", deadline)
-            if deadline is not None and time.time() > deadline:
-                return "time budget", None
-        else:
-            log_dir = Path(tuner.project_dir) / "tensorboard"
-            tuner.search(inputs.train_ds, validation_data=inputs.val_ds,
-                         epochs=tune_settings["epochs"],
-                         callbacks=[keras.callbacks.TensorBoard(str(log_dir))],
-                         verbose=config["training"]["verbose"])
-    except tuners.BudgetExhausted:
-        return "time budget", None
-    except tuners.ProcessTrialsDone:
-        return "more trials", None
-    except KeyboardInterrupt:
-        return "interrupted", "interrupted: run the same command to resume"
-    except RuntimeError as e:
-        if "consecutive failures" not in str(e):
-            raise
-        return "failures", (f"stopped after {tune_settings['max_consecutive_failed_trials']} "
-                            f"failed trials in a row; last error: {_last_line(str(e))}")
-    except grpc.RpcError as e:
-        code = getattr(e, "code", lambda: "error")()
-        raise DltoolError(f"lost the chief at {address[0]}:{address[1]}: "
-                          f"{getattr(code, 'name', code)}") from None
-    return "done", None
 
 
 def _last_line(text):
@@ -351,16 +489,6 @@ def _last_line(text):
     return lines[-1] if lines else text
 
 
-def _set_distributed_env(address, tuner_id):
-    """Sets keras-tuner's distributed-mode variables for this process."""
-    from keras_tuner.src.distribute import oracle_client
-
-    os.environ["KERASTUNER_ORACLE_IP"] = address[0]
-    os.environ["KERASTUNER_ORACLE_PORT"] = str(address[1])
-    os.environ["KERASTUNER_TUNER_ID"] = tuner_id
-    # keras-tuner waits up to an hour for a vanished chief; 10 minutes is
-    # plenty once the worker has reached it.
-    oracle_client.TIMEOUT = 10 * 60
 
 
 def _warn_no_authentication(address, echo):
@@ -416,8 +544,6 @@ def export_best_trial(project_dir, overrides, summary, skip_bad, echo):
     Raises:
         DltoolError: if the search has no completed trial.
     """
-    from dltool.engine.export import export
-
     if not summary.get("best"):
         raise DltoolError("no completed trial to export yet")
     echo(f"Retraining trial {summary['best']['trial']}'s hyperparameters on train + "

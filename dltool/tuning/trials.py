@@ -1,7 +1,7 @@
 """A search's folder on disk: `tuning/<name>/` inside a project.
 
 It holds keras-tuner's state (`oracle.json`, `trial_<id>/trial.json`, each
-trial's best weights and executions), dltool's `search.json` (the settings
+trial's best weights and executions; `dltool.tuning.adapter` repairs them), dltool's `search.json` (the settings
 the search was started with), `summary.json` (best trial and its
 hyperparameters, what stopped the search), `trials.csv` and `trials.md`, and
 TensorBoard logs with HParams (`tensorboard/`).
@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from dltool.core import runs
+from dltool.core import files, runs
 from dltool.core.errors import ConfigError, DltoolError, ProjectError
 
 TUNING_DIR = runs.TUNING_DIR
@@ -36,14 +36,6 @@ def search_dir(project_dir, name):
     return Path(project_dir) / TUNING_DIR / name
 
 
-def read_json(path):
-    """Returns the JSON in `path`, or None if it is missing or damaged."""
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-
-
 def set_aside(path):
     """Renames `path` to `<path>.old-<time>` and returns the new path."""
     path = Path(path)
@@ -56,75 +48,6 @@ def set_aside(path):
     return target
 
 
-def repair_state(folder, warn):
-    """Sets damaged trial files aside so keras-tuner can reload the search.
-
-    A `trial.json` that does not parse is renamed `trial.json.damaged-<time>`
-    and replaced by a record of a failed trial (same id, so trial ids stay
-    unique); the oracle stops waiting for it.
-
-    Args:
-        folder: The search folder.
-        warn: Function that prints a warning line.
-
-    Raises:
-        DltoolError: if `oracle.json` itself is damaged.
-    """
-    folder = Path(folder)
-    oracle_path = folder / ORACLE_FILE
-    if not oracle_path.exists():
-        return
-    oracle = read_json(oracle_path)
-    if not isinstance(oracle, dict) or "end_order" not in oracle:
-        raise DltoolError(f"{oracle_path} is damaged: start the search over with --fresh "
-                          "(the old one is kept aside)")
-    changed = False
-    for trial_dir in sorted(folder.glob("trial_*")):
-        path = trial_dir / TRIAL_FILE
-        state = read_json(path)
-        if isinstance(state, dict) and {"trial_id", "status", "hyperparameters"} <= set(state):
-            continue
-        if not path.exists() and not trial_dir.is_dir():
-            continue
-        trial_id = trial_dir.name.removeprefix("trial_")
-        damaged = path.with_name(f"{TRIAL_FILE}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-        if path.exists():
-            os.rename(path, damaged)
-        elif trial_id not in oracle.get("start_order", []):
-            continue  # a folder keras-tuner made before recording the trial
-        warn(f"Warning: {path} was damaged; set aside as {damaged.name}, "
-             f"trial {trial_id} counts as failed")
-        runs.write_json_atomic(path, {
-            "trial_id": trial_id, "status": "FAILED", "score": None, "best_step": 0,
-            "hyperparameters": {**oracle.get("hyperparameters", {"space": []}),
-                                "values": {}},
-            "metrics": {"metrics": {}},
-            "message": f"trial.json was damaged and set aside as {damaged.name}"})
-        oracle["ongoing_trials"] = {k: v for k, v in oracle.get("ongoing_trials", {}).items()
-                                    if v != trial_id}
-        oracle["retry_queue"] = [t for t in oracle.get("retry_queue", []) if t != trial_id]
-        if trial_id not in oracle["end_order"]:
-            oracle["end_order"].append(trial_id)
-        if trial_id not in oracle.get("start_order", []):
-            oracle.setdefault("start_order", []).append(trial_id)
-        changed = True
-    if changed:
-        runs.write_json_atomic(oracle_path, oracle)
-
-
-def ensure_tuner_file(folder, tuner_id):
-    """Makes keras-tuner reload an existing search under another tuner id.
-
-    keras-tuner reloads a search only when the file of the tuner id running
-    it exists (`tuner0.json` locally, `chief.json` for a chief); a search
-    started locally and continued as a chief would otherwise start over.
-    The file holds no state of its own (`{}`).
-    """
-    path = Path(folder) / f"{tuner_id}.json"
-    if (Path(folder) / ORACLE_FILE).exists() and not path.exists():
-        runs.write_json_atomic(path, {})
-
-
 def read_trials(folder):
     """Returns the trials of a search, in trial id order.
 
@@ -134,15 +57,15 @@ def read_trials(folder):
         (epochs trained, all executions), `seconds` (training time),
         `workers` (tuner ids that ran it).
     """
-    oracle = read_json(Path(folder) / ORACLE_FILE) or {}
+    oracle = files.read_json(Path(folder) / ORACLE_FILE) or {}
     order = {t: i for i, t in enumerate(oracle.get("start_order", []))}
     trials = []
     for trial_dir in sorted(Path(folder).glob("trial_*"),
                             key=lambda d: (order.get(d.name[6:], len(order)), d.name)):
-        state = read_json(trial_dir / TRIAL_FILE)
+        state = files.read_json(trial_dir / TRIAL_FILE)
         if not isinstance(state, dict) or "trial_id" not in state:
             continue
-        executions = [r for r in (runs.read_run(d) for d in
+        executions = [r for r in (runs.Run.open(d) for d in
                                   sorted(trial_dir.glob("execution*"))) if r]
         values = state.get("hyperparameters", {}).get("values", {})
         trials.append({
@@ -153,7 +76,7 @@ def read_trials(folder):
                                 if not k.startswith(_TUNER_KEYS)},
             "epochs": sum(r.get("epochs_done", 0) for r in executions),
             "seconds": round(sum(r.get("train_seconds", 0.0) for r in executions), 1),
-            "workers": sorted({r["tuner_id"] for r in executions if r.get("tuner_id")}),
+            "workers": sorted({r.get("tuner_id") for r in executions if r.get("tuner_id")}),
         })
     return trials
 
@@ -193,25 +116,19 @@ def format_table(rows):
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 
 
-def _write_text_atomic(path, text):
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_tables(folder, rows):
     """Writes the trials table as `trials.csv` and `trials.md` in `folder`."""
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
-    _write_text_atomic(Path(folder) / "trials.csv", buffer.getvalue())
+    files.write_text_atomic(Path(folder) / "trials.csv", buffer.getvalue())
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
-    _write_text_atomic(Path(folder) / "trials.md", "\n".join(lines) + "\n")
+    files.write_text_atomic(Path(folder) / "trials.md", "\n".join(lines) + "\n")
 
 
 def write_summary(folder, summary):
     """Writes `summary.json` (atomically)."""
-    runs.write_json_atomic(Path(folder) / SUMMARY_FILE, summary)
+    files.write_json_atomic(Path(folder) / SUMMARY_FILE, summary)
 
 
 def find_best_hyperparameters(project_dir, which="best"):
@@ -240,7 +157,7 @@ def find_best_hyperparameters(project_dir, which="best"):
             names = ", ".join(sorted(p.parent.name for p in root.glob(f"*/{SUMMARY_FILE}")))
             raise ProjectError(f"no search named {which!r} with results in {root}"
                                + (f" (searches: {names})" if names else ""))
-    summary = read_json(path)
+    summary = files.read_json(path)
     if not isinstance(summary, dict):
         raise ProjectError(f"{path} is damaged")
     if not summary.get("best"):

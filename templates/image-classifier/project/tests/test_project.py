@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from dltool.core import project as project_lib
+from dltool.engine import experiment as experiment_lib
 from dltool.cli import cli
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -25,8 +26,8 @@ def test_config_is_valid():
 
 def test_model_builds_from_config():
     config = project_lib.load_config(PROJECT)
-    module = project_lib.load_model_module(PROJECT)
-    model, hp = project_lib.build_model(module, config, {"num_classes": 4})
+    module = experiment_lib.load_model_module(PROJECT)
+    model, hp = experiment_lib.build_model(module, config, {"num_classes": 4})
     height, width = config["data"]["image_size"]
     assert model.input_shape == (None, height, width, 3)
     assert model.output_shape == (None, 4)
@@ -42,12 +43,12 @@ def test_search_space_fits_the_model():
     from dltool.tuning import space as search_space
 
     config = project_lib.load_config(PROJECT)
-    module = project_lib.load_model_module(PROJECT)
+    module = experiment_lib.load_model_module(PROJECT)
     data_kwargs = {"num_classes": 4}
-    _, declared = project_lib.build_model(module, config, data_kwargs)
+    _, declared = experiment_lib.build_model(module, config, data_kwargs)
     space = search_space.search_hyperparameters(config)
     search_space.check_against_model(space, declared, config["tune"]["tuner"])
-    _, hp = project_lib.build_model(module, config, data_kwargs, hp=space)
+    _, hp = experiment_lib.build_model(module, config, data_kwargs, hp=space)
     assert {p.name for p in space.space} <= set(hp.values)
 
 

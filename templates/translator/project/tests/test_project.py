@@ -14,6 +14,7 @@ import pytest
 from click.testing import CliRunner
 
 from dltool.core import project as project_lib
+from dltool.engine import experiment as experiment_lib
 from dltool.cli import cli
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -31,8 +32,8 @@ def test_config_is_valid():
 @pytest.mark.parametrize("architecture", ["rnn", "transformer"])
 def test_model_builds_from_config(architecture):
     config = project_lib.load_config(PROJECT, [f"model.architecture={architecture}"])
-    module = project_lib.load_model_module(PROJECT)
-    model, hp = project_lib.build_model(
+    module = experiment_lib.load_model_module(PROJECT)
+    model, hp = experiment_lib.build_model(
         module, config, {"source_vocabulary_size": 50, "target_vocabulary_size": 60})
     source = np.random.randint(1, 50, (2, 7)).astype("int32")
     target = np.random.randint(1, 60, (2, 5)).astype("int32")

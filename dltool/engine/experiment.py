@@ -1,0 +1,222 @@
+"""One setup path: a project's experiment, opened the same way by every command.
+
+`dltool train`, `evaluate`, `export`, `predict` and `tune` all start from an
+`Experiment`: the config (the project's, or a run's resolved one, with
+`section.key=value` overrides), the template's task, the project's
+`model.py`, then, as each command needs them, the strategy and precision,
+the data and its batched datasets, and the model (fresh, or a run's best
+weights).
+"""
+
+import importlib.util
+from pathlib import Path
+
+import dltool._tf  # noqa: F401  (first: TensorFlow's environment, before keras_tuner loads it)
+import keras_tuner  # noqa: E402
+
+from dltool.core import config as config_lib
+from dltool.core import project as project_lib
+from dltool.core.errors import ProjectError
+from dltool.data import pipeline
+from dltool.engine import runtime
+from dltool.tasks import task_for
+
+MODEL_FILE = "model.py"
+
+
+class Experiment:
+    """A project's config, task and model code, and what they set up.
+
+    Use `Experiment.open` (the project's config) or `Experiment.for_run` (a
+    run's resolved config) rather than the constructor.
+
+    Args:
+        project_dir: The project folder.
+        config: The validated `Config`.
+
+    Attributes:
+        task: The template's `dltool.tasks.Task`.
+        model_module: The project's imported `model.py`.
+
+    Raises:
+        ProjectError: `model.py` is missing or broken.
+    """
+
+    def __init__(self, project_dir, config):
+        self.project_dir = Path(project_dir)
+        self.config = config
+        self.task = task_for(config.template)
+        self.model_module = load_model_module(project_dir)
+
+    @classmethod
+    def open(cls, project_dir, overrides=()):
+        """Opens a project with its `config.toml` and `section.key=value` overrides.
+
+        Raises:
+            ProjectError: not a project.
+            ConfigError: a bad key or value.
+        """
+        return cls(project_dir, project_lib.load_config(project_dir, overrides))
+
+    @classmethod
+    def for_run(cls, project_dir, run, overrides=()):
+        """Opens a project with a run's resolved config (plus overrides).
+
+        Relative paths in it (e.g. `data.source`) still refer to the project.
+        """
+        config = config_lib.load_config(run.config_file, overrides)
+        config.root = Path(project_dir)
+        return cls(project_dir, config)
+
+    def prepare_runtime(self, cluster=None):
+        """Sets the precision policy and creates the strategy of the config.
+
+        Args:
+            cluster: The `dltool.engine.cluster.Cluster` of a multi-worker
+                run, or None.
+
+        Returns:
+            A tuple `(strategy, description)`, the description a line saying
+            what was chosen and why.
+        """
+        settings = self.config["runtime"]
+        runtime.split_cpu(settings["cpu_devices"])
+        strategy = runtime.choose_strategy(settings["strategy"], cluster=cluster)
+        precision = runtime.choose_precision(settings["precision"])
+        runtime.set_precision(precision.value)
+        made = runtime.make_strategy(strategy.value, cluster)
+        description = (f"Strategy: {strategy.value} ({strategy.reason}), "
+                       f"{made.num_replicas_in_sync} replica(s); "
+                       f"precision: {precision.value} ({precision.reason})")
+        if cluster is not None:
+            role = "chief" if cluster.is_chief else "not chief: writes to a temporary folder"
+            description += (f"\nWorker: {cluster.name} of {cluster.size} at {cluster.address} "
+                            f"({role})")
+        return made, description
+
+    def open_data(self, skip_bad=False):
+        """Opens the config's data through the task (see `Task.open_data`)."""
+        return self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad)
+
+    def datasets(self, data, config=None):
+        """Returns batched `(train, val)` datasets; `val` is None without a split.
+
+        With `training.include_validation` the validation examples are
+        trained on too (the final fit of a tuned configuration) and `val` is
+        None.
+
+        Args:
+            data: What `open_data` returned.
+            config: The config whose `[training]` settings batch the data
+                (a search's trial config); this experiment's when None.
+        """
+        config = config or self.config
+        training = config["training"]
+        cache = pipeline.should_cache(config["data"]["cache"], sum(data.sizes.values()),
+                                      self.task.bytes_per_example(config))
+        grouping = self.task.batching(config)
+        train, train_size = data.splits["train"], data.sizes["train"]
+        if training["include_validation"] and "val" in data.splits:
+            train = train.concatenate(data.splits["val"])
+            train_size += data.sizes["val"]
+        train = pipeline.batched(train, training["batch_size"], training=True,
+                                 seed=training["seed"], cache=cache,
+                                 shuffle_buffer=train_size, **grouping)
+        val = None
+        if "val" in data.splits and not training["include_validation"]:
+            val = pipeline.batched(data.splits["val"], training["batch_size"], training=False,
+                                   cache=cache, **grouping)
+        return train, val
+
+    def build_model(self, meta, hp=None):
+        """Builds the project's model for data described by `meta`.
+
+        Args:
+            meta: The data's metadata (`data.meta`, or a run's).
+            hp: A `keras_tuner.HyperParameters`, or None for the defaults.
+
+        Returns:
+            A tuple `(model, hp)`.
+
+        Raises:
+            ConfigError: if a `[model]` key is not read by the model.
+        """
+        return build_model(self.model_module, self.config, self.task.model_kwargs(meta), hp)
+
+    def load_trained_model(self, run):
+        """Rebuilds a run's model under its precision policy, with its best weights.
+
+        Raises:
+            ProjectError: if the weights do not fit the current `model.py`.
+        """
+        # The precision policy it was trained with (its variables are float32
+        # in every policy, so the weights load either way).
+        with runtime.precision_scope(run.get("precision", "float32")):
+            model, _ = self.build_model(run.meta)
+        model.optimizer.build(model.trainable_variables)  # so its saved state loads too
+        try:
+            model.load_weights(str(run.weights_file))
+        except (ValueError, OSError) as e:
+            raise ProjectError(f"the weights of run {run.name} do not fit model.py as it "
+                               f"is now: {str(e).splitlines()[0]}") from e
+        return model
+
+
+def load_model_module(project_dir):
+    """Imports the project's `model.py` and returns the module.
+
+    Raises:
+        ProjectError: if `model.py` is missing, fails to import or has no
+            `build_model`.
+    """
+    path = Path(project_dir) / MODEL_FILE
+    if not path.is_file():
+        raise ProjectError(f"no {MODEL_FILE} in {project_dir}")
+    spec = importlib.util.spec_from_file_location("dltool_user_model", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        line = _user_line(e, path)
+        raise ProjectError(f"{path}{line} failed to import: {type(e).__name__}: {e}") from e
+    if not callable(getattr(module, "build_model", None)):
+        raise ProjectError(f"{path} has no build_model(hp, config, ...) function")
+    return module
+
+
+def _user_line(error, path):
+    if isinstance(error, SyntaxError) and error.lineno:
+        return f":{error.lineno}"
+    tb = error.__traceback__
+    line = ""
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == str(path):
+            line = f":{tb.tb_lineno}"
+        tb = tb.tb_next
+    return line
+
+
+def build_model(module, config, model_kwargs, hp=None):
+    """Calls the project's `build_model(hp, config, **model_kwargs)`.
+
+    With `hp=None` a fresh `keras_tuner.HyperParameters` is used, so every
+    hyperparameter takes its default, which `model.py` reads from the
+    config's `[model]` section. Every `[model]` key must be one the model
+    reads through `hp`, so a typo is reported instead of ignored.
+
+    Args:
+        module: The project's imported `model.py`.
+        config: The run's `Config`.
+        model_kwargs: What the data decides, e.g. `{"num_classes": 10}`.
+        hp: A `keras_tuner.HyperParameters`, or None for the defaults.
+
+    Returns:
+        A tuple `(model, hp)`.
+
+    Raises:
+        ConfigError: if a `[model]` key is not read by the model.
+    """
+    hp = hp if hp is not None else keras_tuner.HyperParameters()
+    model = module.build_model(hp, config, **model_kwargs)
+    config_lib.check_model_keys(config.model, set(hp.values))
+    return model, hp

@@ -1,0 +1,209 @@
+"""`Task`: the contract between dltool and one template.
+
+dltool's engine (train, evaluate, export, predict, tune), its reports and
+its CLI know nothing about images, texts or translations: they ask the run's
+task. A template names its task class in its `template.toml`
+(`task = "dltool.tasks.image_classifier:ImageClassifierTask"`) and
+`dltool.tasks.task_for` returns its one instance.
+
+This module imports nothing of dltool's: a task may import the data, report
+and core layers, never the engine.
+"""
+
+
+class Task:
+    """What one template does with its data, its model and their results.
+
+    Subclasses implement the methods that raise `NotImplementedError`; the
+    others are optional hooks with a default that does nothing special.
+
+    Args:
+        spec: The template's `template.toml` contents (`name`,
+            `description`, `task`, ...), as `dltool.core.scaffold` reads it.
+
+    Attributes:
+        name: The template's name (`image-classifier`).
+        spec: The template's `template.toml` contents.
+        json_ensure_ascii: Whether `dltool predict --json` escapes non-ASCII
+            characters (`json.dumps`' `ensure_ascii`).
+    """
+
+    json_ensure_ascii = True
+
+    def __init__(self, spec):
+        self.spec = dict(spec)
+        self.name = self.spec["name"]
+
+    def __repr__(self):
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    # ---- data and model ----
+
+    def open_data(self, config, root, *, skip_bad=False):
+        """Opens the data a config names.
+
+        Args:
+            config: The project's or run's `Config`.
+            root: The project folder (relative data paths start there).
+            skip_bad: Drop unusable data files instead of failing.
+
+        Returns:
+            The data: `splits` (name to unbatched `tf.data.Dataset` of
+            `(inputs, target)`), `sizes` (name to example count), `report`
+            and `meta` (a JSON-able dict of what the data decided and the
+            exported model needs: class names, vocabularies, ...).
+
+        Raises:
+            DataError: the data is missing or unusable.
+        """
+        raise NotImplementedError
+
+    def bytes_per_example(self, config):
+        """Returns the memory one decoded example takes, for caching decisions."""
+        raise NotImplementedError
+
+    def model_kwargs(self, meta):
+        """Returns the data-dependent keyword arguments of the project's `build_model`.
+
+        Args:
+            meta: The data's (or run's) `meta` dict.
+        """
+        raise NotImplementedError
+
+    def batching(self, config):
+        """Returns extra `dltool.data.pipeline.batched` arguments (grouping by
+        length, ...); `{}` by default."""
+        return {}
+
+    # ---- serving and predicting ----
+
+    def serving_endpoint(self, model, meta):
+        """Builds the exported model's serving function: raw input in,
+        readable output out.
+
+        Args:
+            model: The trained Keras model.
+            meta: The run's `meta` dict.
+
+        Returns:
+            A tuple `(fn, input_signature)`. `fn` may list in a `resources`
+            attribute layers it uses besides the model (a text vectorizer),
+            so the export saves their lookup tables, and in an `endpoints`
+            attribute more signatures (name to function, same input).
+        """
+        raise NotImplementedError
+
+    def read_inputs(self, items):
+        """Turns `dltool predict`'s items into what the serving function takes.
+
+        Args:
+            items: The command's inputs (image paths, texts).
+
+        Returns:
+            A list, one entry per item.
+
+        Raises:
+            DataError: naming an item that cannot be read.
+        """
+        raise NotImplementedError
+
+    def format_prediction(self, outputs, index, top_k):
+        """Returns the prediction of one input from a batch's serving outputs.
+
+        Args:
+            outputs: Dict of output name to numpy array, one row per input.
+            index: The input's row.
+            top_k: How many classes a classifier returns.
+
+        Returns:
+            A JSON-able value, what `prediction_line` and the other
+            `prediction_*` methods take.
+        """
+        raise NotImplementedError
+
+    # ---- evaluating and reporting ----
+
+    def evaluate_split(self, model, data, split, config, run, echo=None):
+        """Evaluates a model on one split; may write files to the run folder.
+
+        Args:
+            model: The trained Keras model.
+            data: What `open_data` returned.
+            split: The split's name (`test`, `val`).
+            config: The run's `Config`.
+            run: The `dltool.core.runs.Run`.
+            echo: Function that prints a progress line for the user, or None.
+
+        Returns:
+            A JSON-able dict of the figures, with at least `examples`.
+        """
+        raise NotImplementedError
+
+    def report_sections(self, run, split, evaluation):
+        """The template's part of the run report for one evaluated split.
+
+        Args:
+            run: The `dltool.core.runs.Run`.
+            split: The split evaluated.
+            evaluation: The `evaluation-SPLIT.json` contents.
+
+        Returns:
+            A list of `dltool.report.reports.Section`s; `[]` by default.
+        """
+        return []
+
+    # ---- what the CLI prints ----
+
+    def evaluation_lines(self, result):
+        """The lines `dltool evaluate` prints of an evaluation.
+
+        Args:
+            result: What `dltool.engine.evaluate.evaluate` returned (`run`,
+                `split` and `evaluate_split`'s figures).
+
+        Returns:
+            A list of lines; by default the one that names the run, the
+            split and the number of examples.
+        """
+        return [f"Run {result['run']}, {result['split']} split, {result['examples']} examples"]
+
+    def evaluation_summary(self, result):
+        """The one line `dltool evaluate --quiet` prints: the headline score."""
+        raise NotImplementedError
+
+    def prediction_line(self, item, prediction):
+        """The line `dltool predict` prints of one input and its prediction."""
+        raise NotImplementedError
+
+    def prediction_summary(self, prediction):
+        """The line `dltool predict --quiet` prints of one prediction."""
+        raise NotImplementedError
+
+    def prediction_record(self, item, prediction):
+        """One input and its prediction as `dltool predict --json` lists it
+        (a JSON-able dict)."""
+        raise NotImplementedError
+
+    def prediction_warning(self, item, prediction):
+        """A warning about one prediction for stderr, or None (the default)."""
+        return None
+
+    def run_facts(self, run):
+        """The facts this template adds to a run's `dltool runs` row and to
+        `dltool runs --compare` (after the common ones).
+
+        Args:
+            run: The `dltool.core.runs.Run`.
+
+        Returns:
+            A JSON-able dict of fact name to value; `{}` by default.
+        """
+        return {}
+
+    def table_score(self, facts):
+        """What `dltool runs` shows in its `test acc.` column, or None (`-`).
+
+        Args:
+            facts: The run's row: `dltool.core.runs.summary` and `run_facts`.
+        """
+        return None

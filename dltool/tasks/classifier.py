@@ -1,0 +1,331 @@
+"""`ClassifierTask`: what the classifier templates (images, sentiment) share.
+
+An evaluation is loss, accuracy and a per-class report (precision, recall,
+support, confusion matrix), with one row per example in
+`predictions-SPLIT.csv`; the exported model returns probabilities, class
+names, the top label and its score; `dltool predict` shows the top-k labels.
+The report shows the metrics, the confusion matrix and the per-class table;
+a subclass adds its own figures after them.
+"""
+
+import csv
+import heapq
+
+import numpy as np
+
+from dltool._tf import keras, tf
+from dltool.core import files
+from dltool.core.errors import DataError
+from dltool.data import pipeline
+from dltool.report import plots
+from dltool.report.reports import Section
+from dltool.tasks.base import Task
+
+SAMPLES_KEPT = 16
+MISTAKES_KEPT = 8
+MISTAKES_SHOWN = 10
+
+
+class ClassifierTask(Task):
+    """A template whose model maps an input to class probabilities.
+
+    The data's `meta` has `class_names` (index = label); the model's output
+    is `(n, classes)` probabilities.
+
+    Attributes:
+        keeps_examples: Whether an evaluation keeps the inputs of a seeded
+            sample and of the most confident mistakes and hands them to
+            `save_examples` (the image classifier shows them).
+    """
+
+    keeps_examples = False
+
+    def classifier_outputs(self, probabilities, class_names):
+        """The serving outputs of a classifier.
+
+        Args:
+            probabilities: Model output, `(n, classes)`.
+            class_names: String tensor of the class names, `(classes,)`.
+
+        Returns:
+            A dict: `probabilities` (float32), `classes` (the class names,
+            `(n, classes)`, in the same order), `label` (top class name,
+            `(n,)`) and `score` (its probability).
+        """
+        probabilities = tf.cast(probabilities, tf.float32)
+        count = tf.shape(probabilities)[0]
+        return {
+            "probabilities": probabilities,
+            "classes": tf.tile(class_names[tf.newaxis], [count, 1]),
+            "label": tf.gather(class_names, tf.argmax(probabilities, axis=-1)),
+            "score": tf.reduce_max(probabilities, axis=-1),
+        }
+
+    def format_prediction(self, outputs, index, top_k):
+        """Returns the top-k `(class name, probability)` pairs of one input."""
+        probabilities = np.asarray(outputs["probabilities"][index])
+        classes = [c.decode() if isinstance(c, bytes) else str(c)
+                   for c in np.asarray(outputs["classes"][index])]
+        order = np.argsort(-probabilities)[:top_k]
+        return [(classes[i], float(probabilities[i])) for i in order]
+
+    # ---- evaluating ----
+
+    def evaluate_split(self, model, data, split, config, run, echo=None):
+        """Loss, accuracy and the per-class report of the model on one split.
+
+        Also writes `predictions-SPLIT.csv` and, when the task
+        `keeps_examples`, the inputs the report shows (`save_examples`). A
+        classifier evaluates in seconds: `echo` is not used.
+
+        Returns:
+            A dict with `examples`, `loss`, `accuracy` and the rest of
+            `evaluation_report` (`per_class`, `confusion`).
+        """
+        training = config["training"]
+        keeper = _ExampleKeeper(data.sizes[split], training["seed"]) \
+            if self.keeps_examples else None
+        dataset = pipeline.batched(data.splits[split], training["batch_size"], training=False)
+        labels, probabilities = _predict_all(model, dataset, keeper)
+        loss = keras.losses.get(model.loss)(labels, probabilities)
+        report = self.evaluation_report(labels, probabilities, run.meta)
+        save_predictions(run, split, labels, probabilities, run.meta["class_names"],
+                         self.readable_inputs(data, split))
+        if keeper is not None:
+            self.save_examples(run, split, keeper.examples())
+        return {"examples": int(len(labels)),
+                "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}
+
+    def evaluation_report(self, y_true, probabilities, meta):
+        """Per-class precision and recall, and the confusion matrix.
+
+        Args:
+            y_true: Integer labels, shape `(n,)`.
+            probabilities: Model outputs, shape `(n, classes)`.
+            meta: Run metadata with `class_names`.
+
+        Returns:
+            A dict with `accuracy`, `per_class` (list of dicts: name,
+            precision, recall, support) and `confusion` (list of lists, rows =
+            true class).
+        """
+        names = meta["class_names"]
+        predicted = np.argmax(probabilities, axis=-1)
+        confusion = np.zeros((len(names), len(names)), dtype=np.int64)
+        np.add.at(confusion, (np.asarray(y_true), predicted), 1)
+        per_class = []
+        for i, name in enumerate(names):
+            predicted_i = confusion[:, i].sum()
+            support = confusion[i].sum()
+            per_class.append({
+                "name": name,
+                "precision": float(confusion[i, i] / predicted_i) if predicted_i else 0.0,
+                "recall": float(confusion[i, i] / support) if support else 0.0,
+                "support": int(support),
+            })
+        accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
+        return {"accuracy": accuracy, "per_class": per_class, "confusion": confusion.tolist()}
+
+    def readable_inputs(self, data, split):
+        """The split's inputs as one-line text for `predictions-SPLIT.csv`
+        (texts), or None (the default: inputs with no readable form)."""
+        return None
+
+    def save_examples(self, run, split, examples):
+        """Keeps the evaluation inputs the report shows; does nothing by default.
+
+        Called only when the task `keeps_examples`.
+
+        Args:
+            run: The `Run`.
+            split: The split evaluated.
+            examples: `(indices, inputs, in_sample)`: example indices in the
+                split, their inputs (None when there are none) and whether
+                each is in the random sample (the others are confident
+                mistakes).
+        """
+
+    # ---- reporting ----
+
+    def report_sections(self, run, split, evaluation):
+        """The classifier's evaluation: metrics, confusion matrix, per-class table.
+
+        Args:
+            run: The `Run`.
+            split: The split evaluated.
+            evaluation: The `evaluation-SPLIT.json` contents.
+
+        Returns:
+            A list of `Section`s.
+        """
+        text = (f"{evaluation['examples']} examples: accuracy {evaluation['accuracy']:.4f}, "
+                f"loss {evaluation['loss']:.4f}.")
+        sections = [Section(f"Evaluation on the {split} split", text=text)]
+        if "confusion" in evaluation:
+            image = run.figure_file("confusion", split)
+            plots.confusion_matrix(evaluation["confusion"], run.meta["class_names"], image)
+            sections.append(Section(f"Confusion matrix ({split})", image=image.name,
+                                    text="Rows: true class; columns: predicted class."))
+        if "per_class" in evaluation:
+            table = [["class", "precision", "recall", "support"]]
+            table += [[c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}",
+                       str(c["support"])] for c in evaluation["per_class"]]
+            sections.append(Section(f"Per class ({split})", table=table))
+        return sections
+
+    def run_facts(self, run):
+        """The `test_accuracy` and `test_loss` of `dltool evaluate`, when it ran."""
+        evaluation = files.read_json(run.evaluation_file("test"))
+        if not isinstance(evaluation, dict):
+            return {}
+        return {"test_accuracy": evaluation.get("accuracy"),
+                "test_loss": evaluation.get("loss")}
+
+    def table_score(self, facts):
+        """The test accuracy, when the run was evaluated."""
+        return facts.get("test_accuracy")
+
+    # ---- what the CLI prints ----
+
+    def evaluation_lines(self, result):
+        """The header, loss and accuracy, then one line per class."""
+        lines = [*super().evaluation_lines(result), f"loss      {result['loss']:.4f}",
+                 f"accuracy  {result['accuracy']:.4f}"]
+        if "per_class" in result:
+            width = max(len(c["name"]) for c in result["per_class"])
+            lines.append(f"{'class':<{width}}  precision  recall  support")
+            lines += [f"{c['name']:<{width}}  {c['precision']:>9.3f}  {c['recall']:>6.3f}"
+                      f"  {c['support']:>7}" for c in result["per_class"]]
+        return lines
+
+    def evaluation_summary(self, result):
+        """The accuracy, four decimals."""
+        return f"{result['accuracy']:.4f}"
+
+    def prediction_line(self, item, prediction):
+        """`ITEM: label probability, label probability, ...`."""
+        shown = ", ".join(f"{label} {probability:.3f}" for label, probability in prediction)
+        return f"{item}: {shown}"
+
+    def prediction_summary(self, prediction):
+        """The top label."""
+        return prediction[0][0]
+
+    def prediction_record(self, item, prediction):
+        """`{"input": item, "top": [{"label": ..., "probability": ...}, ...]}`."""
+        return {"input": item, "top": [{"label": label, "probability": probability}
+                                       for label, probability in prediction]}
+
+
+def _predict_all(model, dataset, keeper=None):
+    """Runs the model on a batched dataset.
+
+    Returns:
+        `(labels, probabilities)`: numpy arrays `(n,)` and `(n, classes)`
+        float32. Each batch is shown to `keeper` too, when given.
+    """
+    labels, probabilities = [], []
+    for x, y in dataset:
+        labels.append(y.numpy())
+        probabilities.append(np.asarray(model(x, training=False), dtype=np.float32))
+        if keeper is not None:
+            keeper.add(x, labels[-1], probabilities[-1])
+    return np.concatenate(labels), np.concatenate(probabilities)
+
+
+def save_predictions(run, split, labels, probabilities, class_names, inputs=None):
+    """Writes `predictions-SPLIT.csv`: one row per evaluated example.
+
+    Args:
+        run: The `Run`.
+        split: The split evaluated.
+        labels: True labels, integers `(n,)`.
+        probabilities: Model outputs `(n, classes)`.
+        class_names: Names of the classes, index = label.
+        inputs: Readable inputs (texts) in the same order, or None.
+    """
+    predicted = np.argmax(probabilities, axis=-1)
+    with files.replacing(run.predictions_file(split)) as tmp, \
+            open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", "true", "predicted", "confidence", "true_probability",
+                         "input"])
+        for i, (label, guess) in enumerate(zip(labels, predicted)):
+            writer.writerow([i, class_names[label], class_names[guess],
+                             f"{probabilities[i, guess]:.6f}",
+                             f"{probabilities[i, label]:.6f}",
+                             inputs[i] if inputs is not None else ""])
+
+
+def read_predictions(run, split):
+    """Reads `predictions-SPLIT.csv`.
+
+    Returns:
+        A list of row dicts (`index` an int, `confidence` a float), or []
+        when the file is missing.
+
+    Raises:
+        DataError: naming the file if it cannot be parsed.
+    """
+    path = run.predictions_file(split)
+    if not path.is_file():
+        return []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+        for row in rows:
+            row["index"] = int(row["index"])
+            row["confidence"] = float(row["confidence"])
+        return rows
+    except (KeyError, ValueError, csv.Error) as e:
+        raise DataError(f"{path}: not a readable predictions file ({e})") from e
+
+
+def confident_mistakes(rows, count=MISTAKES_SHOWN):
+    """The wrong predictions with the highest confidence, highest first."""
+    wrong = [r for r in rows if r["true"] != r["predicted"]]
+    return sorted(wrong, key=lambda r: -r["confidence"])[:count]
+
+
+class _ExampleKeeper:
+    """Keeps the inputs of a seeded sample of examples and of the most
+    confident mistakes seen so far, for the report's figures.
+
+    Args:
+        size: Examples in the split.
+        seed: Seed of the sample.
+    """
+
+    def __init__(self, size, seed):
+        rng = np.random.default_rng(seed)
+        self.sample = set(rng.choice(size, min(size, SAMPLES_KEPT), replace=False).tolist())
+        self.mistakes = []  # min-heap of (confidence, index)
+        self.inputs = {}
+        self.seen = 0
+
+    def add(self, x, labels, probabilities):
+        predicted = np.argmax(probabilities, axis=-1)
+        x = np.asarray(x)
+        for i, (label, guess) in enumerate(zip(labels, predicted)):
+            index = self.seen + i
+            if index in self.sample:
+                self.inputs[index] = x[i]
+            if guess != label:
+                entry = (float(probabilities[i, guess]), index)
+                if len(self.mistakes) < MISTAKES_KEPT:
+                    heapq.heappush(self.mistakes, entry)
+                elif entry > self.mistakes[0]:
+                    _, dropped = heapq.heapreplace(self.mistakes, entry)
+                    if dropped not in self.sample:
+                        self.inputs.pop(dropped, None)
+                else:
+                    continue
+                self.inputs[index] = x[i]
+        self.seen += len(labels)
+
+    def examples(self):
+        """Returns `(indices, inputs, in_sample)`, indices in split order."""
+        indices = sorted(self.inputs)
+        return (np.asarray(indices, dtype=np.int64),
+                np.stack([self.inputs[i] for i in indices]) if indices else None,
+                np.asarray([i in self.sample for i in indices], dtype=bool))
