@@ -9,7 +9,8 @@ that `pass_project` hands to the command.
 
 dltool modules are imported inside the commands that need them (the one
 place in dltool that does so), so `dltool --help`, `templates`, `new`,
-`completion` and `runs` without runs never import TensorFlow.
+`completion`, and `runs` without runs or with `--quiet`, never import
+TensorFlow (a task does: `runs` asks each run's task for its facts).
 """
 
 import contextlib
@@ -148,7 +149,7 @@ def cli():
 @cli.command()
 def templates():
     """List the project templates."""
-    from dltool.core.scaffold import list_templates
+    from dltool.core.templates import list_templates
 
     with user_errors():
         found = list_templates()
@@ -158,7 +159,7 @@ def templates():
 
 
 def _complete_templates(ctx, param, incomplete):
-    from dltool.core.scaffold import list_templates
+    from dltool.core.templates import list_templates
 
     try:
         names = [t["name"] for t in list_templates()]
@@ -177,7 +178,8 @@ def _complete_templates(ctx, param, incomplete):
               help="Replace an existing DEST (it is kept as DEST.dltool-backup-TIME).")
 def new(template, dest, name, data, force):
     """Create a project from TEMPLATE in the new folder DEST."""
-    from dltool.core.scaffold import find_template, render_project
+    from dltool.core.scaffold import render_project
+    from dltool.core.templates import find_template
 
     try:
         result = render_project(template, dest, name=name, data=data, force=force)
@@ -494,18 +496,20 @@ def runs_command(project, compare, quiet, as_json):
     from dltool.core import runs
 
     with user_errors():
-        if compare:
-            _print_comparison(runs.compare(project.folder, *compare, extra_facts=_run_facts),
+        if compare:  # --quiet prints the config keys only: no task facts (nor TensorFlow)
+            extra_facts = None if quiet else _run_facts
+            _print_comparison(runs.compare(project.folder, *compare, extra_facts=extra_facts),
                               quiet, as_json)
             return
         listed = runs.list_runs(project.folder)
+        if quiet:
+            for run in listed:
+                click.echo(run.name)
+            return
         found = [{**runs.summary(run), **_run_facts(run)} for run in listed]
         scores = [_task_of(run).table_score(facts) for run, facts in zip(listed, found)]
     if as_json:
         click.echo(json.dumps(found, indent=2))
-    elif quiet:
-        for facts in found:
-            click.echo(facts["name"])
     elif not found:
         click.echo(f"No runs yet in {project.folder / runs.RUNS_DIR}: run `dltool train`")
     else:
@@ -518,7 +522,9 @@ def runs_command(project, compare, quiet, as_json):
 
 
 def _task_of(run):
-    from dltool.tasks import task_for  # imports TensorFlow: only for projects with runs
+    """The run's task. Importing it imports TensorFlow (seconds, and its
+    start-up lines on stderr): only for what a command prints of it."""
+    from dltool.tasks import task_for
 
     return task_for(run.template)
 

@@ -9,7 +9,7 @@ import jinja2
 import pytest
 
 from conftest import invoke
-from dltool.core import scaffold
+from dltool.core import scaffold, templates
 from dltool.core.errors import TemplateError
 
 
@@ -136,7 +136,7 @@ def _fake_template(tmp_path, files):
     "{{ undefined_variable }}",
 ])
 def test_template_payloads_are_refused(tmp_path, monkeypatch, payload):
-    monkeypatch.setattr(scaffold, "templates_root",
+    monkeypatch.setattr(templates, "templates_root",
                         lambda: _fake_template(tmp_path, {"x.txt.jinja": payload}))
     out = tmp_path / "out"
     out.mkdir()
@@ -148,7 +148,7 @@ def test_template_payloads_are_refused(tmp_path, monkeypatch, payload):
 def test_symlink_in_template_refused(tmp_path, monkeypatch):
     root = _fake_template(tmp_path, {"a.txt": "a"})
     os.symlink("/etc/passwd", root / "evil" / "project" / "link")
-    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TemplateError, match="symlink"):
@@ -192,7 +192,7 @@ def test_rendered_config_shows_the_schema_defaults(tmp_path, template, data):
 
     rendered = _rendered_config(tmp_path, template, data)
     schema = config_lib.schema_for(template)
-    source = data if data is not None else scaffold.find_template(template)["default_data"]
+    source = data if data is not None else templates.find_template(template)["default_data"]
     expected = {**{f"{s}.{k}": f.default for s, fields in schema.items()
                    for k, f in fields.items()},
                 "project.name": "proj", "project.template": template, "data.source": source,
@@ -213,7 +213,7 @@ def test_rendered_config_has_every_shared_key(tmp_path, template):
     rendered = _rendered_config(tmp_path, template)
     for section in SHARED_SECTIONS:
         assert set(rendered[section]) == set(config_lib.COMMON_SECTIONS[section]), section
-    own = (scaffold.find_template(template)["path"] / "project" / "config.toml.jinja").read_text()
+    own = (templates.find_template(template)["path"] / "project" / "config.toml.jinja").read_text()
     for section in SHARED_SECTIONS[1:]:  # written once, in the shared partial
         assert not re.search(rf"^\[{section}\]", own, re.MULTILINE), section
     assert '{% include "_shared/config.toml.jinja" %}' in own
@@ -229,10 +229,10 @@ def test_template_defaults_of_shared_keys(tmp_path):
 
 
 def test_shared_folder_is_not_a_template():
-    names = [t["name"] for t in scaffold.list_templates()]
+    names = [t["name"] for t in templates.list_templates()]
     assert names == sorted(TEMPLATES)
-    assert (scaffold.templates_root() / scaffold.SHARED_DIR / "config.toml.jinja").is_file()
-    assert scaffold.find_template("image-classifier")["default_data"] == "builtin:cifar10"
+    assert (templates.templates_root() / templates.SHARED_DIR / "config.toml.jinja").is_file()
+    assert templates.find_template("image-classifier")["default_data"] == "builtin:cifar10"
 
 
 @pytest.mark.parametrize("value, literal", [
@@ -258,7 +258,7 @@ def test_invalid_config_table_in_template_toml(tmp_path, monkeypatch, config, me
     root = _fake_template(tmp_path, {"x.txt.jinja": "x"})
     meta = root / "evil" / "template.toml"
     meta.write_text(meta.read_text() + config + "\n")
-    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TemplateError, match="template.toml: .*" + message.replace("(", r"\(")):
@@ -274,8 +274,8 @@ def test_invalid_config_table_in_template_toml(tmp_path, monkeypatch, config, me
 ])
 def test_includes_stay_in_the_template_and_shared_folder(tmp_path, monkeypatch, payload):
     root = _fake_template(tmp_path, {"x.txt.jinja": payload})
-    (root / scaffold.SHARED_DIR).mkdir()
-    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    (root / templates.SHARED_DIR).mkdir()
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TemplateError, match="failed to render"):
@@ -285,19 +285,19 @@ def test_includes_stay_in_the_template_and_shared_folder(tmp_path, monkeypatch, 
 
 def test_shared_partial_renders_in_a_fake_template(tmp_path, monkeypatch):
     root = _fake_template(tmp_path, {"x.txt.jinja": '{% include "_shared/p.jinja" %}'})
-    (root / scaffold.SHARED_DIR).mkdir()
-    (root / scaffold.SHARED_DIR / "p.jinja").write_text(
+    (root / templates.SHARED_DIR).mkdir()
+    (root / templates.SHARED_DIR / "p.jinja").write_text(
         "epochs = {{ defaults.training.epochs | toml }}\n")
-    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
     scaffold.render_project("evil", tmp_path / "p")
     assert (tmp_path / "p" / "x.txt").read_text() == "epochs = 10\n"
 
 
 def test_symlink_in_shared_folder_refused(tmp_path, monkeypatch):
     root = _fake_template(tmp_path, {"a.txt": "a"})
-    (root / scaffold.SHARED_DIR).mkdir()
-    os.symlink("/etc/passwd", root / scaffold.SHARED_DIR / "link")
-    monkeypatch.setattr(scaffold, "templates_root", lambda: root)
+    (root / templates.SHARED_DIR).mkdir()
+    os.symlink("/etc/passwd", root / templates.SHARED_DIR / "link")
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(TemplateError, match="symlink"):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import tomli_w
 
+from dltool.core import templates
 from dltool.core.errors import ConfigError, DltoolError, ProjectError, TemplateError
 
 CONFIG_FILE = "config.toml"
@@ -300,17 +301,15 @@ def defaults(schema):
 
 
 def _templates():
-    """Returns the template metadata (see `scaffold.list_templates`) by name."""
-    from dltool.core import scaffold  # scaffold imports this module
-
-    return {meta["name"]: meta for meta in scaffold.list_templates()}
+    """Returns the template metadata (see `templates.list_templates`) by name."""
+    return {meta["name"]: meta for meta in templates.list_templates()}
 
 
 def template_schema(meta):
     """Returns the schema of a template (see `schema_for`).
 
     Args:
-        meta: The template, an entry of `scaffold.list_templates()`.
+        meta: The template, an entry of `templates.list_templates()`.
 
     Raises:
         TemplateError: if its `[config]` table is invalid.

@@ -18,7 +18,6 @@ This module never imports TensorFlow.
 import os
 import re
 import shutil
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -29,67 +28,14 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 import dltool
 from dltool.core import config as config_lib
+from dltool.core import files, templates
 from dltool.core.errors import DestinationExistsError, TemplateError
 
 ANSWERS_FILE = ".dltool-answers.toml"
-TEMPLATE_META_FILE = "template.toml"
-# The folder of the templates root holding the partials every template may
-# include (it has no template.toml, so it is not a template).
-SHARED_DIR = "_shared"
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _MAX_RENDERED_BYTES = 1_000_000
 _SKIPPED_NAMES = {"__pycache__", ".pytest_cache"}
 _SKIPPED_SUFFIXES = {".pyc", ".pyo"}
-
-
-def templates_root():
-    """Returns the folder that holds the templates.
-
-    An installed wheel carries them as `dltool/templates`; a source checkout
-    keeps them in the top-level `templates/` folder.
-    """
-    here = Path(__file__).resolve().parents[1]  # the dltool package
-    for candidate in (here / "templates", here.parent / "templates"):
-        if candidate.is_dir():
-            return candidate
-    raise TemplateError("dltool's templates are missing from this installation")
-
-
-def list_templates():
-    """Lists the available templates.
-
-    Returns:
-        A list of dicts, sorted by name, with the keys of each template's
-        `template.toml` (`name`, `description`, `task`, `config`, ...),
-        `path`, and `default_data`: the data source `dltool new` writes,
-        the default of `data.source` in the template's `[config]` table.
-    """
-    found = []
-    for meta_path in sorted(templates_root().glob(f"*/{TEMPLATE_META_FILE}")):
-        try:
-            with open(meta_path, "rb") as f:
-                meta = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise TemplateError(f"{meta_path}: invalid TOML: {e}") from e
-        source = meta.get("config", {}).get("data", {}).get("source", {})
-        if isinstance(source, dict) and "default" in source:
-            meta.setdefault("default_data", source["default"])
-        found.append({**meta, "path": meta_path.parent})
-    return found
-
-
-def find_template(name):
-    """Returns the template called `name`.
-
-    Raises:
-        TemplateError: if there is no such template (the message lists them).
-    """
-    templates = list_templates()
-    for template in templates:
-        if template["name"] == name:
-            return template
-    names = ", ".join(t["name"] for t in templates)
-    raise TemplateError(f"unknown template {name!r}; available: {names}")
 
 
 def validate_project_name(name, what="project name"):
@@ -132,7 +78,7 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         TemplateError: unknown template, invalid name, unsafe template.
         DestinationExistsError: `dest` exists and `force` is false.
     """
-    template = find_template(template_name)
+    template = templates.find_template(template_name)
     dest = Path(dest).absolute()
     name = validate_project_name(name if name is not None else dest.name)
     if os.path.lexists(dest) and not force:
@@ -150,23 +96,15 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         "data_source": data if data is not None else template["default_data"],
         "defaults": config_lib.defaults(config_lib.template_schema(template)),
     }
-    staging = Path(tempfile.mkdtemp(prefix=".dltool-tmp-", dir=dest.parent))
     try:
-        os.chmod(staging, 0o777 & ~_current_umask())
-        _render_tree(template["path"] / "project", staging, context,
-                     shared_root=template["path"].parent / SHARED_DIR)
-        _write_answers(staging, context)
-        backup = _move_into_place(staging, dest, force)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        with files.staging_folder(dest) as staging:
+            _render_tree(template["path"] / "project", staging, context,
+                         shared_root=template["path"].parent / templates.SHARED_DIR)
+            _write_answers(staging, context)
+            backup = _move_aside(dest, force)
+    except OSError as e:
+        raise DestinationExistsError(f"could not create {dest}: {e.strerror}") from e
     return {"path": dest, "backup": backup}
-
-
-def _current_umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _environment(source_root, shared_root=None):
@@ -176,12 +114,12 @@ def _environment(source_root, shared_root=None):
     `shared_root` (by default the templates root's `_shared/` folder).
     """
     if shared_root is None:
-        shared_root = templates_root() / SHARED_DIR
+        shared_root = templates.templates_root() / templates.SHARED_DIR
     _refuse_symlinks(shared_root)
     env = ImmutableSandboxedEnvironment(
         loader=jinja2.ChoiceLoader([
             jinja2.FileSystemLoader(str(source_root)),
-            jinja2.PrefixLoader({SHARED_DIR: jinja2.FileSystemLoader(str(shared_root))}),
+            jinja2.PrefixLoader({templates.SHARED_DIR: jinja2.FileSystemLoader(str(shared_root))}),
         ]),
         undefined=jinja2.StrictUndefined,
         keep_trailing_newline=True,
@@ -266,17 +204,13 @@ def _write_answers(root, context):
     (root / ANSWERS_FILE).write_text(header + tomli_w.dumps(answers), encoding="utf-8")
 
 
-def _move_into_place(staging, dest, force):
-    """Renames the staged project to `dest`; returns the backup path or None."""
-    backup = None
-    if os.path.lexists(dest):
-        if not force:
-            raise DestinationExistsError(f"destination {dest} appeared while rendering")
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        backup = dest.with_name(f"{dest.name}.dltool-backup-{stamp}")
-        os.rename(dest, backup)
-    try:
-        os.rename(staging, dest)
-    except OSError as e:
-        raise DestinationExistsError(f"could not create {dest}: {e.strerror}") from e
+def _move_aside(dest, force):
+    """Renames an existing `dest` to a timestamped backup; returns it or None."""
+    if not os.path.lexists(dest):
+        return None
+    if not force:
+        raise DestinationExistsError(f"destination {dest} appeared while rendering")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup = dest.with_name(f"{dest.name}.dltool-backup-{stamp}")
+    os.rename(dest, backup)
     return backup

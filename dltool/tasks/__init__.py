@@ -14,7 +14,7 @@ reverse.
 import functools
 import importlib
 
-from dltool.core import scaffold
+from dltool.core import templates
 from dltool.core.errors import ConfigError, TemplateError
 from dltool.tasks.base import Task
 
@@ -33,9 +33,9 @@ def task_for(template):
         ConfigError: if there is no such template.
     """
     try:
-        spec = scaffold.find_template(template)
+        spec = templates.find_template(template)
     except TemplateError:
-        names = ", ".join(t["name"] for t in scaffold.list_templates())
+        names = ", ".join(t["name"] for t in templates.list_templates())
         raise ConfigError(f"project.template must be one of {names}; "
                           f"got {template!r}") from None
     module_name, _, class_name = spec["task"].partition(":")
