@@ -8,13 +8,13 @@ joins the tokens back into text: no Python loop at inference.
 import logging
 from pathlib import Path
 
-import keras_hub  # also registers its layers, so .keras files with them load
 import numpy as np
 import sacrebleu
 
-from dltool._tf import tf
-from dltool.core import files
-from dltool.core import runs
+from dltool._tf import tf  # first: TensorFlow's environment, before keras_hub loads it
+from dltool.core import files, runs
+
+import keras_hub  # noqa: E402  (also registers its layers, so .keras files with them load)
 from dltool.data import parallel
 from dltool.report.reports import Section
 from dltool.tasks.base import Task
