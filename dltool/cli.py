@@ -9,8 +9,8 @@ that `pass_project` hands to the command.
 
 dltool modules are imported inside the commands that need them (the one
 place in dltool that does so), so `dltool --help`, `templates`, `new`,
-`completion`, and `runs` without runs or with `--quiet`, never import
-TensorFlow (a task does: `runs` asks each run's task for its facts).
+`completion` and `runs` never import TensorFlow (`runs` reads the facts a
+run's task recorded in `run.json`).
 """
 
 import contextlib
@@ -496,19 +496,16 @@ def runs_command(project, compare, quiet, as_json):
     from dltool.core import runs
 
     with user_errors():
-        if compare:  # --quiet prints the config keys only: no task facts (nor TensorFlow)
-            extra_facts = None if quiet else _run_facts
-            _print_comparison(runs.compare(project.folder, *compare, extra_facts=extra_facts),
-                              quiet, as_json)
+        if compare:
+            _print_comparison(runs.compare(project.folder, *compare), quiet, as_json)
             return
         listed = runs.list_runs(project.folder)
-        if quiet:
-            for run in listed:
-                click.echo(run.name)
-            return
-        found = [{**runs.summary(run), **_run_facts(run)} for run in listed]
-        scores = [_task_of(run).table_score(facts) for run, facts in zip(listed, found)]
-    if as_json:
+        found = [runs.summary(run) for run in listed]
+        scores = [run.get("table_score") for run in listed]
+    if quiet:
+        for facts in found:
+            click.echo(facts["name"])
+    elif as_json:
         click.echo(json.dumps(found, indent=2))
     elif not found:
         click.echo(f"No runs yet in {project.folder / runs.RUNS_DIR}: run `dltool train`")
@@ -519,19 +516,6 @@ def runs_command(project, compare, quiet, as_json):
                  f"{f['monitor']} {f['best']:.4f}" if f["best"] is not None else "-",
                  _cell(score), f["exported"] or "-"] for f, score in zip(found, scores)]
         _print_table(header, rows)
-
-
-def _task_of(run):
-    """The run's task. Importing it imports TensorFlow (seconds, and its
-    start-up lines on stderr): only for what a command prints of it."""
-    from dltool.tasks import task_for
-
-    return task_for(run.template)
-
-
-def _run_facts(run):
-    """What the run's task adds to its `dltool runs` row and comparison."""
-    return _task_of(run).run_facts(run)
 
 
 def _print_comparison(comparison, quiet, as_json):

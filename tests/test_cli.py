@@ -24,8 +24,18 @@ def test_templates_lists_one_line_each(runner):
     assert all(len(line.split(None, 1)) == 2 for line in lines)
 
 
+def _run_without_tensorflow(code, *args):
+    """Runs `code` in a fresh Python with `args` as `sys.argv[1:]`; returns its
+    stdout, which ends with `HEAVY [...]`: the heavy modules it imported."""
+    code += ("heavy = [m for m in ('tensorflow', 'keras', 'keras_tuner') "
+             "if m in sys.modules]\n"
+             "print('HEAVY', heavy)\n")
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                          capture_output=True, text=True, check=True).stdout
+
+
 def test_help_templates_and_new_do_not_import_tensorflow(tmp_path):
-    code = (
+    out = _run_without_tensorflow(
         "import sys\n"
         "from click.testing import CliRunner\n"
         "from dltool.cli import cli\n"
@@ -33,14 +43,39 @@ def test_help_templates_and_new_do_not_import_tensorflow(tmp_path):
         "for args in (['--help'], ['templates'], ['new', 'image-classifier', sys.argv[1]],\n"
         "             ['new', '--help'], ['train', '--help'], ['completion', 'bash'],\n"
         "             ['runs', '--project', sys.argv[1]]):\n"
-        "    assert r.invoke(cli, args).exit_code == 0, args\n"
-        "heavy = [m for m in ('tensorflow', 'keras', 'keras_tuner') if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code, str(tmp_path / "p")],
-                         capture_output=True, text=True, check=True).stdout
+        "    assert r.invoke(cli, args).exit_code == 0, args\n", tmp_path / "p")
     assert "HEAVY []" in out
     assert (tmp_path / "p" / "model.py").is_file()
+
+
+def test_runs_of_an_evaluated_project_do_not_import_tensorflow(tmp_path):
+    # `dltool evaluate` records what its task shows of the run in run.json:
+    # listing and comparing runs reads it without importing the task.
+    out = _run_without_tensorflow(
+        "import json, sys\n"
+        "from pathlib import Path\n"
+        "from click.testing import CliRunner\n"
+        "from dltool.cli import cli\n"
+        "r = CliRunner()\n"
+        "assert r.invoke(cli, ['new', 'image-classifier', sys.argv[1]]).exit_code == 0\n"
+        "for name, score in (('a', 0.5), ('b', None)):\n"
+        "    run = Path(sys.argv[1], 'runs', name)\n"
+        "    run.mkdir(parents=True)\n"
+        "    (run / 'config.toml').write_text(Path(sys.argv[1], 'config.toml').read_text())\n"
+        "    facts = {'test_accuracy': score, 'test_loss': 1.0} if score else {}\n"
+        "    (run / 'run.json').write_text(json.dumps({'name': name, 'template': "
+        "'image-classifier', 'facts': facts, 'table_score': score}))\n"
+        "table = r.invoke(cli, ['runs', '--project', sys.argv[1]])\n"
+        "listed = json.loads(r.invoke(cli, ['runs', '--project', sys.argv[1], '--json']).output)\n"
+        "compared = r.invoke(cli, ['runs', '--project', sys.argv[1], '--compare', 'a', 'b'])\n"
+        "print('ROWS', [line.split()[-2] for line in table.output.splitlines()[1:]])\n"
+        "print('JSON', [r.get('test_accuracy') for r in listed])\n"
+        "print('COMPARE', [line for line in compared.output.splitlines() if 'test_' in line])\n",
+        tmp_path / "p")
+    assert "HEAVY []" in out
+    assert "ROWS ['-', '0.5000']" in out  # newest first: b (not evaluated), then a
+    assert "JSON [None, 0.5]" in out
+    assert "test_accuracy" in out.split("COMPARE", 1)[1] and "test_loss" in out
 
 
 def test_info_prints_strategy_precision_and_reason(runner, project):

@@ -126,6 +126,16 @@ def _fake_template(tmp_path, files):
         (project / name).write_text(text)
     return root
 
+def _assert_refused(monkeypatch, tmp_path, root, match=None):
+    """Rendering the fake template `evil` under `root` fails and writes nothing."""
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError, match=match):
+        scaffold.render_project("evil", out / "p")
+    assert list(out.iterdir()) == []
+
+
 
 @pytest.mark.parametrize("payload", [
     "{{ ''.__class__.__mro__[1].__subclasses__() }}",
@@ -148,12 +158,7 @@ def test_template_payloads_are_refused(tmp_path, monkeypatch, payload):
 def test_symlink_in_template_refused(tmp_path, monkeypatch):
     root = _fake_template(tmp_path, {"a.txt": "a"})
     os.symlink("/etc/passwd", root / "evil" / "project" / "link")
-    monkeypatch.setattr(templates, "templates_root", lambda: root)
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(TemplateError, match="symlink"):
-        scaffold.render_project("evil", out / "p")
-    assert list(out.iterdir()) == []
+    _assert_refused(monkeypatch, tmp_path, root, "symlink")
 
 
 def test_contained_refuses_escaping_paths(tmp_path):
@@ -258,12 +263,8 @@ def test_invalid_config_table_in_template_toml(tmp_path, monkeypatch, config, me
     root = _fake_template(tmp_path, {"x.txt.jinja": "x"})
     meta = root / "evil" / "template.toml"
     meta.write_text(meta.read_text() + config + "\n")
-    monkeypatch.setattr(templates, "templates_root", lambda: root)
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(TemplateError, match="template.toml: .*" + message.replace("(", r"\(")):
-        scaffold.render_project("evil", out / "p")
-    assert list(out.iterdir()) == []
+    _assert_refused(monkeypatch, tmp_path, root,
+                    "template.toml: .*" + message.replace("(", r"\("))
 
 
 @pytest.mark.parametrize("payload", [
@@ -275,12 +276,7 @@ def test_invalid_config_table_in_template_toml(tmp_path, monkeypatch, config, me
 def test_includes_stay_in_the_template_and_shared_folder(tmp_path, monkeypatch, payload):
     root = _fake_template(tmp_path, {"x.txt.jinja": payload})
     (root / templates.SHARED_DIR).mkdir()
-    monkeypatch.setattr(templates, "templates_root", lambda: root)
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(TemplateError, match="failed to render"):
-        scaffold.render_project("evil", out / "p")
-    assert list(out.iterdir()) == []
+    _assert_refused(monkeypatch, tmp_path, root, "failed to render")
 
 
 def test_shared_partial_renders_in_a_fake_template(tmp_path, monkeypatch):
@@ -297,9 +293,4 @@ def test_symlink_in_shared_folder_refused(tmp_path, monkeypatch):
     root = _fake_template(tmp_path, {"a.txt": "a"})
     (root / templates.SHARED_DIR).mkdir()
     os.symlink("/etc/passwd", root / templates.SHARED_DIR / "link")
-    monkeypatch.setattr(templates, "templates_root", lambda: root)
-    out = tmp_path / "out"
-    out.mkdir()
-    with pytest.raises(TemplateError, match="symlink"):
-        scaffold.render_project("evil", out / "p")
-    assert list(out.iterdir()) == []
+    _assert_refused(monkeypatch, tmp_path, root, "symlink")

@@ -320,7 +320,6 @@ def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
 @pytest.mark.parametrize("cell, bidirectional, layers", [
     ("lstm", True, 2), ("gru", False, 1), ("rnn", True, 1), ("rnn", False, 2)])
 def test_each_cell_builds_and_trains_one_step(project_files, cell, bidirectional, layers):
-    from dltool.core import project as project_lib
     from dltool.engine import experiment as experiment_lib
 
     config = config_lib.load_config(project_files / "config.toml", [
@@ -350,7 +349,6 @@ def project_files(tmp_path_factory):
 
 
 def test_unknown_cell_is_a_config_error(project_files):
-    from dltool.core import project as project_lib
     from dltool.engine import experiment as experiment_lib
 
     config = config_lib.load_config(project_files / "config.toml", ["model.cell=transformer"])

@@ -327,7 +327,6 @@ def test_bad_data_stops_training_then_skip_bad_trains(runner, tmp_path):
 @pytest.mark.parametrize("architecture, cell", [("rnn", "lstm"), ("transformer", "gru")])
 def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, architecture,
                                                              cell):
-    from dltool.core import project as project_lib
     from dltool.engine import experiment as experiment_lib
 
     project = tmp_path / "proj"

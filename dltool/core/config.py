@@ -11,9 +11,9 @@ sections, and its own defaults of shared keys, in the `[config]` table of its
 the project's `config.toml`, so each default is stated once. The `model`
 section holds the defaults of the hyperparameters that `build_model(hp,
 config)` reads through `hp`; which keys it may hold is checked against the
-model itself (see `dltool.core.project`). The `search` section holds the space
-`dltool tune` searches: per hyperparameter a list of choices or a range
-(see `parse_search_space`).
+model itself (`check_model_keys`, called by `dltool.engine.experiment`).
+The `search` section holds the space `dltool tune` searches: per
+hyperparameter a list of choices or a range (see `parse_search_space`).
 
 This module never imports TensorFlow.
 """
@@ -314,7 +314,7 @@ def template_schema(meta):
     Raises:
         TemplateError: if its `[config]` table is invalid.
     """
-    where = f"{meta['path'] / 'template.toml'}"
+    where = meta["path"] / templates.TEMPLATE_META_FILE
     declared = meta.get("config", {})
     if not isinstance(declared, dict):
         raise TemplateError(f"{where}: [config] must be a table of sections")
@@ -323,38 +323,53 @@ def template_schema(meta):
         if section in ("model", "search") or not isinstance(keys, dict):
             raise TemplateError(f"{where}: config.{section} must be a table of keys, and "
                                 "neither model nor search (model.py's hyperparameters)")
-        shared = schema[section] if section in COMMON_SECTIONS else None
-        if shared is None:
-            schema[section] = {}
+        shared = COMMON_SECTIONS.get(section)
+        fields = schema.setdefault(section, {})
         for key, attributes in keys.items():
-            name = f"{section}.{key}"
-            if not isinstance(attributes, dict) or "default" not in attributes:
-                raise TemplateError(f"{where}: config.{name} must be a table with a default")
-            if shared is not None:
-                if key not in shared or set(attributes) != {"default"}:
-                    raise TemplateError(
-                        f"{where}: config.{name}: [{section}] is shared by every template "
-                        "(dltool/core/config.py); a template may only set the default of "
-                        f"one of its keys ({', '.join(shared)})")
-                field = shared[key]  # the template's default is checked against it
-            else:
-                unknown = sorted(set(attributes) - set(_TEMPLATE_FIELD_KEYS))
-                if unknown or type(attributes["default"]) not in _KIND_NAMES or \
-                        not isinstance(attributes.get("choices", []), list):
-                    raise TemplateError(
-                        f"{where}: config.{name} may hold only "
-                        f"{', '.join(_TEMPLATE_FIELD_KEYS)}, and its default must be a "
-                        f"string, number, true/false or list (choices: a list); "
-                        f"got {attributes!r}")
-                if "choices" in attributes:
-                    attributes = {**attributes, "choices": tuple(attributes["choices"])}
-                field = Field(**attributes)
-            try:
-                default = _check(name, field, attributes["default"])
-            except ConfigError as e:
-                raise TemplateError(f"{where}: the default of config.{name}: {e}") from e
-            schema[section][key] = dataclasses.replace(field, default=default)
+            fields[key] = _template_field(where, f"{section}.{key}", attributes, shared)
     return schema
+
+
+def _template_field(where, name, attributes, shared):
+    """The `Field` a template declares for `name` (`section.key`).
+
+    Args:
+        where: The `template.toml`, for messages.
+        name: `section.key`.
+        attributes: Its inline table in `template.toml`.
+        shared: The shared section's fields when the section is shared (the
+            template may only set a default), else None.
+
+    Raises:
+        TemplateError: naming the file and the key.
+    """
+    if not isinstance(attributes, dict) or "default" not in attributes:
+        raise TemplateError(f"{where}: config.{name} must be a table with a default")
+    section, key = name.split(".", 1)
+    if shared is not None:
+        if key not in shared or set(attributes) != {"default"}:
+            raise TemplateError(
+                f"{where}: config.{name}: [{section}] is shared by every template "
+                "(dltool/core/config.py); a template may only set the default of "
+                f"one of its keys ({', '.join(shared)})")
+        field = shared[key]  # the template's default is checked against it
+    else:
+        unknown = sorted(set(attributes) - set(_TEMPLATE_FIELD_KEYS))
+        if unknown or type(attributes["default"]) not in _KIND_NAMES or \
+                not isinstance(attributes.get("choices", []), list):
+            raise TemplateError(
+                f"{where}: config.{name} may hold only "
+                f"{', '.join(_TEMPLATE_FIELD_KEYS)}, and its default must be a "
+                f"string, number, true/false or list (choices: a list); "
+                f"got {attributes!r}")
+        if "choices" in attributes:
+            attributes = {**attributes, "choices": tuple(attributes["choices"])}
+        field = Field(**attributes)
+    try:
+        default = _check(name, field, attributes["default"])
+    except ConfigError as e:
+        raise TemplateError(f"{where}: the default of config.{name}: {e}") from e
+    return dataclasses.replace(field, default=default)
 
 
 def _unknown_message(name, allowed, what, prefix=""):

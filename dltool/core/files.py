@@ -87,20 +87,9 @@ def write_text_atomic(path, text):
         tmp.write_text(text, encoding="utf-8")
 
 
-def write_json_atomic(path, data, **dumps_kwargs):
-    """Writes `data` as JSON to `path` atomically.
-
-    Args:
-        path: The file to write.
-        data: What to write.
-        **dumps_kwargs: `json.dumps` arguments; by default indented, keys
-            sorted, with a final newline.
-    """
-    if dumps_kwargs:
-        text = json.dumps(data, **dumps_kwargs)
-    else:
-        text = json.dumps(data, indent=2, sort_keys=True) + "\n"
-    write_text_atomic(path, text)
+def write_json_atomic(path, data):
+    """Writes `data` to `path` atomically as indented JSON, keys sorted."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path):

@@ -72,9 +72,6 @@ class Run:
     def __getitem__(self, key):
         return self.record[key]
 
-    def __contains__(self, key):
-        return key in self.record
-
     def get(self, key, default=None):
         return self.record.get(key, default)
 
@@ -85,10 +82,6 @@ class Run:
         return self
 
     # ---- its files ----
-
-    def file(self, name):
-        """The path of the file `name` in the run folder."""
-        return self.dir / name
 
     @property
     def record_file(self):
@@ -118,10 +111,6 @@ class Run:
     def report_html(self):
         return self.dir / self.REPORT_HTML
 
-    @property
-    def report_md(self):
-        return self.dir / self.REPORT_MD
-
     def evaluation_file(self, split):
         return self.dir / f"evaluation-{split}.json"
 
@@ -144,10 +133,6 @@ class Run:
     def write_text(self, name, text):
         """Writes the file `name` of the run atomically."""
         files.write_text_atomic(self.dir / name, text)
-
-    def write_json(self, name, data):
-        """Writes `data` as the JSON file `name` of the run atomically."""
-        files.write_json_atomic(self.dir / name, data)
 
     def remove_leftovers(self):
         """Deletes what a killed process left half-written; returns how many."""
@@ -318,32 +303,31 @@ def summary(run):
 
     Keys: `name`, `template`, `date`, `status`, `epochs`, `monitor`,
     `best` (best value of the monitored metric, or None) and `exported`
-    (`NAME/VERSION` or None). The run's task adds its own facts
-    (`Task.run_facts`: a classifier's test accuracy and loss).
+    (`NAME/VERSION` or None), then the facts its task recorded when
+    `dltool evaluate` ran on the test split (`Task.run_facts`: a
+    classifier's `test_accuracy` and `test_loss`).
     """
-    facts = {"name": run["name"], "template": run.get("template", ""),
-             "date": run.get("started", ""), "status": run.get("status", ""),
-             "epochs": run.get("epochs_done", 0), "monitor": run.get("monitor"),
-             "best": run.get("best_value"), "exported": run.get("exported_version")}
-    return facts
+    return {"name": run.name, "template": run.template,
+            "date": run.get("started", ""), "status": run.get("status", ""),
+            "epochs": run.get("epochs_done", 0), "monitor": run.get("monitor"),
+            "best": run.get("best_value"), "exported": run.get("exported_version"),
+            **run.get("facts", {})}
 
 
-def compare(project_dir, name_a, name_b, extra_facts=None):
+def compare(project_dir, name_a, name_b):
     """Compares two runs: config differences and metrics side by side.
 
     Args:
         project_dir: The project folder.
         name_a: The first run's name.
         name_b: The second run's name.
-        extra_facts: Function of a `Run` returning a dict of more facts to
-            compare (the run's `Task.run_facts`), or None.
 
     Returns:
         A dict with `runs` (the two names), `config` (list of
         `(key, value_a, value_b)` for every `section.key` that differs; None
         for a key one config lacks) and `metrics` (list of `(name, a, b)`:
         epochs, best value, training time, last epoch's metrics, the
-        `extra_facts`, export).
+        facts of the test evaluation, export).
 
     Raises:
         ProjectError: no such run, or a run folder without its config.
@@ -365,7 +349,7 @@ def compare(project_dir, name_a, name_b, extra_facts=None):
     last = [run.get("last_metrics", {}) for run in runs]
     metrics += [(f"last {k}", last[0].get(k), last[1].get(k))
                 for k in sorted(last[0].keys() | last[1].keys())]
-    extra = [extra_facts(run) if extra_facts else {} for run in runs]
+    extra = [run.get("facts", {}) for run in runs]
     metrics += [(k, extra[0].get(k), extra[1].get(k)) for k in {**extra[0], **extra[1]}]
     metrics.append(("exported", facts[0]["exported"], facts[1]["exported"]))
     return {"runs": [r.name for r in runs], "config": config, "metrics": metrics}

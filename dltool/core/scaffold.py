@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import time
-import tomllib
 from pathlib import Path
 
 import jinja2

@@ -47,5 +47,8 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
                                                echo=echo)}
     echo(f"Evaluated in {time.perf_counter() - started:.1f} s")
     files.write_json_atomic(run.evaluation_file(split), result)
+    if split == "test":  # what `dltool runs` shows, read without the task
+        facts = experiment.task.run_facts(result)
+        run.update(facts=facts, table_score=experiment.task.table_score(facts))
     reporting.write_run_report(project_dir, run, echo=echo)
     return result

@@ -33,6 +33,7 @@ class Experiment:
     Args:
         project_dir: The project folder.
         config: The validated `Config`.
+        run: The trained `Run` it was opened for (`for_run`), or None.
 
     Attributes:
         task: The template's `dltool.tasks.Task`.
@@ -42,9 +43,10 @@ class Experiment:
         ProjectError: `model.py` is missing or broken.
     """
 
-    def __init__(self, project_dir, config):
+    def __init__(self, project_dir, config, run=None):
         self.project_dir = Path(project_dir)
         self.config = config
+        self.run = run
         self.task = task_for(config.template)
         self.model_module = load_model_module(project_dir)
 
@@ -66,7 +68,7 @@ class Experiment:
         """
         config = config_lib.load_config(run.config_file, overrides)
         config.root = Path(project_dir)
-        return cls(project_dir, config)
+        return cls(project_dir, config, run)
 
     def prepare_runtime(self, cluster=None):
         """Sets the precision policy and creates the strategy of the config.
@@ -95,8 +97,10 @@ class Experiment:
         return made, description
 
     def open_data(self, skip_bad=False):
-        """Opens the config's data through the task (see `Task.open_data`)."""
-        return self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad)
+        """Opens the config's data through the task (see `Task.open_data`),
+        prepared as the run's training prepared it when opened `for_run`."""
+        return self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad,
+                                   run_meta=self.run.meta if self.run is not None else None)
 
     def datasets(self, data, config=None):
         """Returns batched `(train, val)` datasets; `val` is None without a split.

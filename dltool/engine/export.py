@@ -79,19 +79,17 @@ def write_saved_model(model, endpoint, path):
 
     Args:
         model: The Keras model whose variables the endpoint uses.
-        endpoint: A tuple `(fn, input_signature)` from the task; the layers
-            in `fn.resources`, if any, are saved too, and the functions in
-            `fn.endpoints` (name to function) become more signatures.
+        endpoint: The task's `ServingEndpoint`; its resources are saved too
+            and its other endpoints become more signatures.
         path: Folder to write.
     """
-    fn, signature = endpoint
     archive = keras.export.ExportArchive()
     archive.track(model)
-    for resource in getattr(fn, "resources", ()):  # e.g. a vocabulary lookup table
+    for resource in endpoint.resources:  # e.g. a vocabulary lookup table
         archive.track(resource)
-    archive.add_endpoint(name="serve", fn=fn, input_signature=signature)
-    for name, other in getattr(fn, "endpoints", {}).items():  # e.g. other decodings
-        archive.add_endpoint(name=name, fn=other, input_signature=signature)
+    archive.add_endpoint(name="serve", fn=endpoint.fn, input_signature=endpoint.input_signature)
+    for name, other in endpoint.endpoints.items():  # e.g. other decodings
+        archive.add_endpoint(name=name, fn=other, input_signature=endpoint.input_signature)
     archive.write_out(str(path), verbose=False)
 
 

@@ -36,8 +36,7 @@ def load_predictor(project_dir, model_path=None):
         metadata = _read_metadata(path.parent)
         task = task_for(metadata["template"])  # imports what the model's layers need
         model = modelfiles.load_keras_file(path)
-        fn, _ = task.serving_endpoint(model, metadata["meta"])
-        return fn, task, path
+        return task.serving_endpoint(model, metadata["meta"]).fn, task, path
     version_dir = export_lib.resolve_export(project_dir, model_path)
     metadata = _read_metadata(version_dir)
     serve = modelfiles.load_saved_model(version_dir)

@@ -10,6 +10,28 @@ This module imports nothing of dltool's: a task may import the data, report
 and core layers, never the engine.
 """
 
+import dataclasses
+
+
+@dataclasses.dataclass
+class ServingEndpoint:
+    """What an exported SavedModel serves: raw input in, readable output out.
+
+    Attributes:
+        fn: The `serving_default` function.
+        input_signature: Its `tf.TensorSpec`s (raw input: image bytes,
+            strings).
+        resources: Layers `fn` uses besides the model (a text vectorizer),
+            tracked so the export saves their lookup tables.
+        endpoints: More signatures with the same input, name to function
+            (e.g. the translator's other decodings).
+    """
+
+    fn: object
+    input_signature: list
+    resources: list = dataclasses.field(default_factory=list)
+    endpoints: dict = dataclasses.field(default_factory=dict)
+
 
 class Task:
     """What one template does with its data, its model and their results.
@@ -39,13 +61,17 @@ class Task:
 
     # ---- data and model ----
 
-    def open_data(self, config, root, *, skip_bad=False):
+    def open_data(self, config, root, *, skip_bad=False, run_meta=None):
         """Opens the data a config names.
 
         Args:
             config: The project's or run's `Config`.
             root: The project folder (relative data paths start there).
             skip_bad: Drop unusable data files instead of failing.
+            run_meta: When the data is opened for a trained run (`dltool
+                evaluate`), that run's `meta`: what training decided (e.g. a
+                vocabulary), to prepare the data exactly as in training.
+                None when training.
 
         Returns:
             The data: `splits` (name to unbatched `tf.data.Dataset` of
@@ -86,10 +112,7 @@ class Task:
             meta: The run's `meta` dict.
 
         Returns:
-            A tuple `(fn, input_signature)`. `fn` may list in a `resources`
-            attribute layers it uses besides the model (a text vectorizer),
-            so the export saves their lookup tables, and in an `endpoints`
-            attribute more signatures (name to function, same input).
+            A `ServingEndpoint`.
         """
         raise NotImplementedError
 
@@ -188,12 +211,15 @@ class Task:
         """A warning about one prediction for stderr, or None (the default)."""
         return None
 
-    def run_facts(self, run):
-        """The facts this template adds to a run's `dltool runs` row and to
-        `dltool runs --compare` (after the common ones).
+    def run_facts(self, evaluation):
+        """The facts of a test-split evaluation that `dltool runs` shows of the
+        run (its row, `--json` and `--compare`, after the common ones).
+
+        `dltool evaluate` records them in `run.json`, so `dltool runs` reads
+        them without importing the task (nor TensorFlow).
 
         Args:
-            run: The `dltool.core.runs.Run`.
+            evaluation: What `evaluate_split` returned on the test split.
 
         Returns:
             A JSON-able dict of fact name to value; `{}` by default.
@@ -204,6 +230,6 @@ class Task:
         """What `dltool runs` shows in its `test acc.` column, or None (`-`).
 
         Args:
-            facts: The run's row: `dltool.core.runs.summary` and `run_facts`.
+            facts: What `run_facts` returned.
         """
         return None

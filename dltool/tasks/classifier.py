@@ -173,11 +173,8 @@ class ClassifierTask(Task):
             sections.append(Section(f"Per class ({split})", table=table))
         return sections
 
-    def run_facts(self, run):
-        """The `test_accuracy` and `test_loss` of `dltool evaluate`, when it ran."""
-        evaluation = files.read_json(run.evaluation_file("test"))
-        if not isinstance(evaluation, dict):
-            return {}
+    def run_facts(self, evaluation):
+        """The test split's `test_accuracy` and `test_loss`."""
         return {"test_accuracy": evaluation.get("accuracy"),
                 "test_loss": evaluation.get("loss")}
 

@@ -11,6 +11,7 @@ from dltool.data import images
 from dltool.report import plots
 from dltool.report.reports import Section
 from dltool.tasks import classifier
+from dltool.tasks.base import ServingEndpoint
 
 
 class ImageClassifierTask(classifier.ClassifierTask):
@@ -22,7 +23,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
     keeps_examples = True
 
-    def open_data(self, config, root, *, skip_bad=False):
+    def open_data(self, config, root, *, skip_bad=False, run_meta=None):
         """Opens the image data of `config["data"]` (see `images.open_image_data`).
 
         Returns:
@@ -50,7 +51,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
             meta: The run's metadata (`class_names`, `image_size`).
 
         Returns:
-            A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+            A `ServingEndpoint` whose function takes a 1-D string tensor of
             JPEG/PNG/GIF/BMP bytes and returns `classifier_outputs`.
         """
         image_size = tuple(meta["image_size"])
@@ -61,8 +62,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
                                fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
             return self.classifier_outputs(model(pixels, training=False), class_names)
 
-        signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="images")]
-        return serve, signature
+        return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
+                                                     name="images")])
 
     def read_inputs(self, items):
         """Reads image files for prediction.

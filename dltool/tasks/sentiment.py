@@ -1,13 +1,12 @@
 """The sentiment template's task: raw text in, label names out."""
 
-from pathlib import Path
 
 from dltool._tf import tf
-from dltool.core import runs
 from dltool.data import text
 from dltool.report import plots
 from dltool.report.reports import Section
 from dltool.tasks import classifier
+from dltool.tasks.base import ServingEndpoint
 
 
 class SentimentTask(classifier.ClassifierTask):
@@ -17,13 +16,12 @@ class SentimentTask(classifier.ClassifierTask):
     wrong texts as a figure and a table.
     """
 
-    def open_data(self, config, root, *, skip_bad=False):
+    def open_data(self, config, root, *, skip_bad=False, run_meta=None):
         """Opens the text data of `config["data"]` (see `text.open_text_data`).
 
-        When `config` is a run's resolved config (`runs/<run>/config.toml`, as
-        `dltool evaluate` loads it), the text is vectorized with that run's
-        vocabulary, exactly as in training; otherwise a vocabulary is adapted
-        on the training texts.
+        For a trained run (`run_meta`, as `dltool evaluate` opens it), the
+        text is vectorized with that run's vocabulary, exactly as in
+        training; otherwise a vocabulary is adapted on the training texts.
 
         Returns:
             The `TextData`, with a `meta` dict added: class names, vocabulary,
@@ -31,7 +29,7 @@ class SentimentTask(classifier.ClassifierTask):
         """
         settings = config["data"]
         data = text.open_text_data(settings, root, seed=config["training"]["seed"],
-                                   skip_bad=skip_bad, vocabulary=_run_vocabulary(config))
+                                   skip_bad=skip_bad, vocabulary=(run_meta or {}).get("vocabulary"))
         data.meta = {"class_names": data.class_names, "vocabulary": data.vocabulary,
                      "sequence_length": settings["sequence_length"],
                      "subword_buckets": settings["subword_buckets"],
@@ -59,8 +57,8 @@ class SentimentTask(classifier.ClassifierTask):
                 `sequence_length`, `subword_buckets`, `subwords_per_word`).
 
         Returns:
-            A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
-            texts and returns `classifier_outputs`. `fn.resources` lists the
+            A `ServingEndpoint` whose function takes a 1-D string tensor of
+            texts and returns `classifier_outputs`; its resources are the
             vectorizer, whose vocabulary table the export must save.
         """
         vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
@@ -72,9 +70,8 @@ class SentimentTask(classifier.ClassifierTask):
                                       meta["subwords_per_word"])
             return self.classifier_outputs(model(features, training=False), class_names)
 
-        serve.resources = [vectorizer]
-        signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
-        return serve, signature
+        return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
+                                                     name="texts")], resources=[vectorizer])
 
     def read_inputs(self, items):
         """Returns the texts to predict: the items themselves (raw strings)."""
@@ -103,11 +100,3 @@ class SentimentTask(classifier.ClassifierTask):
             f"Most confident mistakes ({split})", image=image.name, table=table,
             text=f"The {len(mistakes)} wrong predictions made with the highest probability."))
         return sections
-
-
-def _run_vocabulary(config):
-    """The vocabulary of the run whose resolved config `config` is, or None."""
-    if config.path is None:
-        return None
-    run = runs.Run.open(Path(config.path).parent)
-    return run.meta.get("vocabulary") if run is not None else None

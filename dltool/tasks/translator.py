@@ -6,18 +6,17 @@ joins the tokens back into text: no Python loop at inference.
 """
 
 import logging
-from pathlib import Path
 
 import numpy as np
 import sacrebleu
 
 from dltool._tf import tf  # first: TensorFlow's environment, before keras_hub loads it
-from dltool.core import files, runs
+from dltool.core import files
 
 import keras_hub  # noqa: E402  (also registers its layers, so .keras files with them load)
 from dltool.data import parallel
 from dltool.report.reports import Section
-from dltool.tasks.base import Task
+from dltool.tasks.base import ServingEndpoint, Task
 
 DECODING_METHODS = ("greedy", "beam")
 _EVALUATE_BATCH = 256
@@ -34,12 +33,12 @@ class TranslatorTask(Task):
 
     json_ensure_ascii = False
 
-    def open_data(self, config, root, *, skip_bad=False):
+    def open_data(self, config, root, *, skip_bad=False, run_meta=None):
         """Opens the parallel text of `config["data"]` (see `parallel.open_parallel_data`).
 
-        When `config` is a run's resolved config (`runs/<run>/config.toml`, as
-        `dltool evaluate` loads it), the pairs are vectorized with that run's
-        vocabularies, exactly as in training.
+        For a trained run (`run_meta`, as `dltool evaluate` opens it), the
+        pairs are vectorized with that run's vocabularies, exactly as in
+        training.
 
         Returns:
             The `ParallelData`, with a `meta` dict added: vocabularies,
@@ -47,7 +46,7 @@ class TranslatorTask(Task):
         """
         data = parallel.open_parallel_data(config["data"], root,
                                            seed=config["training"]["seed"], skip_bad=skip_bad,
-                                           vocabularies=_run_vocabularies(config))
+                                           vocabularies=_run_vocabularies(run_meta))
         data.meta = {"source_vocabulary": data.source_vocabulary,
                      "target_vocabulary": data.target_vocabulary,
                      "max_length": config["data"]["max_length"],
@@ -79,12 +78,12 @@ class TranslatorTask(Task):
                 `method` and `beam_width`).
 
         Returns:
-            A tuple `(fn, input_signature)`. `fn` takes a 1-D string tensor of
+            A `ServingEndpoint` whose function takes a 1-D string tensor of
             source sentences and returns `translation` (strings) and
-            `truncated` (bool) with the decoding of `meta["decoding"]`.
-            `fn.resources` lists the source vectorizer (its vocabulary table
-            must be saved) and `fn.endpoints` two more functions with the
-            same signature, `translate_greedy` and `translate_beam`.
+            `truncated` (bool) with the decoding of `meta["decoding"]`; its
+            resources are the source vectorizer (its vocabulary table must be
+            saved), its endpoints two more functions with the same
+            signature, `translate_greedy` and `translate_beam`.
         """
         translator = Translator(model, meta)
         decoding = meta["decoding"]
@@ -93,11 +92,11 @@ class TranslatorTask(Task):
         def serve(texts):
             return translator(texts, decoding["method"], width)
 
-        serve.resources = [translator.source_vectorizer]
-        serve.endpoints = {"translate_greedy": lambda texts: translator(texts, "greedy"),
-                           "translate_beam": lambda texts: translator(texts, "beam", width)}
-        signature = [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")]
-        return serve, signature
+        return ServingEndpoint(
+            serve, [tf.TensorSpec(shape=(None,), dtype=tf.string, name="texts")],
+            resources=[translator.source_vectorizer],
+            endpoints={"translate_greedy": lambda texts: translator(texts, "greedy"),
+                       "translate_beam": lambda texts: translator(texts, "beam", width)})
 
     def read_inputs(self, items):
         """Returns the sentences to translate: the items themselves."""
@@ -206,15 +205,11 @@ class TranslatorTask(Task):
                 "only its beginning was translated")
 
 
-def _run_vocabularies(config):
-    """The vocabularies of the run whose resolved config `config` is, or None."""
-    if config.path is None:
+def _run_vocabularies(run_meta):
+    """A trained run's `(source, target)` vocabularies, or None."""
+    if not run_meta or "source_vocabulary" not in run_meta:
         return None
-    run = runs.Run.open(Path(config.path).parent)
-    meta = run.meta if run is not None else {}
-    if "source_vocabulary" not in meta:
-        return None
-    return meta["source_vocabulary"], meta["target_vocabulary"]
+    return run_meta["source_vocabulary"], run_meta["target_vocabulary"]
 
 
 def _pair_length(inputs, target):

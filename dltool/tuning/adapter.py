@@ -371,8 +371,8 @@ def make_oracle(tune, objective, direction, space, seed):
         seed: The oracle's seed.
     """
     oracles = keras_tuner.oracles
-    common = dict(objective=keras_tuner.Objective(objective, direction), hyperparameters=space, seed=seed,
-                  tune_new_entries=False, allow_new_entries=True,
+    common = dict(objective=keras_tuner.Objective(objective, direction),
+                  hyperparameters=space, seed=seed, tune_new_entries=False, allow_new_entries=True,
                   max_retries_per_trial=tune["max_retries_per_trial"],
                   max_consecutive_failed_trials=tune["max_consecutive_failed_trials"])
     name = tune["tuner"]

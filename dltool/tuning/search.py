@@ -16,7 +16,6 @@ chief address) runs before the search folder is touched.
 
 import fcntl
 import json
-import os
 import socket
 import time
 import types
@@ -290,9 +289,9 @@ class Search:
         """Runs the trials in this process (the local search and the workers)."""
         log_dir = Path(tuner.project_dir) / "tensorboard"
         adapter.search(tuner, inputs.train_ds, validation_data=inputs.val_ds,
-                     epochs=self.settings["epochs"],
-                     callbacks=[keras.callbacks.TensorBoard(str(log_dir))],
-                     verbose=self.config["training"]["verbose"])
+                       epochs=self.settings["epochs"],
+                       callbacks=[keras.callbacks.TensorBoard(str(log_dir))],
+                       verbose=self.config["training"]["verbose"])
 
     def finish(self, tuner, stopped_by, failure, seconds):
         """Writes and prints the summary; exports the best if asked.
@@ -322,8 +321,8 @@ class Search:
         Raises:
             DltoolError: bad data, space or objective.
         """
-        experiment = Experiment.open(self.project_dir, self.overrides)
-        config = experiment.config
+        experiment = Experiment(self.project_dir, self.config)
+        config = self.config
         trial_config = _trial_config(self.project_dir, self.overrides, config, self.objective)
         keras.utils.set_random_seed(config["training"]["seed"])
         strategy, description = experiment.prepare_runtime()

@@ -1,10 +1,11 @@
 """A search's folder on disk: `tuning/<name>/` inside a project.
 
 It holds keras-tuner's state (`oracle.json`, `trial_<id>/trial.json`, each
-trial's best weights and executions; `dltool.tuning.adapter` repairs them), dltool's `search.json` (the settings
-the search was started with), `summary.json` (best trial and its
-hyperparameters, what stopped the search), `trials.csv` and `trials.md`, and
-TensorBoard logs with HParams (`tensorboard/`).
+trial's best weights and executions; `dltool.tuning.adapter` repairs them),
+dltool's `search.json` (the settings the search was started with),
+`summary.json` (best trial and its hyperparameters, what stopped the
+search), `trials.csv` and `trials.md`, and TensorBoard logs with HParams
+(`tensorboard/`).
 
 This module reads and writes those files without TensorFlow.
 """
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 
 from dltool.core import files, runs
-from dltool.core.errors import ConfigError, DltoolError, ProjectError
+from dltool.core.errors import ConfigError, ProjectError
 
 TUNING_DIR = runs.TUNING_DIR
 SEARCH_FILE = "search.json"
