@@ -2,9 +2,8 @@
 
 import time
 
-from dltool.core import runs
+from dltool.core import files, runs
 from dltool.core.errors import DataError
-from dltool.core import files
 from dltool.engine import reporting
 from dltool.engine.experiment import Experiment
 
@@ -26,7 +25,8 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
         (`loss`, `accuracy`, `per_class`, `confusion` for classifiers; `bleu`,
         `chrf` for the translator). It is also written to the run folder as
         `evaluation-SPLIT.json`; classifiers add one row per example in
-        `predictions-SPLIT.csv` (see `dltool.report.reports`).
+        `predictions-SPLIT.csv` (see `dltool.tasks.classifier`). A test
+        evaluation's `Task.run_facts` go into `run.json` for `dltool runs`.
 
     Raises:
         DltoolError: no trained run, no such split, bad data.
