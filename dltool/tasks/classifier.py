@@ -14,7 +14,7 @@ import heapq
 import numpy as np
 
 from dltool._tf import keras, tf
-from dltool.core import files
+from dltool.core import tables
 from dltool.core.errors import DataError
 from dltool.data import pipeline
 from dltool.report import plots
@@ -231,7 +231,8 @@ def _predict_all(model, dataset, keeper=None):
 
 
 def save_predictions(run, split, labels, probabilities, class_names, inputs=None):
-    """Writes `predictions-SPLIT.csv`: one row per evaluated example.
+    """Writes `predictions-SPLIT.csv`: one row per evaluated example, text
+    cells safe to open in a spreadsheet (`dltool.core.tables`).
 
     Args:
         run: The `Run`.
@@ -242,16 +243,11 @@ def save_predictions(run, split, labels, probabilities, class_names, inputs=None
         inputs: Readable inputs (texts) in the same order, or None.
     """
     predicted = np.argmax(probabilities, axis=-1)
-    with files.replacing(run.predictions_file(split)) as tmp, \
-            open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", "true", "predicted", "confidence", "true_probability",
-                         "input"])
-        for i, (label, guess) in enumerate(zip(labels, predicted)):
-            writer.writerow([i, class_names[label], class_names[guess],
-                             f"{probabilities[i, guess]:.6f}",
-                             f"{probabilities[i, label]:.6f}",
-                             inputs[i] if inputs is not None else ""])
+    rows = [["index", "true", "predicted", "confidence", "true_probability", "input"]]
+    rows += [[i, class_names[label], class_names[guess], f"{probabilities[i, guess]:.6f}",
+              f"{probabilities[i, label]:.6f}", inputs[i] if inputs is not None else ""]
+             for i, (label, guess) in enumerate(zip(labels, predicted))]
+    tables.write_rows(run.predictions_file(split), rows)
 
 
 def read_predictions(run, split):
@@ -268,8 +264,7 @@ def read_predictions(run, split):
     if not path.is_file():
         return []
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
+        rows = tables.read_rows(path)
         for row in rows:
             row["index"] = int(row["index"])
             row["confidence"] = float(row["confidence"])

@@ -11,7 +11,7 @@ import numpy as np
 import sacrebleu
 
 from dltool._tf import tf  # first: TensorFlow's environment, before keras_hub loads it
-from dltool.core import files
+from dltool.core import files, tables
 
 import keras_hub  # noqa: E402  (also registers its layers, so .keras files with them load)
 from dltool.data import parallel
@@ -116,7 +116,7 @@ class TranslatorTask(Task):
         """Translates a split's sources and scores them against the references.
 
         Writes `translations-SPLIT.tsv` (source, reference, translation) to the
-        run folder. The decoding is the config's `[decoding]`. `echo`, when
+        run folder (`_write_translations`). The decoding is the config's `[decoding]`. `echo`, when
         given, is called with a progress line after each batch.
 
         Returns:
@@ -130,8 +130,7 @@ class TranslatorTask(Task):
         hypotheses, truncated = _translate_all(translator, [a for a, _ in pairs], decoding, echo)
         scores = score(hypotheses, [b for _, b in pairs])
         path = run.translations_file(split)
-        files.write_text_atomic(path, "source\treference\ttranslation\n" + "".join(
-            f"{a}\t{b}\t{h}\n" for (a, b), h in zip(pairs, hypotheses)))
+        _write_translations(path, pairs, hypotheses)
         if truncated:
             logging.getLogger("dltool").warning("%d input(s) longer than %d tokens were cut",
                                                 truncated, translator.max_length)
@@ -341,10 +340,21 @@ def score(hypotheses, references):
             "signature": {"bleu": str(bleu.get_signature()), "chrf": str(chrf.get_signature())}}
 
 
+def _write_translations(path, pairs, hypotheses):
+    """Writes `translations-SPLIT.tsv`: plain TSV (sentences hold no tabs), a
+    header, then source, reference and translation, each cell safe to open
+    in a spreadsheet (`dltool.core.tables`)."""
+    rows = [("source", "reference", "translation"),
+            *((a, b, h) for (a, b), h in zip(pairs, hypotheses))]
+    files.write_text_atomic(path, "".join(
+        "\t".join(map(tables.safe_cell, row)) + "\n" for row in rows))
+
+
 def _read_translations(path):
     """Reads `translations-SPLIT.tsv` as `[(source, reference, translation)]`."""
     try:
         lines = path.read_text(encoding="utf-8").splitlines()[1:]
     except OSError:
         return []
-    return [tuple(line.split("\t")) for line in lines if line.count("\t") == 2]
+    return [tuple(map(tables.plain_cell, line.split("\t")))
+            for line in lines if line.count("\t") == 2]

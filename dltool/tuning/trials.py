@@ -10,15 +10,13 @@ search), `trials.csv` and `trials.md`, and TensorBoard logs with HParams
 This module reads and writes those files without TensorFlow.
 """
 
-import csv
-import io
 import json
 import math
 import os
 import time
 from pathlib import Path
 
-from dltool.core import files, runs
+from dltool.core import files, runs, tables
 from dltool.core.errors import ConfigError, ProjectError
 
 TUNING_DIR = runs.TUNING_DIR
@@ -119,9 +117,7 @@ def format_table(rows):
 
 def write_tables(folder, rows):
     """Writes the trials table as `trials.csv` and `trials.md` in `folder`."""
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerows(rows)
-    files.write_text_atomic(Path(folder) / "trials.csv", buffer.getvalue())
+    tables.write_rows(Path(folder) / "trials.csv", rows)
     lines = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
     lines += ["| " + " | ".join(r) + " |" for r in rows[1:]]
     files.write_text_atomic(Path(folder) / "trials.md", "\n".join(lines) + "\n")
