@@ -6,3 +6,8 @@ that need it (data, training, export, predict), never by the CLI's
 """
 
 __version__ = "0.1.0"
+
+# The name to install dltool by (`pip install dltool-keras`): the name
+# `dltool` on the package index is an unrelated project. The command and the
+# import package stay `dltool`.
+DISTRIBUTION = "dltool-keras"

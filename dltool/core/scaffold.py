@@ -92,6 +92,7 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         "project_name": name,
         "template": template["name"],
         "dltool_version": dltool.__version__,
+        "distribution": dltool.DISTRIBUTION,
         "data_source": data if data is not None else template["default_data"],
         "defaults": config_lib.defaults(config_lib.template_schema(template)),
     }
@@ -196,6 +197,7 @@ def _contained(root, relative):
 
 def _write_answers(root, context):
     answers = {"template": context["template"],
+               "distribution": context["distribution"],
                "dltool_version": context["dltool_version"],
                "options": {"project_name": context["project_name"],
                            "data_source": context["data_source"]}}
