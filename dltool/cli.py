@@ -418,13 +418,16 @@ def export(project, run_name, overrides, name):
 @project_option
 @click.option("--model", "model_path", default=None,
               help="SavedModel folder or .keras file (default: the newest export).")
+@click.option("--trusted", is_flag=True,
+              help="No warning for a SavedModel this project did not export.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Classes to show per input (default: export.top_k).")
 @set_option
 @quiet_option("the top label of each input, one per line")
 @json_option
 @pass_project
-def predict(project, inputs, input_file, model_path, top_k, overrides, quiet, as_json):
+def predict(project, inputs, input_file, model_path, trusted, top_k, overrides, quiet,
+            as_json):
     """Predict INPUTS (image files, or texts for text templates) with an exported model.
 
     For a translator, each input is a sentence and its translation is printed.
@@ -444,9 +447,19 @@ def predict(project, inputs, input_file, model_path, top_k, overrides, quiet, as
             top_k = project.config(overrides)["export"]["top_k"] if folder else 3
         from dltool.engine.predict import predict as run_predict
 
-        source, task, results = run_predict(folder, list(inputs), model_path=model_path,
-                                            top_k=top_k, echo=_progress(quiet))
+        warn = None if trusted else (lambda line: click.echo(line, err=True))
+        source, task, results = run_predict(folder or _folder_if_any(project), list(inputs),
+                                            model_path=model_path, top_k=top_k,
+                                            echo=_progress(quiet), warn=warn)
     _print_predictions(task, source, results, quiet, as_json)
+
+
+def _folder_if_any(project):
+    """The project folder, or None outside one (`predict --model` works anywhere)."""
+    try:
+        return project.folder
+    except DltoolError:
+        return None
 
 
 def _print_predictions(task, source, results, quiet, as_json):

@@ -8,7 +8,7 @@ from dltool.data import images, pipeline
 from dltool.core.errors import DataError
 
 DATA = {"source": "", "image_size": [16, 16], "validation_split": 0.25, "cache": "auto",
-        "skip_bad": False}
+        "skip_bad": False, "max_pixels": 40_000_000}
 
 
 def _jpeg(seed=0, size=(20, 24)):
@@ -80,7 +80,8 @@ def _with_bad_files(tmp_path):
 def test_preflight_reports_every_bad_file_by_path(tmp_path):
     bad = _with_bad_files(tmp_path)
     found = images.find_bad_images(
-        [str(p) for p in (tmp_path / "train").rglob("*") if p.suffix in (".jpg", ".png")])
+        [str(p) for p in (tmp_path / "train").rglob("*") if p.suffix in (".jpg", ".png")],
+        DATA["max_pixels"])
     assert {p for p, _ in found} == bad
     with pytest.raises(DataError) as error:
         _open(tmp_path)

@@ -178,7 +178,7 @@ def test_lambda_keras_file_is_refused(tmp_path):
     outputs = keras.layers.Lambda(lambda x: x * 2)(inputs)
     path = tmp_path / "evil.keras"
     keras.Model(inputs, outputs).save(path)
-    with pytest.raises(ModelFileError, match="refused: it holds a Lambda layer"):
+    with pytest.raises(ModelFileError, match="refused: layer 'lambda' is a Lambda layer"):
         modelfiles.load_keras_file(path)
 
 

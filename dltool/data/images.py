@@ -6,10 +6,19 @@ image a float32 tensor of shape `(height, width, 3)` with values in [0, 255]
 (the model rescales). A folder source is checked before training: counts per
 class, empty classes refused, every image decoded once so that corrupt files
 are reported by path before the first epoch.
+
+Before an image is decoded, its size is read from its header
+(`read_image_size`) and an image over `data.max_pixels` is refused by path
+(`check_image_file`, and `check_image_bytes` for bytes a server receives): a
+PNG of 1.5 MB can hold 23000x23000 pixels, 1.6 GB once decoded.
 """
 
+import collections
 import concurrent.futures
 import dataclasses
+import io
+import struct
+import typing
 from pathlib import Path
 
 from dltool._tf import tf
@@ -21,6 +30,14 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
 SAMPLES_ROOT = Path(__file__).resolve().parent / "samples"
 _VAL_FOLDERS = ("val", "validation")
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
+# Images the preflight decodes at once: its memory is at most this many
+# images of `data.max_pixels` (3 bytes a pixel) and their files.
+PREFLIGHT_WORKERS = 4
+# JPEG markers of a frame header (SOF0..SOF15) that give the image's size;
+# C4 (DHT), C8 (JPG) and CC (DAC) are in that range but are not frame headers.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+# JPEG markers without a length field: TEM, RST0..RST7 and SOI.
+_JPEG_BARE_MARKERS = frozenset({0x01, *range(0xD0, 0xD9)})
 
 
 @dataclasses.dataclass
@@ -60,16 +77,203 @@ def decode_image(data, image_size):
     return image
 
 
-def check_image_file(path):
-    """Returns why `path` is not a usable image, or None if it is one."""
+class ImageSize(typing.NamedTuple):
+    """An image's size as its header states it.
+
+    Attributes:
+        width: Width in pixels (a GIF's logical screen).
+        height: Height in pixels.
+        pixels: Pixels the decoder holds: `width * height`; for a GIF the sum
+            of its frames' areas, when larger (TensorFlow's GIF decoder reads
+            every frame even when it returns the first one: 100 frames of
+            2000x2000 took 400 MB).
+    """
+
+    width: int
+    height: int
+    pixels: int
+
+
+def read_image_size(stream):
+    """Reads the size of a JPEG, PNG, GIF or BMP image from its header.
+
+    Nothing is decoded. PNG, BMP and a GIF's screen take the first few dozen
+    bytes; a JPEG's segments before its frame header (EXIF, ICC profile) are
+    skipped with seeks, and a GIF's blocks are walked to count its frames.
+
+    Args:
+        stream: A binary file object that can seek, at any position.
+
+    Returns:
+        An `ImageSize`, or None when the header is missing or truncated or
+        the data is none of the four formats.
+    """
+    stream.seek(0)
+    head = stream.read(26)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        if len(head) < 24 or head[12:16] != b"IHDR":  # IHDR is always the first chunk
+            return None
+        width, height = struct.unpack(">II", head[16:24])
+        return ImageSize(width, height, width * height)
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return _gif_size(stream, head)
+    if head.startswith(b"BM"):
+        # A BITMAPINFOHEADER (40 bytes) or a later version of it. The 12-byte
+        # OS/2 header has 16-bit fields that TensorFlow does not decode.
+        if len(head) < 26 or struct.unpack("<I", head[14:18])[0] < 40:
+            return None
+        width, height = struct.unpack("<ii", head[18:26])  # height < 0: top-down rows
+        return ImageSize(abs(width), abs(height), abs(width) * abs(height))
+    if head.startswith(b"\xff\xd8"):
+        return _jpeg_size(stream)
+    return None
+
+
+def _jpeg_size(stream):
+    """Returns the `ImageSize` of a JPEG's first frame header, or None.
+
+    The segments before it are walked the way libjpeg reads them: stray
+    bytes before a marker and fill bytes (0xFF) are skipped, every other
+    marker's segment is skipped by its length.
+    """
+    stream.seek(2)  # past SOI
+    while True:
+        marker = _next_jpeg_marker(stream)
+        if marker is None or marker in (0x00, 0xD9, 0xDA):
+            return None  # the data ends, or image data (SOS) before any frame header
+        if marker in _JPEG_BARE_MARKERS:
+            continue
+        length = stream.read(2)
+        if len(length) < 2 or struct.unpack(">H", length)[0] < 2:
+            return None
+        if marker in _JPEG_FRAME_MARKERS:
+            frame = stream.read(5)  # sample precision, height, width
+            if len(frame) < 5:
+                return None
+            _, height, width = struct.unpack(">BHH", frame)
+            return ImageSize(width, height, width * height)
+        stream.seek(struct.unpack(">H", length)[0] - 2, io.SEEK_CUR)
+
+
+def _next_jpeg_marker(stream):
+    """Returns the code of the next JPEG marker (the byte after 0xFF), or None at the end."""
+    byte = stream.read(1)
+    while byte and byte != b"\xff":
+        byte = stream.read(1)
+    while byte == b"\xff":
+        byte = stream.read(1)
+    return byte[0] if byte else None
+
+
+def _gif_size(stream, head):
+    """Returns a GIF's `ImageSize`: its screen, and the area of all its frames.
+
+    Args:
+        stream: The GIF file.
+        head: Its first bytes (at least the 13 of the header and screen
+            descriptor, or it is truncated).
+    """
+    if len(head) < 13:
+        return None
+    width, height, flags = struct.unpack("<HHB", head[6:11])
+    colour_table = 3 << ((flags & 7) + 1) if flags & 0x80 else 0  # global colour table
+    stream.seek(13 + colour_table)
+    pixels = 0
+    while True:
+        block = stream.read(1)
+        if block == b"\x2c":  # image descriptor: left, top, width, height, flags
+            frame = stream.read(9)
+            if len(frame) < 9:
+                return None
+            _, _, frame_width, frame_height, frame_flags = struct.unpack("<HHHHB", frame)
+            pixels += frame_width * frame_height
+            if frame_flags & 0x80:  # local colour table
+                stream.seek(3 << ((frame_flags & 7) + 1), io.SEEK_CUR)
+            stream.seek(1, io.SEEK_CUR)  # LZW minimum code size
+        elif block == b"\x21":  # extension: label, then sub-blocks
+            stream.seek(1, io.SEEK_CUR)
+        else:  # the trailer (0x3B), or the data ends: what was read is what decodes
+            return ImageSize(width, height, max(pixels, width * height)) if pixels else None
+        if not _skip_gif_sub_blocks(stream):
+            return None
+
+
+def _skip_gif_sub_blocks(stream):
+    """Skips GIF data sub-blocks up to their terminator; returns False if the data ends first."""
+    while True:
+        size = stream.read(1)
+        if not size:
+            return False
+        if size == b"\x00":
+            return True
+        stream.seek(size[0], io.SEEK_CUR)
+
+
+def check_image_size(size, max_pixels):
+    """Returns why an image of `size` must not be decoded, or None.
+
+    Args:
+        size: The `ImageSize` its header states, or None if it has none.
+        max_pixels: The largest `size.pixels` allowed (`data.max_pixels`).
+    """
+    if size is None:
+        return "cannot be decoded: no image size in its header"
+    if size.pixels > max_pixels:
+        frames = " in its frames" if size.pixels != size.width * size.height else ""
+        return (f"{size.width}x{size.height}, {size.pixels} pixels{frames}, "
+                f"over data.max_pixels = {max_pixels}")
+    return None
+
+
+def _check_header(stream, max_pixels):
+    """Returns why the image in `stream` is not usable, judged by its header (nothing decoded)."""
+    head = stream.read(len(max(_IMAGE_MAGIC, key=len)))
+    if not head:
+        return "empty file"
+    if not head.startswith(_IMAGE_MAGIC):
+        return "not a JPEG, PNG, GIF or BMP image"
+    return check_image_size(read_image_size(stream), max_pixels)
+
+
+def check_image_bytes(data, max_pixels):
+    """Returns why encoded image bytes must not be decoded, or None.
+
+    Checks the format and the size the header states, without decoding:
+    what a server calls on each request's bytes before they reach the
+    exported model, whose serving signature decodes whatever it is given.
+
+    Args:
+        data: The encoded image (bytes).
+        max_pixels: The limit on its pixels: for an export,
+            `ImageClassifierTask.max_pixels(meta)` (the `data.max_pixels` it
+            was trained with).
+
+    Returns:
+        A one-line reason, or None if the bytes may be decoded.
+    """
+    return _check_header(io.BytesIO(data), max_pixels)
+
+
+def check_image_file(path, max_pixels):
+    """Returns why `path` is not a usable image, or None if it is one.
+
+    The header is checked first (`check_image_bytes`' checks), so an image
+    over the limit is never decoded; a usable-looking one is then decoded
+    once, to find corrupt data.
+
+    Args:
+        path: The image file.
+        max_pixels: The limit on its pixels (`data.max_pixels`).
+    """
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as f:
+            reason = _check_header(f, max_pixels)
+            if reason is not None:
+                return reason
+            f.seek(0)
+            data = f.read()
     except OSError as e:
         return f"unreadable: {e.strerror}"
-    if not data:
-        return "empty file"
-    if not data.startswith(_IMAGE_MAGIC):
-        return "not a JPEG, PNG, GIF or BMP image"
     try:
         tf.io.decode_image(data, channels=3, expand_animations=False)
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
@@ -77,15 +281,36 @@ def check_image_file(path):
     return None
 
 
-def find_bad_images(paths):
-    """Decodes every image once.
+def find_bad_images(paths, max_pixels):
+    """Checks every image once (`check_image_file`), `PREFLIGHT_WORKERS` at a time.
+
+    Args:
+        paths: The image files.
+        max_pixels: The limit on an image's pixels (`data.max_pixels`).
 
     Returns:
         A list of `(path, reason)` for the files that are not usable images.
     """
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
-        reasons = list(pool.map(check_image_file, paths))
+    reasons = _map_in_order(lambda path: check_image_file(path, max_pixels), paths,
+                            PREFLIGHT_WORKERS)
     return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+
+
+def _map_in_order(fn, items, workers):
+    """Yields `fn(item)` for each item, in order, computed by `workers` threads.
+
+    At most `workers` calls run at once, and at most twice as many are
+    submitted: `pool.map` submits them all up front, and a million pending
+    futures alone took 1.7 GB.
+    """
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = collections.deque()
+        for item in items:
+            if len(pending) == 2 * workers:
+                yield pending.popleft().result()
+            pending.append(pool.submit(fn, item))
+        while pending:
+            yield pending.popleft().result()
 
 
 def open_image_data(data, root, *, seed, skip_bad=False):
@@ -93,7 +318,7 @@ def open_image_data(data, root, *, seed, skip_bad=False):
 
     Args:
         data: The config's `data` dict (`source`, `image_size`,
-            `validation_split`, ...).
+            `validation_split`, `max_pixels`, ...).
         root: Folder that relative paths in `source` are relative to.
         seed: Seed of the validation split when there is no `val/` folder.
         skip_bad: Drop corrupt images (and say how many) instead of failing.
@@ -102,7 +327,8 @@ def open_image_data(data, root, *, seed, skip_bad=False):
         An `ImageData`.
 
     Raises:
-        DataError: missing or empty data, empty class, corrupt images.
+        DataError: missing or empty data, empty class, corrupt images or
+            images over `data["max_pixels"]`.
     """
     source = data["source"]
     image_size = tuple(data["image_size"])
@@ -110,7 +336,7 @@ def open_image_data(data, root, *, seed, skip_bad=False):
         return _open_tfds(source[len("tfds:"):], image_size, data["validation_split"])
     folder = resolve_folder(source, root)
     return _open_folder(folder, image_size, data["validation_split"], seed,
-                        skip_bad or data["skip_bad"])
+                        skip_bad or data["skip_bad"], data["max_pixels"])
 
 
 def resolve_folder(source, root):
@@ -129,7 +355,7 @@ def resolve_folder(source, root):
     return folder
 
 
-def _open_folder(folder, image_size, validation_split, seed, skip_bad):
+def _open_folder(folder, image_size, validation_split, seed, skip_bad, max_pixels):
     train_dir = folder / "train" if (folder / "train").is_dir() else folder
     class_names = sorted(p.name for p in train_dir.iterdir()
                          if p.is_dir() and not p.name.startswith(".")
@@ -144,7 +370,7 @@ def _open_folder(folder, image_size, validation_split, seed, skip_bad):
         files["test"] = _list_split(folder / "test", class_names)
 
     report = []
-    bad = find_bad_images([p for split in files.values() for p, _ in split])
+    bad = find_bad_images([p for split in files.values() for p, _ in split], max_pixels)
     if bad and not skip_bad:
         shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""

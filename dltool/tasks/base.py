@@ -116,11 +116,13 @@ class Task:
         """
         raise NotImplementedError
 
-    def read_inputs(self, items):
+    def read_inputs(self, items, meta):
         """Turns `dltool predict`'s items into what the serving function takes.
 
         Args:
             items: The command's inputs (image paths, texts).
+            meta: The export's `meta` (its `dltool.json`), e.g. the image
+                classifier's limit on an image's pixels.
 
         Returns:
             A list, one entry per item.

@@ -27,12 +27,28 @@ class ImageClassifierTask(classifier.ClassifierTask):
         """Opens the image data of `config["data"]` (see `images.open_image_data`).
 
         Returns:
-            The `ImageData`, with a `meta` dict added: class names, image size.
+            The `ImageData`, with a `meta` dict added: class names, image
+            size, and `max_pixels`, which `read_inputs` applies when the
+            export predicts.
         """
         data = images.open_image_data(config["data"], root, seed=config["training"]["seed"],
                                       skip_bad=skip_bad)
-        data.meta = {"class_names": data.class_names, "image_size": list(data.image_size)}
+        data.meta = {"class_names": data.class_names, "image_size": list(data.image_size),
+                     "max_pixels": config["data"]["max_pixels"]}
         return data
+
+    def max_pixels(self, meta):
+        """Returns the limit on an input image's pixels a model applies.
+
+        Args:
+            meta: The run's or export's `meta`.
+
+        Returns:
+            Its `max_pixels`; for a model exported before dltool recorded it,
+            the template's default `data.max_pixels`.
+        """
+        default = self.spec["config"]["data"]["max_pixels"]["default"]
+        return meta.get("max_pixels", default)
 
     def bytes_per_example(self, config):
         """Returns the memory one decoded float32 image takes."""
@@ -65,21 +81,25 @@ class ImageClassifierTask(classifier.ClassifierTask):
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="images")])
 
-    def read_inputs(self, items):
+    def read_inputs(self, items, meta):
         """Reads image files for prediction.
 
         Args:
             items: Paths of image files.
+            meta: The export's `meta`: an image over its `max_pixels` is
+                refused before it is decoded.
 
         Returns:
             A list of the files' bytes.
 
         Raises:
-            DataError: naming the first file that is missing or not an image.
+            DataError: naming the first file that is missing, not an image or
+                over the limit.
         """
+        max_pixels = self.max_pixels(meta)
         contents = []
         for item in items:
-            reason = images.check_image_file(item)
+            reason = images.check_image_file(item, max_pixels)
             if reason is not None:
                 raise DataError(f"{item}: {reason}")
             contents.append(Path(item).read_bytes())

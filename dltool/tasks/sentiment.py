@@ -73,7 +73,7 @@ class SentimentTask(classifier.ClassifierTask):
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="texts")], resources=[vectorizer])
 
-    def read_inputs(self, items):
+    def read_inputs(self, items, meta):
         """Returns the texts to predict: the items themselves (raw strings)."""
         return [str(item) for item in items]
 

@@ -98,7 +98,7 @@ class TranslatorTask(Task):
             endpoints={"translate_greedy": lambda texts: translator(texts, "greedy"),
                        "translate_beam": lambda texts: translator(texts, "beam", width)})
 
-    def read_inputs(self, items):
+    def read_inputs(self, items, meta):
         """Returns the sentences to translate: the items themselves."""
         return [str(item) for item in items]
 
