@@ -316,19 +316,22 @@ def _flag_overrides(flags):
 @click.option("--export-best", is_flag=True,
               help="Then retrain the best hyperparameters on train + validation and export.")
 @click.option("--chief", default=None, metavar="HOST:PORT",
-              help="Serve the search to workers on HOST:PORT (no authentication: "
-                   "private networks only).")
+              help="Serve the search to workers on HOST:PORT (token in tuning/NAME/"
+                   "chief.token, no encryption: private networks only).")
 @click.option("--worker", default=None, metavar="HOST:PORT",
               help="Run trials for the chief at HOST:PORT.")
 @click.option("--connect-timeout", type=click.FloatRange(min=0), default=60.0,
               show_default=True, help="Seconds a worker waits for its chief.")
+@click.option("--token-file", default=None, metavar="PATH",
+              help="A worker's copy of the chief's token (default: DLTOOL_TUNE_TOKEN, else "
+                   "tuning/NAME/chief.token).")
 @skip_bad_option
 @click.option("--child-of", default=None, hidden=True,
               help="Internal: run trials as a child of a local search (STARTED,DEADLINE,INDEX).")
 @pass_project
 def tune(project, overrides, tuner, objective, direction, max_trials, executions_per_trial,
          epochs, time_budget, name, fresh, export_best, chief, worker, connect_timeout,
-         skip_bad, child_of):
+         token_file, skip_bad, child_of):
     """Search the hyperparameters of the config's [search] section with keras-tuner.
 
     Run the same command again to continue an interrupted search. The trials
@@ -344,7 +347,8 @@ def tune(project, overrides, tuner, objective, direction, max_trials, executions
         from dltool.tuning import children as search_processes
 
         summary = None
-        if not (chief or worker or child_of):  # TensorFlow stays out of this process
+        # A --token-file without --worker goes on to be refused by run_tuning.
+        if not (chief or worker or child_of or token_file):  # TensorFlow stays out
             summary = search_processes.run_in_children(
                 folder, overrides, name=name, fresh=fresh, export_best=export_best,
                 skip_bad=skip_bad)
@@ -354,8 +358,8 @@ def tune(project, overrides, tuner, objective, direction, max_trials, executions
             child = search_processes.ChildRole.parse(child_of) if child_of else None
             summary = run_tuning(folder, overrides, name=name, fresh=fresh, chief=chief,
                                  worker=worker, connect_timeout=connect_timeout,
-                                 export_best=export_best, skip_bad=skip_bad, echo=click.echo,
-                                 child=child)
+                                 token_file=token_file, export_best=export_best,
+                                 skip_bad=skip_bad, echo=click.echo, child=child)
     if summary.get("more_trials"):
         sys.exit(search_processes.MORE_TRIALS_EXIT)
 

@@ -427,7 +427,7 @@ def test_chief_and_two_workers(project):
                 process.kill()
     for process, output in zip([*workers, chief], outputs):
         assert process.returncode == 0, output
-    assert "no authentication" in outputs[-1]
+    assert "is not encrypted" in outputs[-1] and "chief.token" in outputs[-1]
     rows = _rows(project / "tuning" / "random")
     assert len(rows) == 4 and all(r["status"] == "completed" for r in rows)
     ran = [line for out in outputs[:2] for line in out.splitlines() if " ran " in line]

@@ -18,16 +18,26 @@ breaks one module, and the version check below says so first:
 - the chief's gRPC service (`serve_oracle`) binds the address it is given,
   returns within a second of the last worker leaving and hands out no trial
   after the time budget; workers wait at most 10 minutes for a vanished
-  chief (keras-tuner's `oracle_client.TIMEOUT` is an hour).
+  chief (keras-tuner's `oracle_client.TIMEOUT` is an hour);
+- every call to the chief carries the search's token (`authorization:
+  Bearer TOKEN` metadata, added by `send_token` on the worker, checked by
+  the chief's `_TokenCheck` interceptor), and the chief checks what workers
+  report (trial ids, hyperparameter values, metrics) before its oracle sees
+  it: keras-tuner's service trusts every caller, and one call its oracle
+  raises on leaves the oracle's lock taken, so the chief never exits.
 
 The keras-tuner versions this is tested against are the range in dltool's
 own requirements (`setup.cfg`); importing this module checks the installed
 one against it.
 """
 
+import collections
+import hmac
 import importlib.metadata
 import json
+import math
 import os
+import threading
 import time
 from pathlib import Path
 
@@ -38,12 +48,14 @@ from dltool._tf import keras
 from dltool.core import files, runs
 from dltool.core.errors import DltoolError
 from dltool.engine import train as training
+from dltool.tuning import space as search_space
 from dltool.tuning.trials import ORACLE_FILE, TRIAL_FILE
 
 import keras_tuner  # noqa: E402  (after dltool._tf set the environment)
 from keras_tuner.src import backend as kt_backend  # noqa: E402
 from keras_tuner.src import utils as kt_utils  # noqa: E402
 from keras_tuner.src.distribute import oracle_chief, oracle_client  # noqa: E402
+from keras_tuner.src.engine import oracle as oracle_module  # noqa: E402
 from keras_tuner.src.engine import trial as trial_module  # noqa: E402
 
 EXECUTION_DIR = "execution{}"
@@ -120,8 +132,35 @@ class TooManyFailedTrials(DltoolError):
     """keras-tuner stopped the search after failed trials in a row."""
 
 
+def _too_many_failures(error):
+    """Whether `error` is the oracle's `max_consecutive_failed_trials` stop."""
+    return isinstance(error, RuntimeError) and "consecutive failures" in str(error)
+
+
 class ChiefLost(DltoolError):
-    """A worker lost its connection to the chief (the gRPC status code)."""
+    """A worker's call to the chief failed (the gRPC status code and details).
+
+    Attributes:
+        code: The gRPC status code's name, e.g. `UNAVAILABLE`.
+    """
+
+    def __init__(self, code, details=""):
+        super().__init__(f"{code}: {details}" if details else code)
+        self.code = code
+
+
+class TokenRefused(ChiefLost):
+    """The chief refused the worker's token (`UNAUTHENTICATED`)."""
+
+
+def _chief_lost(error):
+    """The `ChiefLost` (or `TokenRefused`) for a failed gRPC call."""
+    code = getattr(error, "code", lambda: None)()
+    name = str(getattr(code, "name", code or "error"))
+    details = (getattr(error, "details", lambda: "")() or "").strip()
+    details = details.splitlines()[0] if details else ""  # the user's error is one line
+    cls = TokenRefused if code == grpc.StatusCode.UNAUTHENTICATED else ChiefLost
+    return cls(name, details)
 
 
 def search(tuner, *args, **kwargs):
@@ -130,16 +169,16 @@ def search(tuner, *args, **kwargs):
     Raises:
         TooManyFailedTrials: keras-tuner's `max_consecutive_failed_trials`.
         ChiefLost: a worker's gRPC call to the chief failed.
+        TokenRefused: the chief refused the worker's token.
     """
     try:
         tuner.search(*args, **kwargs)
     except RuntimeError as e:
-        if "consecutive failures" not in str(e):
+        if not _too_many_failures(e):
             raise
         raise TooManyFailedTrials(str(e)) from None
     except grpc.RpcError as e:
-        code = getattr(e, "code", lambda: "error")()
-        raise ChiefLost(str(getattr(code, "name", code))) from None
+        raise _chief_lost(e) from None
 
 
 def set_distributed_env(address, tuner_id):
@@ -401,14 +440,143 @@ def make_tuner(tune, oracle, hypermodel, trial_config, **kwargs):
                executions_per_trial=tune["executions_per_trial"], **kwargs)
 
 
-class _ChiefServicer(oracle_chief.OracleServicer):
-    """keras-tuner's oracle service, handing out no trial after `deadline`."""
+# ---- the chief's service: the token, and what workers may report ----
 
-    def __init__(self, oracle, deadline):
+TOKEN_METADATA_KEY = "authorization"
+
+
+def _bearer(token):
+    return f"Bearer {token}"
+
+
+class _TokenCheck(grpc.ServerInterceptor):
+    """Refuses (`UNAUTHENTICATED`) every call without the search's token.
+
+    Args:
+        token: The token the chief wrote into the search folder.
+    """
+
+    def __init__(self, token):
+        self._expected = _bearer(token).encode()
+        self._refusal = grpc.unary_unary_rpc_method_handler(self._refuse)
+
+    @staticmethod
+    def _refuse(request, context):
+        context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                      "missing or wrong search token (authorization: Bearer TOKEN)")
+
+    def intercept_service(self, continuation, handler_call_details):
+        given = [value for key, value in handler_call_details.invocation_metadata or ()
+                 if key == TOKEN_METADATA_KEY]
+        if len(given) == 1:
+            value = given[0] if isinstance(given[0], bytes) else given[0].encode()
+            # Constant time: how long the comparison takes tells nothing.
+            if hmac.compare_digest(value, self._expected):
+                return continuation(handler_call_details)
+        return self._refusal
+
+
+class _CallDetails(collections.namedtuple(
+        "_CallDetails", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                         "compression")), grpc.ClientCallDetails):
+    """A call's details with other metadata (grpc's own class is private)."""
+
+
+class _TokenSender(grpc.UnaryUnaryClientInterceptor):
+    """Adds the search's token to every call of a worker (all are unary)."""
+
+    def __init__(self, token):
+        self._metadata = ((TOKEN_METADATA_KEY, _bearer(token)),)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        details = _CallDetails(details.method, details.timeout,
+                               (*(details.metadata or ()), *self._metadata),
+                               details.credentials, details.wait_for_ready,
+                               details.compression)
+        return continuation(details, request)
+
+
+def _oracle_stub(address, token):
+    """A channel to the chief sending `token`, and the oracle's stub on it."""
+    channel = grpc.intercept_channel(grpc.insecure_channel(address), _TokenSender(token))
+    return channel, oracle_chief.protos.get_service_grpc().OracleStub(channel)
+
+
+def send_token(tuner, address, token):
+    """Makes a worker's tuner send `token` on every call to its chief.
+
+    keras-tuner's `OracleClient` makes its stub on a plain channel when the
+    tuner is created; it is replaced by one whose channel adds the token.
+
+    Args:
+        tuner: A worker's tuner (its oracle is keras-tuner's `OracleClient`).
+        address: `host:port` of the chief.
+        token: The search's token.
+    """
+    _, tuner.oracle.stub = _oracle_stub(address, token)
+
+
+def check_token(address, token, timeout=30.0):
+    """Asks the chief whether it takes `token`, before a worker loads its data.
+
+    Raises:
+        TokenRefused: the chief refused the token.
+        ChiefLost: the call failed otherwise.
+    """
+    channel, stub = _oracle_stub(address, token)
+    try:
+        stub.GetSpace(oracle_chief.protos.get_service().GetSpaceRequest(),
+                      timeout=timeout, wait_for_ready=True)
+    except grpc.RpcError as e:
+        raise _chief_lost(e) from None
+    finally:
+        channel.close()
+
+
+def _release_stranded_lock(oracle):
+    """Releases the oracle's lock if a call that raised left it taken.
+
+    keras-tuner's `synchronized` releases its lock only when the method
+    returns: after a raise the gRPC thread keeps it and the chief's
+    `exit_chief` check waits for it forever.
+    """
+    if oracle_module.THREADS[oracle] == threading.current_thread().name:
+        oracle_module.THREADS[oracle] = None
+        oracle_module.LOCKS[oracle].release()
+
+
+class _ChiefServicer(oracle_chief.OracleServicer):
+    """keras-tuner's oracle service, checking each call before the oracle sees it.
+
+    A call naming no running trial is refused with `NOT_FOUND`; one with
+    hyperparameter values outside the search space, values other than those
+    the chief handed out, missing or non-finite metrics, or a trial that does
+    not parse, with `INVALID_ARGUMENT`. A refused call changes nothing.
+    After the time budget, no trial is handed out.
+
+    The server runs one thread, so the checks and the oracle's calls do not
+    interleave.
+
+    Args:
+        oracle: The chief's oracle.
+        deadline: `time.time()` after which no trial is handed out, or None.
+        model_defaults: The values of the hyperparameters `model.py` reads
+            that are not searched (their `[model]` defaults), or None to take
+            any plain value for them.
+    """
+
+    _ENDED = frozenset((trial_module.TrialStatus.COMPLETED, trial_module.TrialStatus.INVALID,
+                        trial_module.TrialStatus.FAILED))
+
+    def __init__(self, oracle, deadline, model_defaults=None):
         super().__init__(oracle)
         self.deadline = deadline
+        self.model_defaults = model_defaults
+        self.failure = None  # the oracle's stop after failed trials in a row
 
     def CreateTrial(self, request, context):
+        if not request.tuner_id:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "CreateTrial needs a tuner_id")
         if self.deadline is not None and time.time() > self.deadline and \
                 request.tuner_id not in self.oracle.ongoing_trials:
             self.oracle.tuner_ids.discard(request.tuner_id)
@@ -417,30 +585,151 @@ class _ChiefServicer(oracle_chief.OracleServicer):
                                        status=trial_module.TrialStatus.STOPPED)
             return oracle_chief.protos.get_service().CreateTrialResponse(
                 trial=trial.to_proto())
-        return super().CreateTrial(request, context)
+        return self._call(super().CreateTrial, request, context)
+
+    def UpdateTrial(self, request, context):
+        self._running_trial(request.trial_id, "UpdateTrial", context)
+        self._check_metrics(dict(request.metrics), f"UpdateTrial of trial {request.trial_id}",
+                            context)
+        return self._call(super().UpdateTrial, request, context)
+
+    def EndTrial(self, request, context):
+        try:
+            trial = trial_module.Trial.from_proto(request.trial)
+        except Exception as e:  # noqa: BLE001  (whatever a malformed trial makes it raise)
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"EndTrial's trial does not parse: {type(e).__name__}")
+        record = self._running_trial(trial.trial_id, "EndTrial", context)
+        where = f"EndTrial of trial {trial.trial_id}"
+        if trial.status not in self._ENDED:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{where}: status {trial.status} is not COMPLETED, INVALID or FAILED")
+        # keras-tuner fills a value left out with a default: ask the message.
+        sent = set(request.trial.hyperparameters.values.values)
+        self._check_values(trial.hyperparameters.values, sent, record, where, context)
+        if trial.status == trial_module.TrialStatus.COMPLETED:
+            # The oracle scores the metrics it was sent by UpdateTrial.
+            best = {name: record.metrics.get_best_value(name)
+                    for name in record.metrics.metrics}
+            self._check_metrics(best, where, context)
+        return self._call(super().EndTrial, request, context)
+
+    def GetTrial(self, request, context):
+        if request.trial_id not in self.oracle.trials:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"no trial {request.trial_id!r}")
+        return self._call(super().GetTrial, request, context)
+
+    def UpdateSpace(self, request, context):
+        return self._call(super().UpdateSpace, request, context)
+
+    def _call(self, method, request, context):
+        """Runs keras-tuner's handler; an error it raises frees the oracle's lock.
+
+        The oracle's stop after `max_consecutive_failed_trials` ends the
+        search (`serve_oracle` raises it), as it does a local one.
+        """
+        try:
+            return method(request, context)
+        except Exception as e:  # noqa: BLE001  (any error: the lock must be freed)
+            _release_stranded_lock(self.oracle)
+            first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+            if _too_many_failures(e):
+                self.failure = e
+                context.abort(grpc.StatusCode.ABORTED, f"the search stopped: {first_line}")
+            context.abort(grpc.StatusCode.INTERNAL,
+                          f"the chief's oracle failed: {type(e).__name__}: {first_line}")
+
+    def _running_trial(self, trial_id, call, context):
+        """The oracle's record of running trial `trial_id` (else aborts, NOT_FOUND)."""
+        if trial_id not in {t.trial_id for t in self.oracle.ongoing_trials.values()}:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"{call}: no running trial {trial_id!r}")
+        return self.oracle.trials[trial_id]
+
+    def _check_metrics(self, values, where, context):
+        """Aborts unless `values` has the objective and every value is finite."""
+        objective = self.oracle.objective.name
+        if objective not in values:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                          f"{where}: no value of the objective {objective}")
+        for name, value in values.items():
+            if not isinstance(value, (int, float)) or not math.isfinite(value):
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{where}: metric {name} is {value!r}, not a finite number")
+
+    def _check_values(self, values, sent, record, where, context):
+        """Aborts unless the trial's hyperparameter values are the chief's.
+
+        Searched ones must be sent, lie in the space and be the values
+        handed out; the others must be the `[model]` defaults
+        (`model_defaults`).
+
+        Args:
+            values: The values as the oracle would record them.
+            sent: The names the message gave a value.
+            record: The oracle's trial.
+            where: The call, for the messages.
+            context: The gRPC context.
+        """
+        handed_out = record.hyperparameters.values
+        for hp in self.oracle.get_space().space:
+            if hp.name not in handed_out:
+                continue  # inactive in this trial
+            if hp.name not in sent:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{where}: no value of {hp.name}")
+            problem = search_space.value_problem(hp, values[hp.name])
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{where}: {hp.name}={values[hp.name]!r} is outside the search "
+                              f"space ({problem})")
+        for name, value in values.items():
+            if name in handed_out:
+                expected = handed_out[name]
+            elif name in (self.model_defaults or {}):
+                expected = self.model_defaults[name]
+            elif _plain_value(value):
+                continue  # read by model.py in some trials only: no default to compare
+            else:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{where}: {name}={value!r} is not a value a config can hold")
+            # Types too: 1 == True == 1.0 in Python, not in a config.
+            if type(value) is not type(expected) or value != expected:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                              f"{where}: {name}={value!r} is not the value the chief gave "
+                              f"this trial ({expected!r})")
 
 
-def serve_oracle(tuner, address, deadline=None, poll_seconds=1.0):
+def _plain_value(value):
+    """Whether a config can hold `value` (a string, bool, int or finite float)."""
+    return isinstance(value, (str, bool, int)) or (
+        isinstance(value, float) and math.isfinite(value))
+
+
+def serve_oracle(tuner, address, token, deadline=None, model_defaults=None, poll_seconds=1.0):
     """Runs the chief: serves `tuner`'s oracle until the search is over.
 
     keras-tuner's own `start_server` polls every 20 s and reads the address
-    from environment variables; this binds `address` and returns within
-    about a second of the last worker leaving.
+    from environment variables; this binds `address`, refuses calls without
+    `token`, checks what workers report (`_ChiefServicer`) and returns
+    within about a second of the last worker leaving.
 
     Args:
         tuner: The chief's tuner (its oracle is served).
         address: `host:port` to bind.
+        token: The search's token, which every call must carry.
         deadline: `time.time()` after which workers get no new trial.
+        model_defaults: See `_ChiefServicer`.
 
     Raises:
         DltoolError: if the port cannot be bound.
+        TooManyFailedTrials: keras-tuner's `max_consecutive_failed_trials`.
     """
-    import grpc
     from concurrent import futures
 
     tuner.save()
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1))
-    servicer = _ChiefServicer(tuner.oracle, deadline)
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=1),
+                         interceptors=[_TokenCheck(token)])
+    servicer = _ChiefServicer(tuner.oracle, deadline, model_defaults)
     oracle_chief.protos.get_service_grpc().add_OracleServicer_to_server(servicer, server)
     try:
         bound = server.add_insecure_port(address)
@@ -451,6 +740,8 @@ def serve_oracle(tuner, address, deadline=None, poll_seconds=1.0):
     server.start()
     try:
         while not (servicer.stop_triggered and oracle_chief.exit_chief(tuner.oracle)):
+            if servicer.failure is not None:
+                raise TooManyFailedTrials(str(servicer.failure))
             time.sleep(poll_seconds)
     finally:
         server.stop(grace=2)

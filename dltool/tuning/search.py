@@ -16,6 +16,8 @@ chief address) runs before the search folder is touched.
 
 import fcntl
 import json
+import os
+import secrets
 import socket
 import time
 import types
@@ -41,6 +43,9 @@ _FIXED_TUNE_KEYS = ("tuner", "objective", "direction", "epochs", "early_stopping
 _FIXED_SECTIONS = ("data", "model", "search")
 _FIXED_TRAINING_KEYS = ("batch_size", "lr_schedule", "warmup_epochs", "seed")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# The chief's token, which every call to it must carry (see `write_token`).
+TOKEN_FILE = "chief.token"
+TOKEN_ENV = "DLTOOL_TUNE_TOKEN"
 
 
 def parse_address(text, what):
@@ -77,6 +82,68 @@ def wait_for_chief(host, port, timeout, poll_seconds=0.5):
                               f"({reason}): start `dltool tune --chief {host}:{port}` there "
                               "first, or check the address")
         time.sleep(poll_seconds)
+
+
+def write_token(folder):
+    """Generates the chief's token and writes it to `folder/chief.token`.
+
+    A new token for each start of the chief: a worker reads it from the same
+    file, or is given it (`--token-file`, `DLTOOL_TUNE_TOKEN`). The file is
+    written atomically and readable by its owner only (mode 0600).
+
+    Returns:
+        The token.
+    """
+    token = secrets.token_urlsafe(32)
+    with files.replacing(Path(folder) / TOKEN_FILE) as tmp:
+        tmp.unlink(missing_ok=True)
+        # Created 0600, never readable by others, not even before a chmod.
+        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
+            handle.write(token + "\n")
+    return token
+
+
+def read_token(folder, token_file=None, environ=None):
+    """Finds a worker's token: `--token-file`, else `DLTOOL_TUNE_TOKEN`, else the chief's file.
+
+    Args:
+        folder: The search folder (the chief's `chief.token` when it is shared).
+        token_file: The `--token-file` path, or None.
+        environ: The environment; `os.environ` when None.
+
+    Returns:
+        The token.
+
+    Raises:
+        DltoolError: if the file given cannot be read or holds no token, or
+            no token is found.
+    """
+    environ = os.environ if environ is None else environ
+    if token_file is None and environ.get(TOKEN_ENV, "").strip():
+        token, source = environ[TOKEN_ENV].strip(), TOKEN_ENV
+    else:
+        path = Path(token_file) if token_file is not None else Path(folder) / TOKEN_FILE
+        if token_file is None and not path.is_file():
+            raise DltoolError(f"no token for the search chief: give the chief's token with "
+                              f"--token-file or {TOKEN_ENV} (the chief writes it to {path})")
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise DltoolError(f"cannot read the chief's token from {path}: "
+                              f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
+        source = str(path)
+    # What `secrets.token_urlsafe` makes (gRPC metadata takes printable ASCII only).
+    if not token or not all(c.isascii() and (c.isalnum() or c in "-_") for c in token):
+        raise DltoolError(f"{source} holds no token (one line of letters, digits, - and _, "
+                          f"as the chief writes to {TOKEN_FILE})")
+    return token
+
+
+def refused_token(address):
+    """The error of a worker whose token the chief at `address` refused."""
+    return DltoolError(f"the search chief at {address[0]}:{address[1]} refused this worker's "
+                       f"token: give the chief's token with --token-file or {TOKEN_ENV}")
 
 
 def worker_id(folder):
@@ -148,7 +215,8 @@ def _check_objective(model, train_ds, val_ds, objective):
 
 
 def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worker=None,
-         connect_timeout=60.0, export_best=False, skip_bad=False, echo=print, child=None):
+         connect_timeout=60.0, token_file=None, export_best=False, skip_bad=False, echo=print,
+         child=None):
     """Runs, resumes or joins a hyperparameter search.
 
     Args:
@@ -160,6 +228,9 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
         chief: `HOST:PORT` to serve the search to workers from.
         worker: `HOST:PORT` of a chief to run trials for.
         connect_timeout: Seconds a worker waits for its chief.
+        token_file: A worker's file holding the chief's token; without it,
+            `DLTOOL_TUNE_TOKEN`, else the chief's `chief.token` in the
+            search folder.
         export_best: Afterwards, retrain the best trial's hyperparameters on
             train + validation data and export it.
         skip_bad: Drop unusable data files instead of failing.
@@ -172,10 +243,14 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
         leaves trials to the next one: `{"more_trials": True}`).
 
     Raises:
-        DltoolError: bad config, space, objective or data; unreachable chief.
+        DltoolError: bad config, space, objective or data; unreachable chief;
+            no token, or one the chief refuses.
     """
     if chief and worker:
         raise ConfigError("give --chief or --worker, not both")
+    if token_file is not None and not worker:
+        raise ConfigError(f"--token-file belongs to --worker (the chief makes a new token at "
+                          f"each start, in tuning/<name>/{TOKEN_FILE})")
     if export_best and worker:
         raise ConfigError("--export-best belongs to the chief (or a search without workers)")
     common = dict(name=name, fresh=fresh, skip_bad=skip_bad, echo=echo)
@@ -184,7 +259,7 @@ def tune(project_dir, overrides=(), *, name=None, fresh=False, chief=None, worke
                              export_best=export_best, **common)
     elif worker:
         search = WorkerSearch(project_dir, overrides, parse_address(worker, "--worker"),
-                              connect_timeout, **common)
+                              connect_timeout, token_file=token_file, **common)
     else:
         search = LocalSearch(project_dir, overrides, child=child, export_best=export_best,
                              **common)
@@ -316,7 +391,8 @@ class Search:
 
         Returns:
             A namespace: `experiment`, `trial_config`, `strategy`, `train_ds`,
-            `val_ds`, `meta` (the data's), `space`.
+            `val_ds`, `meta` (the data's), `space`, `model_defaults` (the
+            values `model.py` reads by default).
 
         Raises:
             DltoolError: bad data, space or objective.
@@ -339,7 +415,8 @@ class Search:
         keras.backend.clear_session()
         return types.SimpleNamespace(experiment=experiment, trial_config=trial_config,
                                      strategy=strategy, train_ds=train_ds, val_ds=val_ds,
-                                     meta=data.meta, space=space)
+                                     meta=data.meta, space=space,
+                                     model_defaults=dict(declared.values))
 
     def make_tuner(self, inputs, deadline):
         """The keras-tuner tuner of this search, its oracle made from the config."""
@@ -434,10 +511,13 @@ class ChiefSearch(Search):
     def open_folder(self):
         super().open_folder()
         adapter.set_distributed_env(self.address, "chief")
-        _warn_no_authentication(self.address, self.echo)
+        # Before the server starts: a worker that reaches it finds the token.
+        self.token = write_token(self.folder)
+        _warn_no_encryption(self.address, self.folder / TOKEN_FILE, self.echo)
 
     def search(self, tuner, inputs, deadline):
-        adapter.serve_oracle(tuner, f"{self.address[0]}:{self.address[1]}", deadline)
+        adapter.serve_oracle(tuner, f"{self.address[0]}:{self.address[1]}", self.token,
+                             deadline, model_defaults=inputs.model_defaults)
         if deadline is not None and time.time() > deadline:
             raise adapter.BudgetExhausted("time budget used up")
 
@@ -448,19 +528,39 @@ class WorkerSearch(Search):
     Args:
         address: `(host, port)` of the chief.
         connect_timeout: Seconds to wait for the chief.
+        token_file: The file holding the chief's token (see `read_token`).
         **kwargs: See `Search`.
     """
 
     role = "worker"
     saves_state = False
 
-    def __init__(self, project_dir, overrides, address, connect_timeout=60.0, **kwargs):
+    def __init__(self, project_dir, overrides, address, connect_timeout=60.0, token_file=None,
+                 **kwargs):
         super().__init__(project_dir, overrides, **kwargs)
         self.address = address
         self.connect_timeout = connect_timeout
+        self.token_file = token_file
 
     def check_search(self):
         wait_for_chief(*self.address, self.connect_timeout)
+        # Read once the chief listens: it writes a new token before that.
+        self.token = read_token(self.folder, self.token_file)
+        try:  # before the data is loaded: a refused token fails in seconds
+            adapter.check_token(self._chief(), self.token,
+                                timeout=max(self.connect_timeout, 10.0))
+        except adapter.TokenRefused:
+            raise refused_token(self.address) from None
+        except adapter.ChiefLost as e:
+            raise DltoolError(f"lost the chief at {self._chief()}: {e}") from None
+
+    def _chief(self):
+        return f"{self.address[0]}:{self.address[1]}"
+
+    def make_tuner(self, inputs, deadline):
+        tuner = super().make_tuner(inputs, deadline)
+        adapter.send_token(tuner, self._chief(), self.token)
+        return tuner
 
     def clock(self):
         return time.time(), None  # the chief keeps the time budget
@@ -473,9 +573,10 @@ class WorkerSearch(Search):
     def search(self, tuner, inputs, deadline):
         try:
             super().search(tuner, inputs, deadline)
+        except adapter.TokenRefused:  # a chief started again has a new token
+            raise refused_token(self.address) from None
         except adapter.ChiefLost as e:
-            raise DltoolError(f"lost the chief at {self.address[0]}:{self.address[1]}: "
-                              f"{e}") from None
+            raise DltoolError(f"lost the chief at {self._chief()}: {e}") from None
 
     def finish(self, tuner, stopped_by, failure, seconds):
         ran = sorted(tuner.trials_run)
@@ -490,11 +591,12 @@ def _last_line(text):
 
 
 
-def _warn_no_authentication(address, echo):
+def _warn_no_encryption(address, token_path, echo):
     host, port = address
     where = "this machine only" if host in LOOPBACK else "anyone who can reach it"
-    echo(f"Warning: the chief's port {host}:{port} has no authentication or encryption "
-         f"(keras-tuner's gRPC service); open to {where}: use it on a private network only")
+    echo(f"Warning: the chief's port {host}:{port} is not encrypted (keras-tuner's gRPC "
+         f"service), open to {where}: use it on a private network only; workers need "
+         f"the token in {token_path}")
 
 
 def summarize(folder, settings, tune_settings, objective, direction, space, stopped_by,

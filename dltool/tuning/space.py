@@ -7,6 +7,8 @@ own. Hyperparameters `model.py` reads that are not in `[search]` keep their
 `[model]` defaults.
 """
 
+import math
+
 import dltool._tf  # noqa: F401  (environment before TensorFlow loads)
 import keras_tuner
 
@@ -111,3 +113,49 @@ def _mismatch(searched, declared):
                 isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
             return "model.py reads it with hp.Float: give numbers"
     return None
+
+
+def value_problem(hp, value):
+    """Returns why `value` lies outside the hyperparameter `hp`, or None.
+
+    What a trial's value must be to lie in the space: the type of the
+    hyperparameter, inside its range and on its step, or one of its choices.
+    The chief checks what workers report with it (`dltool.tuning.adapter`).
+
+    Args:
+        hp: A `keras_tuner` hyperparameter of the search space.
+        value: The value a trial reports for it.
+
+    Returns:
+        A short reason, e.g. "not in 0.001..0.01", or None if it lies inside.
+    """
+    hps = keras_tuner.engine.hyperparameters
+    if isinstance(hp, hps.Boolean):
+        return None if isinstance(value, bool) else "not true or false"
+    if isinstance(hp, (hps.Fixed, hps.Choice)):
+        allowed = [hp.value] if isinstance(hp, hps.Fixed) else list(hp.values)
+        # Types must match too: 1 == True == 1.0 in Python, not in a config.
+        if any(type(value) is type(v) and value == v for v in allowed):
+            return None
+        return f"not one of {', '.join(map(str, allowed))}"
+    if isinstance(hp, hps.Int):
+        if type(value) is not int:
+            return "not an integer"
+        if not hp.min_value <= value <= hp.max_value:
+            return f"not in {hp.min_value}..{hp.max_value}"
+        if hp.sampling == "linear" and hp.step and (value - hp.min_value) % hp.step:
+            return f"not on the step {hp.step} from {hp.min_value}"
+        return None
+    if isinstance(hp, hps.Float):
+        if type(value) not in (int, float) or not math.isfinite(value):
+            return "not a finite number"
+        # keras-tuner's log sampling may land an ulp past a bound.
+        slack = 1e-9 * max(abs(hp.min_value), abs(hp.max_value))
+        if not hp.min_value - slack <= value <= hp.max_value + slack:
+            return f"not in {hp.min_value:g}..{hp.max_value:g}"
+        if hp.sampling == "linear" and hp.step:
+            steps = (value - hp.min_value) / hp.step
+            if abs(steps - round(steps)) > 1e-6:
+                return f"not on the step {hp.step:g} from {hp.min_value:g}"
+        return None
+    return f"a {type(hp).__name__} hyperparameter, which dltool does not search"
