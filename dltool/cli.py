@@ -16,6 +16,7 @@ run's task recorded in `run.json`).
 import contextlib
 import json
 import platform
+import shlex
 import sys
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from dltool.core.errors import DltoolError, DestinationExistsError, ReportedErro
 
 @contextlib.contextmanager
 def user_errors():
-    """Turns dltool's errors into one-line click errors."""
+    """Turns dltool's errors, and operating-system errors, into one-line click errors."""
     try:
         yield
     except ReportedError as e:
@@ -36,6 +37,9 @@ def user_errors():
         error = click.ClickException(str(e))
         error.exit_code = getattr(e, "exit_code", 1)
         raise error from None
+    except OSError as e:  # the last net: one the library did not word itself
+        where = f"{e.filename}: " if e.filename else ""
+        raise click.ClickException(f"{where}{e.strerror or e}") from None
 
 
 class ProjectContext:
@@ -181,17 +185,17 @@ def new(template, dest, name, data, force):
     from dltool.core.scaffold import render_project
     from dltool.core.templates import find_template
 
-    try:
-        result = render_project(template, dest, name=name, data=data, force=force)
+    with user_errors():
+        try:
+            result = render_project(template, dest, name=name, data=data, force=force)
+        except DestinationExistsError as e:
+            raise click.UsageError(str(e)) from None
         predict_example = find_template(template).get("predict_example", "samples/*.jpg")
-    except DestinationExistsError as e:
-        raise click.UsageError(str(e)) from None
-    except DltoolError as e:
-        raise click.ClickException(str(e)) from None
     if result["backup"]:
         click.echo(f"Moved the existing {dest} to {result['backup']}")
     click.echo(f"Created {template} project {result['path'].name} in {result['path']}")
-    click.echo(f"Next:\n  cd {dest}\n  dltool train\n  dltool evaluate\n"
+    # Quoted for the shell, so the line can be pasted whatever DEST holds.
+    click.echo(f"Next:\n  cd {shlex.quote(dest)}\n  dltool train\n  dltool evaluate\n"
                f"  dltool export\n  dltool predict {predict_example}")
 
 

@@ -294,3 +294,93 @@ def test_symlink_in_shared_folder_refused(tmp_path, monkeypatch):
     (root / templates.SHARED_DIR).mkdir()
     os.symlink("/etc/passwd", root / templates.SHARED_DIR / "link")
     _assert_refused(monkeypatch, tmp_path, root, "symlink")
+
+
+# ---- what the user types is encoded for each file it lands in (issue 18, point 6) ----
+
+HOSTILE_DATA = [
+    "C:\\data\\new",
+    'a"b',
+    "a\nb",
+    'x"\n[model]\nfilters = 1\n#',      # tries to end the string and add a table
+    "it's `code` and ``more``",
+    "caf\u00e9/\u65e5\u672c\t\x7f",
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE_DATA)
+def test_data_option_reads_back_exactly(runner, tmp_path, data):
+    from dltool.core import project
+
+    result = invoke(runner, "new", "image-classifier", tmp_path / "proj", "--data", data)
+    assert result.exit_code == 0, result.output
+    config = project.load_config(tmp_path / "proj")
+    assert config["data"]["source"] == data
+    default = _rendered_config(tmp_path, "image-classifier")
+    assert config["model"] == default["model"]  # no table slipped in
+    answers = tomllib.loads((tmp_path / "proj" / scaffold.ANSWERS_FILE).read_text())
+    assert answers["options"]["data_source"] == data
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+@pytest.mark.parametrize("data", HOSTILE_DATA)
+def test_readme_shows_the_data_source_as_one_code_span(tmp_path, template, data):
+    scaffold.render_project(template, tmp_path / "proj", data=data)
+    lines = (tmp_path / "proj" / "README.md").read_text(encoding="utf-8").splitlines()
+    line = next(line for line in lines if line.startswith("`data.source` in `config.toml` is"))
+    span = re.match(r"`data\.source` in `config\.toml` is (`+)(.*?)\1(?!`)", line)
+    assert span, line
+    shown = span.group(2)
+    if shown.startswith(" ") and shown.endswith(" ") and shown.strip(" "):
+        shown = shown[1:-1]  # CommonMark strips one space from each side
+    assert tomllib.loads(f"v = {shown}")["v"] == data  # the TOML literal of config.toml
+
+
+@pytest.mark.parametrize("text, span", [
+    ("plain", "`plain`"), ("a`b", "``a`b``"), ("``x", "``` ``x ```"), ("x`", "`` x` ``")])
+def test_code_filter(text, span):
+    assert scaffold._markdown_code(text) == span
+
+
+@pytest.mark.parametrize("text", ["a\nb", "a\rb", "a\r\nb"])
+def test_code_filter_refuses_line_breaks(text):
+    with pytest.raises(jinja2.TemplateRuntimeError, match="one line"):
+        scaffold._markdown_code(text)
+
+
+def test_rendered_config_is_validated_before_the_rename(tmp_path, monkeypatch):
+    root = _fake_template(tmp_path, {
+        "config.toml.jinja": '[project]\nname = "{{ project_name }}"\ntemplate = "evil"\n'
+                             '[export]\nname = "{{ data_source }}"\n'})  # not encoded
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
+    scaffold.render_project("evil", tmp_path / "good", data="fine")
+    assert (tmp_path / "good" / "config.toml").is_file()
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(TemplateError, match=r"rendered config is not valid, so .*p was not "
+                                            r"created: .*p/config.toml: invalid TOML"):
+        scaffold.render_project("evil", out / "p", data='a"b')
+    assert list(out.iterdir()) == []
+
+
+def test_rendered_config_with_an_unknown_key_is_refused(tmp_path, monkeypatch):
+    root = _fake_template(tmp_path, {
+        "config.toml.jinja": '[project]\nname = "p"\ntemplate = "evil"\n[training]\nepochz = 3\n'})
+    monkeypatch.setattr(templates, "templates_root", lambda: root)
+    with pytest.raises(TemplateError, match="unknown config key 'training.epochz'"):
+        scaffold.render_project("evil", tmp_path / "p")
+    assert list(tmp_path.glob("p*")) == [] and list(tmp_path.glob(".tmp-*")) == []
+
+
+@pytest.mark.parametrize("folder", ["my projects", "it's", "a;b", "$HOME"])
+def test_next_hint_quotes_the_destination_for_the_shell(runner, tmp_path, folder):
+    import subprocess
+
+    (tmp_path / folder).mkdir()
+    dest = tmp_path / folder / "proj"
+    result = invoke(runner, "new", "image-classifier", dest)
+    assert result.exit_code == 0, result.output
+    cd_line = next(line for line in result.output.splitlines() if line.strip().startswith("cd "))
+    shell = subprocess.run(["bash", "-c", f"{cd_line.strip()} && pwd"], capture_output=True,
+                           text=True, cwd=tmp_path)
+    assert shell.stdout.strip() == str(dest), shell.stderr

@@ -34,6 +34,11 @@ class ProjectError(DltoolError):
     """Not a dltool project, or a step run before the one it needs."""
 
 
+class StorageError(DltoolError):
+    """A folder a command writes to cannot take the write: read-only, full, or
+    not ours to write (the message names the folder and the reason)."""
+
+
 class ReportedError(DltoolError):
     """A child process failed and has already printed why.
 

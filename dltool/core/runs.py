@@ -234,18 +234,22 @@ class Run:
         while folder.exists():
             suffix += 1
             folder = Path(project_dir) / RUNS_DIR / f"{name}-{suffix}"
-        folder.mkdir(parents=True)
-        run = cls(folder, {"name": folder.name, "template": config.template,
-                           "status": "created", "config_digest": config.digest(),
-                           "started": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs_done": 0})
-        files.write_text_atomic(run.config_file, config.to_toml())
-        return run.update()
+        record = {"name": folder.name, "template": config.template, "status": "created",
+                  "config_digest": config.digest(),
+                  "started": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs_done": 0}
+        # Staged, so a full disk or a kill leaves no run folder without its
+        # config and record.
+        with files.staging_folder(folder) as staging:
+            (staging / cls.CONFIG_FILE).write_text(config.to_toml(), encoding="utf-8")
+            files.write_json_atomic(staging / cls.RECORD_FILE, record)
+        return cls(folder, record)
 
 
 def list_runs(project_dir):
     """Returns a project's runs, newest first."""
     root = Path(project_dir) / RUNS_DIR
-    found = [Run.open(d) for d in sorted(root.iterdir(), reverse=True)] if root.is_dir() else []
+    folders = sorted(root.iterdir(), reverse=True) if root.is_dir() else []
+    found = [Run.open(d) for d in folders if not d.name.startswith(files.TMP_PREFIX)]
     return [r for r in found if r is not None]
 
 

@@ -10,7 +10,12 @@ files, a template's `*.jinja` files may include the partials of the
 outside the template's `project/` folder), and see the template's config
 defaults as `defaults` (section to key to value: `config.defaults` of
 `config.template_schema`), with the filter `toml` that writes a value as a TOML
-literal: `epochs = {{ defaults.training.epochs | toml }}`.
+literal: `epochs = {{ defaults.training.epochs | toml }}`, and the filter
+`code` that writes one line as a Markdown code span (`{{ data_source | toml |
+code }}`: what the user typed, escaped, can break neither file). The rendered
+`config.toml` is read back and validated before the folder is renamed into
+place. Staging folders that killed runs of `dltool new` left in the parent
+folder are deleted first (`remove_leftovers`).
 
 This module never imports TensorFlow.
 """
@@ -28,9 +33,13 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 import dltool
 from dltool.core import config as config_lib
 from dltool.core import files, templates
-from dltool.core.errors import DestinationExistsError, TemplateError
+from dltool.core.errors import DestinationExistsError, DltoolError, TemplateError
 
 ANSWERS_FILE = ".dltool-answers.toml"
+# `dltool new` before the staging of `dltool.core.files` rendered into
+# `.dltool-tmp-<random>` folders; one unchanged this long is a leftover.
+_OLD_STAGING_PREFIX = ".dltool-tmp-"
+_OLD_STAGING_SECONDS = 3600
 _NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _MAX_RENDERED_BYTES = 1_000_000
 _SKIPPED_NAMES = {"__pycache__", ".pytest_cache"}
@@ -74,8 +83,11 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         destination was moved, or None).
 
     Raises:
-        TemplateError: unknown template, invalid name, unsafe template.
+        TemplateError: unknown template, invalid name, unsafe template, a
+            rendered config that does not validate.
         DestinationExistsError: `dest` exists and `force` is false.
+        StorageError: the parent folder cannot be written (read-only, full,
+            not ours).
     """
     template = templates.find_template(template_name)
     dest = Path(dest).absolute()
@@ -96,15 +108,66 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         "data_source": data if data is not None else template["default_data"],
         "defaults": config_lib.defaults(config_lib.template_schema(template)),
     }
+    files.check_writable(dest.parent)  # e.g. a folder of another user's: one line
+    remove_leftovers(dest.parent)
     try:
-        with files.staging_folder(dest) as staging:
+        with files.storage_errors(dest), files.staging_folder(dest) as staging:
+            _write_answers(staging, context)  # first: it marks the folder as ours
             _render_tree(template["path"] / "project", staging, context,
                          shared_root=template["path"].parent / templates.SHARED_DIR)
-            _write_answers(staging, context)
+            _check_config(staging, dest)
             backup = _move_aside(dest, force)
-    except OSError as e:
+    except OSError as e:  # the rename: `dest` appeared meanwhile
         raise DestinationExistsError(f"could not create {dest}: {e.strerror}") from e
     return {"path": dest, "backup": backup}
+
+
+def remove_leftovers(parent):
+    """Deletes the staging folders that killed `dltool new`s left in `parent`.
+
+    A staging folder `.tmp-<pid>-NAME` is deleted once its process is gone,
+    and only if it is empty or holds the answers file (written first), so a
+    folder of another program's is never touched. An old-style
+    `.dltool-tmp-*` folder has no process id: it is deleted once nothing
+    changed in it for an hour (rendering takes about a second).
+
+    Returns:
+        The number removed.
+    """
+    removed = files.remove_leftovers(parent, recursive=False, accept=_is_staging)
+    for path in Path(parent).glob(f"{_OLD_STAGING_PREFIX}*"):
+        try:
+            stale = time.time() - path.lstat().st_mtime > _OLD_STAGING_SECONDS
+        except OSError:
+            continue
+        if stale and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed += 1
+    return removed
+
+
+def _is_staging(path):
+    return path.is_dir() and not path.is_symlink() and (
+        (path / ANSWERS_FILE).is_file() or not any(path.iterdir()))
+
+
+def _check_config(root, dest):
+    """Reads the rendered `config.toml` back as every later command will.
+
+    A template without a `config.toml` is not checked.
+
+    Raises:
+        TemplateError: if the config is not valid TOML or not a valid config.
+    """
+    path = root / config_lib.CONFIG_FILE
+    if not path.is_file():
+        return
+    try:
+        config_lib.load_config(path)
+    except DltoolError as e:
+        message = str(e).replace(str(root), str(dest))  # not the staging folder's name
+        raise TemplateError(f"the rendered config is not valid, so {dest} was not "
+                            f"created: {message}") from e
 
 
 def _environment(source_root, shared_root=None):
@@ -126,6 +189,7 @@ def _environment(source_root, shared_root=None):
         autoescape=False,
     )
     env.filters["toml"] = _toml_literal
+    env.filters["code"] = _markdown_code
     return env
 
 
@@ -148,6 +212,25 @@ def _toml_literal(value):
         raise jinja2.TemplateRuntimeError(
             f"the toml filter writes strings, numbers, booleans and lists; got {value!r}")
     return tomli_w.dumps({"v": value}).removeprefix("v = ").rstrip("\n")
+
+
+def _markdown_code(text):
+    """The filter `code`: one line of text as a Markdown code span that shows
+    it exactly, e.g. `{{ data_source | toml | code }}`.
+
+    The fence has more backticks than any run of them in `text`, with a space
+    inside when `text` starts or ends with one.
+
+    Raises:
+        TemplateRuntimeError: if `text` holds a line break, which would end
+            the span (pass it through `toml` first, which escapes them).
+    """
+    text = str(text)
+    if "\n" in text or "\r" in text:
+        raise jinja2.TemplateRuntimeError(f"the code filter takes one line; got {text!r}")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
 
 
 def _render_tree(source_root, target_root, context, shared_root=None):

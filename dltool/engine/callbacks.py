@@ -168,6 +168,7 @@ class TrainingBackup(keras.callbacks.Callback):
         newest = self.checkpoints(self.write_dir)
         number = int(newest[0].name.split("-")[1]) + 1 if newest else 1
         target = self.write_dir / f"ckpt-{number:06d}"
+        check_room_for_weights(self.write_dir, self.model, what="a training checkpoint")
         with files.staging_folder(target) as staging:
             weights = staging / self.WEIGHTS_FILE
             self.model.save_weights(str(weights))
@@ -211,6 +212,27 @@ class TrainingBackup(keras.callbacks.Callback):
             shutil.rmtree(self.write_dir, ignore_errors=True)
 
 
+# Room a `.weights.h5` file needs: float32 weights and, when compiled, the
+# optimizer's state saved with them (Adam's two slots), plus HDF5's own.
+_WEIGHTS_FILE_COPIES = 3
+_WEIGHTS_MARGIN_BYTES = 2**20
+
+
+def check_room_for_weights(folder, model, copies=1, what="the weights"):
+    """Checks that `folder` has room for `copies` weights files of `model`.
+
+    HDF5 crashes the process (a segfault, no Python error) when the disk
+    fills while it writes or closes a file, so every `save_weights` of a
+    training run is preceded by this check, which stops the run with one
+    line instead.
+
+    Raises:
+        StorageError: naming `folder`, the room free and the room needed.
+    """
+    needed = copies * (_WEIGHTS_FILE_COPIES * 4 * model.count_params() + _WEIGHTS_MARGIN_BYTES)
+    files.check_free_space(folder, needed, what)
+
+
 class BestWeights(keras.callbacks.Callback):
     """Saves the weights of the best epoch so far, atomically.
 
@@ -238,6 +260,7 @@ class BestWeights(keras.callbacks.Callback):
             return
         self.best = float(value)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        check_room_for_weights(self.path.parent, self.model, what="the best weights")
         with files.replacing(self.path) as tmp:
             self.model.save_weights(str(tmp))
 

@@ -29,10 +29,12 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
         evaluation's `Task.run_facts` go into `run.json` for `dltool runs`.
 
     Raises:
-        DltoolError: no trained run, no such split, bad data.
+        DltoolError: no trained run, no such split, bad data; `StorageError`
+            when the run folder cannot be written (read-only, full).
     """
     echo = echo or (lambda line: None)
     run = runs.find_trained(project_dir, run_name)
+    files.check_writable(run.dir)  # before the model loads: it takes seconds
     echo(f"Loading run {run.name}")
     experiment = Experiment.for_run(project_dir, run, overrides)
     model = experiment.load_trained_model(run)
@@ -42,13 +44,14 @@ def evaluate(project_dir, run_name=None, split="test", *, skip_bad=False, overri
                         "add a test/ folder or use --split val")
     echo(f"Evaluating on the {split} split: {data.sizes[split]} examples")
     started = time.perf_counter()
-    result = {"run": run.name, "split": split,
-              **experiment.task.evaluate_split(model, data, split, experiment.config, run,
-                                               echo=echo)}
-    echo(f"Evaluated in {time.perf_counter() - started:.1f} s")
-    files.write_json_atomic(run.evaluation_file(split), result)
-    if split == "test":  # what `dltool runs` shows, read without the task
-        facts = experiment.task.run_facts(result)
-        run.update(facts=facts, table_score=experiment.task.table_score(facts))
-    reporting.write_run_report(project_dir, run, echo=echo)
+    with files.storage_errors(run.dir):  # a read-only or full run folder: one line
+        result = {"run": run.name, "split": split,
+                  **experiment.task.evaluate_split(model, data, split, experiment.config,
+                                                   run, echo=echo)}
+        echo(f"Evaluated in {time.perf_counter() - started:.1f} s")
+        files.write_json_atomic(run.evaluation_file(split), result)
+        if split == "test":  # what `dltool runs` shows, read without the task
+            facts = experiment.task.run_facts(result)
+            run.update(facts=facts, table_score=experiment.task.table_score(facts))
+        reporting.write_run_report(project_dir, run, echo=echo)
     return result

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from dltool._tf import keras, tf
 from dltool.core import config as config_lib
-from dltool.core import metrics, runs
-from dltool.core.errors import DltoolError
+from dltool.core import files, metrics, runs
+from dltool.core.errors import ConfigError, DltoolError, StorageError
 from dltool.engine import callbacks as dl_callbacks
 from dltool.engine import reporting, runtime
 from dltool.engine.experiment import Experiment
@@ -87,6 +87,32 @@ def make_callbacks(config, run, monitor, mode, backup=None):
     ]
 
 
+def check_runs_folder(project_dir):
+    """Checks that `runs/` takes new files, and deletes what killed runs left there.
+
+    It runs before TensorFlow writes anything: its C++ writers (TensorBoard,
+    checkpoints) fail on a read-only or full folder with errors of their own.
+
+    Raises:
+        StorageError: naming `runs/` and the operating system's reason.
+    """
+    root = Path(project_dir) / runs.RUNS_DIR
+    files.check_writable(root)
+    files.remove_leftovers(root, recursive=False)  # e.g. a run folder being created
+
+
+def check_room_for_epoch(project_dir, model):
+    """Checks that `runs/` has room for the files a run's first epoch writes:
+    the best weights and two backups (the new one is staged beside the
+    last). Each later save checks again (`dl_callbacks.check_room_for_weights`).
+
+    Raises:
+        StorageError: naming `runs/`, the room free and the room needed.
+    """
+    dl_callbacks.check_room_for_weights(Path(project_dir) / runs.RUNS_DIR, model, copies=3,
+                                        what="the files of a training epoch")
+
+
 @contextlib.contextmanager
 def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
     """Picks the run to train and the folder this process writes to.
@@ -96,14 +122,23 @@ def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
     the run's name to the other workers, which write into a temporary
     folder, deleted when the block ends.
 
+    A write the run folder refuses inside the block (read-only, full)
+    becomes a `StorageError`; a run created here that recorded no epoch is
+    then deleted, so none is left looking as if it were still running.
+
     Yields:
         A tuple `(run, backup_dir)`: the `Run` (its folder is the one this
         process writes to) and the backup folder to restore from.
+
+    Raises:
+        StorageError: naming the folder and the operating system's reason.
     """
     if cluster is None or cluster.is_chief:
         run = None if fresh else runs.find_resumable(project_dir, config)
-        if run is None:
-            run = runs.Run.create(project_dir, config)
+        created = run is None
+        if created:
+            with files.storage_errors(Path(project_dir) / runs.RUNS_DIR):
+                run = runs.Run.create(project_dir, config)
             echo(f"Run: {run.dir}")
         else:
             echo(f"Run: {run.dir} (resuming an unfinished run with the same config, "
@@ -111,7 +146,17 @@ def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
             run.remove_leftovers()
         if cluster is not None:
             runtime.broadcast_text(strategy, run.name, cluster.is_chief)
-        yield run, run.backup_dir
+        try:
+            with files.storage_errors(run.dir):
+                yield run, run.backup_dir
+        except StorageError as e:
+            if created and not run.get("epochs_done") and not run.backup_dir.exists():
+                # Nothing to resume from: a run folder that never recorded an
+                # epoch would only be listed as a run that is still running.
+                shutil.rmtree(run.dir, ignore_errors=True)
+                raise
+            raise StorageError(f"{e} (run {run.name} is kept: `dltool train` resumes it "
+                               "once the folder can be written)") from e
         return
     name = runtime.broadcast_text(strategy, "", cluster.is_chief)
     scratch = Path(tempfile.mkdtemp(prefix=f"dltool-{cluster.task_type}{cluster.task_index}-"))
@@ -191,10 +236,13 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
 
     Raises:
         DltoolError: bad config, data or project; a non-finite loss;
-            `TrainingInterrupted` after SIGTERM.
+            `TrainingInterrupted` after SIGTERM; `StorageError` when `runs/`
+            cannot be written (read-only, full).
     """
     experiment = Experiment.open(project_dir, overrides)
     config = experiment.config
+    if cluster is None or cluster.is_chief:  # the other workers write to temporary folders
+        check_runs_folder(project_dir)
     with runtime.precision_scope(keras.mixed_precision.global_policy().name):
         strategy, description = experiment.prepare_runtime(cluster)
         runtime.set_seed(config["training"]["seed"], config["training"]["deterministic"])
