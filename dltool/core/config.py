@@ -23,6 +23,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import tomllib
 from pathlib import Path
 
@@ -41,8 +42,8 @@ class Field:
     Args:
         default: Value used when the key is absent; its type is the key's type.
         choices: If set, the only values allowed.
-        minimum: If set, the smallest number allowed.
-        maximum: If set, the largest number allowed.
+        minimum: If set, the smallest number allowed (of a list: of each item).
+        maximum: If set, the largest number allowed (of a list: of each item).
         length: For list values, the required number of items.
         duration: The value is a duration (see `parse_duration`): a number of
             minutes or a string such as "90s", "30m", "2h"; 0 or "" for none.
@@ -62,11 +63,15 @@ class Field:
             return "one of " + ", ".join(str(c) for c in self.choices)
         kind = _KIND_NAMES[type(self.default)]
         if isinstance(self.default, list):
-            kind = f"a list of {self.length} positive integers"
+            kind = f"a list of {self.length} integers"
+            if self.minimum is None:
+                kind = f"a list of {self.length} positive integers"
         if self.minimum is not None and self.maximum is not None:
             kind += f" from {self.minimum} to {self.maximum}"
         elif self.minimum is not None:
             kind += f" >= {self.minimum}"
+        elif self.maximum is not None:
+            kind += f" <= {self.maximum}"
         return kind
 
 
@@ -78,20 +83,29 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 TUNERS = ("random", "grid", "hyperband", "bayesian")
 SAMPLINGS = ("linear", "log", "reverse_log")
 
+# Upper bounds of the shared counts. They are far above any real use; they
+# are there so that a slip such as epochs = 10^20 (which TOML reads as a
+# Python integer of any size) is reported when the config is read rather than
+# accepted and then run for ever or overflowing a 64-bit integer later.
+MAX_EPOCHS = 1_000_000
+MAX_BATCH_SIZE = 1 << 20
+MAX_COUNT = 100_000
+MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit, and Keras seeds NumPy too
+
 COMMON_SECTIONS = {
     "project": {
         "name": Field(""),
         "template": Field(""),
     },
     "training": {
-        "epochs": Field(10, minimum=1),
-        "batch_size": Field(64, minimum=1),
+        "epochs": Field(10, minimum=1, maximum=MAX_EPOCHS),
+        "batch_size": Field(64, minimum=1, maximum=MAX_BATCH_SIZE),
         "lr_schedule": Field("cosine", choices=("cosine", "constant")),
-        "warmup_epochs": Field(0, minimum=0),
+        "warmup_epochs": Field(0, minimum=0, maximum=MAX_EPOCHS),
         "monitor": Field("val_accuracy"),
         "time_budget": Field(0.0, duration=True),
-        "early_stopping_patience": Field(10, minimum=0),
-        "seed": Field(42, minimum=0),
+        "early_stopping_patience": Field(10, minimum=0, maximum=MAX_EPOCHS),
+        "seed": Field(42, minimum=0, maximum=MAX_SEED),
         "deterministic": Field(False),
         "verbose": Field(2, choices=(0, 1, 2)),
         "include_validation": Field(False),
@@ -100,24 +114,24 @@ COMMON_SECTIONS = {
         "tuner": Field("random", choices=TUNERS),
         "objective": Field("val_accuracy"),
         "direction": Field("auto", choices=("auto", "max", "min")),
-        "max_trials": Field(20, minimum=1),
-        "epochs": Field(10, minimum=1),
-        "executions_per_trial": Field(1, minimum=1),
-        "early_stopping_patience": Field(3, minimum=0),
+        "max_trials": Field(20, minimum=1, maximum=MAX_COUNT),
+        "epochs": Field(10, minimum=1, maximum=MAX_EPOCHS),
+        "executions_per_trial": Field(1, minimum=1, maximum=MAX_COUNT),
+        "early_stopping_patience": Field(3, minimum=0, maximum=MAX_EPOCHS),
         "time_budget": Field("", duration=True),
-        "hyperband_factor": Field(3, minimum=2),
-        "max_retries_per_trial": Field(0, minimum=0),
-        "max_consecutive_failed_trials": Field(3, minimum=1),
-        "trials_per_process": Field(1, minimum=0),
+        "hyperband_factor": Field(3, minimum=2, maximum=100),
+        "max_retries_per_trial": Field(0, minimum=0, maximum=MAX_COUNT),
+        "max_consecutive_failed_trials": Field(3, minimum=1, maximum=MAX_COUNT),
+        "trials_per_process": Field(1, minimum=0, maximum=MAX_COUNT),
     },
     "runtime": {
         "strategy": Field("auto", choices=STRATEGIES),
         "precision": Field("auto", choices=PRECISIONS),
-        "cpu_devices": Field(1, minimum=1),
+        "cpu_devices": Field(1, minimum=1, maximum=1024),
     },
     "export": {
         "name": Field(""),
-        "top_k": Field(3, minimum=1),
+        "top_k": Field(3, minimum=1, maximum=MAX_COUNT),
     },
 }
 
@@ -185,8 +199,11 @@ def load_config(path, overrides=()):
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
+    written_model = copy.deepcopy(raw.get("model"))  # before the overrides change it
     for override in overrides:
         section, key, value = parse_override(override)
+        if section == "model":
+            value = _override_model_key(written_model, key, value)
         raw.setdefault(section, {})[key] = value
     return Config(sections=validate(raw), path=path, root=path.parent)
 
@@ -373,11 +390,21 @@ def _template_field(where, name, attributes, shared):
 
 
 def _unknown_message(name, allowed, what, prefix=""):
-    leaf = name.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(leaf, list(allowed), n=3)
-    hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+    hint = did_you_mean(name.rsplit(".", 1)[-1], allowed, prefix)
     listed = ", ".join(sorted(allowed))
     return f"unknown config {what} {name!r}{hint} (allowed: {listed})"
+
+
+def did_you_mean(name, allowed, prefix=""):
+    """`; did you mean a, b?` naming the close matches of `name`, or "".
+
+    Args:
+        name: What was given.
+        allowed: The names accepted.
+        prefix: Put before each match, e.g. `"model."`.
+    """
+    close = difflib.get_close_matches(name, list(allowed), n=3)
+    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
 
 
 def _check(name, field, value):
@@ -391,15 +418,24 @@ def _check(name, field, value):
     ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
     if ok and field.choices:
         ok = value in field.choices
-    if ok and isinstance(value, (int, float)):
-        ok = (field.minimum is None or value >= field.minimum) and \
-            (field.maximum is None or value <= field.maximum)
+    if ok and _is_number(value):
+        ok = _in_range(field, value)
     if ok and expected is list:
         ok = len(value) == field.length and all(
-            isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+            isinstance(v, int) and not isinstance(v, bool) and v > 0 and _in_range(field, v)
+            for v in value)
     if not ok:
         raise ConfigError(f"{name} must be {field.describe()}; got {value!r}")
     return value
+
+
+def _in_range(field, number):
+    """Whether `number` is finite and within the field's minimum and maximum."""
+    # TOML reads `nan` and `inf`; neither is a usable setting, and a NaN
+    # compares false with every bound, so it is refused explicitly.
+    return _is_finite(number) and \
+        (field.minimum is None or number >= field.minimum) and \
+        (field.maximum is None or number <= field.maximum)
 
 
 def _check_model(model):
@@ -409,7 +445,43 @@ def _check_model(model):
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(
                 f"model.{key} must be a string, number or true/false; got {value!r}")
+        if _is_number(value) and not _is_finite(value):
+            # A NaN learning rate trains a model of NaN weights without a
+            # single NaN loss when there is one step per epoch.
+            raise ConfigError(f"model.{key} must be a finite number; got {value!r}")
     return dict(model)
+
+
+def _override_model_key(model, key, value):
+    """Checks an override of a `[model]` key against the value the file gives it.
+
+    `[model]` keys are the hyperparameters `model.py` reads, so there is no
+    schema for them here: the value the config file holds (the project's
+    default for the key) gives its type. An integer replaces a number as that
+    number (`learning_rate=1` is 1.0).
+
+    Args:
+        model: The file's `[model]` table (not yet validated: anything).
+        key: The key overridden.
+        value: The override's value.
+
+    Returns:
+        The value to use.
+
+    Raises:
+        ConfigError: if the value is not of the type of the file's value.
+    """
+    if not isinstance(model, dict) or key not in model:
+        return value  # a new key: check_model_keys tells whether the model reads it
+    default = model[key]
+    kind = bool if isinstance(default, bool) else type(default)
+    if kind is float and _is_number(value):
+        return float(value)
+    if kind in _KIND_NAMES and not (isinstance(value, kind) and
+                                    isinstance(value, bool) == (kind is bool)):
+        raise ConfigError(f"model.{key} must be {_KIND_NAMES[kind]} like its value in "
+                          f"{CONFIG_FILE} ({default!r}); got {value!r}")
+    return value
 
 
 def check_model_keys(model_section, read_names):
@@ -460,6 +532,11 @@ def _is_number(value):
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _is_finite(number):
+    # An integer is always finite (and may be too large for `math.isfinite`).
+    return isinstance(number, int) or math.isfinite(number)
+
+
 def _search_entry(name, value):
     if isinstance(value, list):
         if not value:
@@ -469,6 +546,8 @@ def _search_entry(name, value):
         if len(kinds) != 1 or kinds.pop() not in (bool, float, str):
             raise ConfigError(f"{name}: the choices must be all strings, all numbers or "
                               f"all true/false; got {value!r}")
+        if not all(_is_finite(v) for v in value if _is_number(v)):
+            raise ConfigError(f"{name}: the choices must be finite numbers; got {value!r}")
         if len(set(value)) != len(value):
             raise ConfigError(f"{name}: a choice is listed twice in {value!r}")
         return {"kind": "choice", "values": value}
@@ -484,8 +563,8 @@ def _search_entry(name, value):
         raise ConfigError(f"{name} needs both min and max; got {value!r}")
     low, high, step = value["min"], value["max"], value.get("step")
     for key in ("min", "max", "step"):
-        if key in value and not _is_number(value[key]):
-            raise ConfigError(f"{name}.{key} must be a number; got {value[key]!r}")
+        if key in value and not (_is_number(value[key]) and _is_finite(value[key])):
+            raise ConfigError(f"{name}.{key} must be a finite number; got {value[key]!r}")
     if low > high:
         raise ConfigError(f"{name}: min ({low}) is greater than max ({high})")
     if step is not None and step <= 0:

@@ -305,14 +305,19 @@ def find_trained(project_dir, name=None):
 def summary(run):
     """Returns the facts `dltool runs` shows of a run, as a flat dict.
 
-    Keys: `name`, `template`, `date`, `status`, `epochs`, `monitor`,
+    Keys: `name`, `template`, `date`, `status` (`interrupted` for a run
+    recorded as running whose process is gone), `epochs`, `monitor`,
     `best` (best value of the monitored metric, or None) and `exported`
     (`NAME/VERSION` or None), then the facts its task recorded when
     `dltool evaluate` ran on the test split (`Task.run_facts`: a
     classifier's `test_accuracy` and `test_loss`).
     """
+    status = run.get("status", "")
+    if status == "running" and not files.process_alive(run.get("pid")):
+        # Its process was killed (or crashed) before it could record why.
+        status = "interrupted"
     return {"name": run.name, "template": run.template,
-            "date": run.get("started", ""), "status": run.get("status", ""),
+            "date": run.get("started", ""), "status": status,
             "epochs": run.get("epochs_done", 0), "monitor": run.get("monitor"),
             "best": run.get("best_value"), "exported": run.get("exported_version"),
             **run.get("facts", {})}

@@ -19,6 +19,30 @@ class NonFiniteLossError(DltoolError):
     """The training loss became NaN or infinite."""
 
 
+class NonFiniteModelError(DltoolError):
+    """The model's weights, or what it computes, hold NaN or infinite values."""
+
+
+def non_finite_weights(model):
+    """Returns the paths of the model's floating-point weights that are not all finite.
+
+    Args:
+        model: A built Keras model.
+
+    Returns:
+        A list of weight paths such as `conv2d/kernel`, empty when every
+        value is finite.
+    """
+    return [weight.path for weight in model.weights
+            if "float" in str(weight.dtype)
+            and not np.isfinite(keras.ops.convert_to_numpy(weight)).all()]
+
+
+def describe_weights(paths):
+    """`conv2d/kernel and 3 more`: the first of `paths` and how many others."""
+    return paths[0] + (f" and {len(paths) - 1} more" if len(paths) > 1 else "")
+
+
 class TrainingInterrupted(DltoolError):
     """Training stopped on a signal after saving a checkpoint."""
 
@@ -266,11 +290,20 @@ class BestWeights(keras.callbacks.Callback):
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """Stops training with an error when the loss is NaN or infinite.
+    """Stops training with an error when the loss or the weights are not finite.
 
     Unlike `keras.callbacks.TerminateOnNaN()`, which stops gracefully and so
     lets `BackupAndRestore` delete its backup, this raises, which skips
     `on_train_end`: the backup of the last good epoch is kept.
+
+    The loss Keras logs at a batch is computed before that batch's update,
+    so the loss never shows what the last update did: with one step per
+    epoch, a NaN learning rate makes every weight NaN while the only loss
+    logged is finite. So at each epoch end the weights are checked too, and
+    the epoch's logged values (a learning rate of 1e38 leaves the weights
+    finite but so large that the validation loss is NaN). Placed before
+    `BestWeights`, `TrainingBackup` and `RunRecorder`, it stops before any
+    of them saves or records the epoch.
     """
 
     def on_train_batch_end(self, batch, logs=None):
@@ -279,6 +312,20 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
             raise NonFiniteLossError(
                 f"loss became {loss} at batch {batch}; the backup of the last "
                 "completed epoch is kept (try a lower model.learning_rate)")
+
+    def on_epoch_end(self, epoch, logs=None):
+        bad = non_finite_weights(self.model)
+        if bad:
+            raise NonFiniteModelError(
+                f"the weights became NaN or infinite in epoch {epoch + 1} "
+                f"({describe_weights(bad)}); stopped before saving them "
+                "(try a lower model.learning_rate)")
+        for name, value in (logs or {}).items():
+            if np.ndim(value) == 0 and not np.isfinite(value):
+                raise NonFiniteModelError(
+                    f"{name} became {float(value)} in epoch {epoch + 1}: the model computes "
+                    "NaN or infinite values; stopped before saving it "
+                    "(try a lower model.learning_rate)")
 
 
 class EpochLearningRate(keras.callbacks.Callback):

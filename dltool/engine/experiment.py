@@ -9,6 +9,7 @@ weights).
 """
 
 import importlib.util
+import traceback
 from pathlib import Path
 
 import dltool._tf  # noqa: F401  (first: TensorFlow's environment, before keras_tuner loads it)
@@ -219,8 +220,29 @@ def build_model(module, config, model_kwargs, hp=None):
 
     Raises:
         ConfigError: if a `[model]` key is not read by the model.
+        ProjectError: if `build_model` raises a `ValueError`, `TypeError` or
+            `KeyError` (Keras' errors for a value a layer cannot take, such
+            as `model.dropout = 1.5` or an image size too small for the
+            pooling stages): one line with the line of `model.py` and the
+            error's first line.
     """
     hp = hp if hp is not None else keras_tuner.HyperParameters()
-    model = module.build_model(hp, config, **model_kwargs)
+    try:
+        model = module.build_model(hp, config, **model_kwargs)
+    except (ValueError, TypeError, KeyError) as e:
+        raise ProjectError(_build_failure(module, e)) from e
     config_lib.check_model_keys(config.model, set(hp.values))
     return model, hp
+
+
+def _build_failure(module, error):
+    """The one line for an error `model.py`'s `build_model` raised."""
+    where = "model.py"
+    for frame in reversed(traceback.extract_tb(error.__traceback__)):
+        if Path(frame.filename) == Path(module.__file__):
+            where = f"model.py:{frame.lineno}"
+            break
+    lines = str(error).strip().splitlines()
+    first = lines[0] if lines else type(error).__name__
+    return (f"{where}: build_model failed: {type(error).__name__}: {first[:300]} (check the "
+            "[model] and [data] values in config.toml)")

@@ -16,6 +16,7 @@ from dltool.core import files, runs
 from dltool.core.errors import ModelFileError, ProjectError
 from dltool.core.scaffold import validate_project_name
 from dltool.engine import reporting
+from dltool.engine.callbacks import describe_weights, non_finite_weights
 from dltool.engine.experiment import Experiment
 
 EXPORT_ROOT = "saved_models"
@@ -45,7 +46,9 @@ def export(project_dir, run_name=None, name=None, *, overrides=(), echo=None):
         A dict with `path` (the version folder), `version`, `name`, `run`.
 
     Raises:
-        DltoolError: nothing trained yet, weights that do not fit `model.py`.
+        DltoolError: nothing trained yet, weights that do not fit `model.py`
+            or that are not finite (`ModelFileError`); `StorageError` when
+            `saved_models/NAME` cannot be written (read-only, full).
     """
     echo = echo or (lambda line: None)
     run = runs.find_trained(project_dir, run_name)
@@ -53,13 +56,16 @@ def export(project_dir, run_name=None, name=None, *, overrides=(), echo=None):
     experiment = Experiment.for_run(project_dir, run, overrides)
     config = experiment.config
     model = experiment.load_trained_model(run)
+    check_finite(model, run)
     name = validate_project_name(
         name or config["export"]["name"] or config["project"]["name"] or Path(project_dir).name,
         what="model name")
     model_root = Path(project_dir) / EXPORT_ROOT / name
-    model_root.mkdir(parents=True, exist_ok=True)
+    files.check_writable(model_root)  # before TensorFlow's C++ writers meet it
+    files.remove_leftovers(model_root, recursive=False)  # versions killed exports left
     version = (versions(model_root) or [0])[-1] + 1
-    with files.staging_folder(model_root / str(version)) as staging:
+    with files.storage_errors(model_root / str(version)), \
+            files.staging_folder(model_root / str(version)) as staging:
         echo("Writing the SavedModel (serving signature: raw input in, readable output out)")
         write_saved_model(model, experiment.task.serving_endpoint(model, run.meta), staging)
         echo(f"Writing {KERAS_FILE}")
@@ -72,6 +78,27 @@ def export(project_dir, run_name=None, name=None, *, overrides=(), echo=None):
     reporting.write_run_report(project_dir, run, echo=echo)
     return {"path": model_root / str(version), "version": version, "name": name,
             "run": run.name}
+
+
+def check_finite(model, run):
+    """Refuses a model whose weights hold NaN or infinite values.
+
+    Such a model predicts NaN for every input, and `dltool predict` would
+    pick it as the newest export; it is refused before anything is written.
+
+    Args:
+        model: The run's model with its best weights loaded.
+        run: The `Run` they come from, for the message.
+
+    Raises:
+        ModelFileError: naming the run and the first non-finite weight.
+    """
+    bad = non_finite_weights(model)
+    if bad:
+        raise ModelFileError(
+            f"run {run.name}: its weights hold NaN or infinite values "
+            f"({describe_weights(bad)}); nothing exported (train again, e.g. with a "
+            "lower model.learning_rate)")
 
 
 def write_saved_model(model, endpoint, path):

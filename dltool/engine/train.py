@@ -10,6 +10,7 @@ write their own files into temporary folders they delete at the end.
 
 import contextlib
 import functools
+import math
 import os
 import re
 import shutil
@@ -28,22 +29,84 @@ from dltool.engine import reporting, runtime
 from dltool.engine.experiment import Experiment
 
 
-def monitored_metric(config, has_validation):
+def monitored_metric(config, has_validation, logged=None):
     """The metric that picks the best epoch, and whether it should go up or down.
 
     Without a validation split `val_accuracy` becomes `accuracy`.
+
+    Args:
+        config: The run's `Config`.
+        has_validation: Whether training has a validation split.
+        logged: The metric names training logs (`logged_metrics`), to check
+            `training.monitor` against; None to skip that check.
 
     Returns:
         A tuple `(monitor, mode)`, mode `max` or `min`.
 
     Raises:
-        ConfigError: if the direction of `training.monitor` cannot be told.
+        ConfigError: if training does not log `training.monitor`, or its
+            direction cannot be told.
     """
     monitor = config["training"]["monitor"]
     if not has_validation:
         monitor = monitor.removeprefix("val_")
+    if logged is not None and monitor not in logged:
+        # Keras would only warn, at every epoch, and no epoch would ever be best.
+        raise ConfigError(
+            f"training.monitor must be a metric training logs; got {monitor!r}"
+            f"{config_lib.did_you_mean(monitor, logged)} (logged: {', '.join(logged)})")
     return monitor, metrics.direction(monitor, setting="training.monitor to a metric "
                                                        "such as val_loss or val_accuracy")
+
+
+def logged_metrics(model, train_ds, has_validation):
+    """Returns the names of the metrics `model.fit` logs, before it runs.
+
+    Keras builds the compiled metrics, and so learns their names, on the
+    shapes of the first batch; this builds them on the dataset's element
+    spec instead, reading no data. `fit` then finds them built. Call it in
+    the strategy's scope, where `fit` would build them.
+
+    Args:
+        model: The compiled model.
+        train_ds: The batched training dataset.
+        has_validation: Whether `fit` gets validation data (`val_` names).
+
+    Returns:
+        A sorted list of names, e.g. `accuracy, loss, val_accuracy, val_loss`.
+    """
+    model._symbolic_build(data_batch=train_ds.element_spec)  # what fit would call first
+    names = list(model.get_metrics_result())
+    if has_validation:
+        names += [f"val_{name}" for name in names]
+    return sorted(names)
+
+
+def check_optimizer(optimizer):
+    """Checks the learning rate and weight decay `build_model` gave the optimizer.
+
+    `[model]` holds whatever hyperparameters `model.py` reads, so their
+    ranges are not in the config's schema; these two are checked where
+    training reads them. Keras takes a negative learning rate (training then
+    climbs the loss) or weight decay without a word.
+
+    Args:
+        optimizer: The compiled model's optimizer.
+
+    Raises:
+        ConfigError: if either is negative, zero (the learning rate) or not
+            finite.
+    """
+    rate = float(keras.ops.convert_to_numpy(optimizer.learning_rate))
+    if not (math.isfinite(rate) and rate > 0):
+        raise ConfigError(f"the optimizer's learning rate (model.learning_rate in "
+                          f"{config_lib.CONFIG_FILE}, as build_model reads it) must be a "
+                          f"finite number > 0; got {rate:.6g}")
+    decay = getattr(optimizer, "weight_decay", None) or 0.0
+    if not (math.isfinite(decay) and decay >= 0):
+        raise ConfigError(f"the optimizer's weight decay (model.weight_decay in "
+                          f"{config_lib.CONFIG_FILE}, as build_model reads it) must be a "
+                          f"finite number >= 0; got {decay:.6g}")
 
 
 def time_budget_seconds(config):
@@ -195,6 +258,20 @@ def stop_on_sigterm(backup):
 
 
 @contextlib.contextmanager
+def failed_on(run, errors):
+    """Marks `run` failed, with the error's message, when one of `errors` is raised.
+
+    A run that failed this way cannot be resumed (`find_resumable` skips it):
+    resuming it would fail again the same way.
+    """
+    try:
+        yield
+    except errors as e:
+        run.update(status="failed", pid=None, error=str(e))
+        raise
+
+
+@contextlib.contextmanager
 def worker_failures(cluster):
     """Turns the error a worker gets when another one died into one line."""
     if cluster is None:
@@ -252,6 +329,12 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         train_ds, val_ds = experiment.datasets(data)
         with strategy.scope():
             model, _ = experiment.build_model(data.meta)
+            # Before a run folder exists, so a misspelt monitor leaves none.
+            monitored_metric(config, val_ds is not None,
+                             logged_metrics(model, train_ds, val_ds is not None))
+            check_optimizer(model.optimizer)
+        if cluster is None or cluster.is_chief:
+            check_room_for_epoch(project_dir, model)
         with worker_failures(cluster), open_run(project_dir, config, strategy, fresh=fresh,
                                                 cluster=cluster, echo=echo) as (run, backup_dir):
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
@@ -284,7 +367,8 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed")
     # Batches grouped by length have no known count: Keras learns it in epoch 1.
     warnings.filterwarnings("ignore", message=".*Your input ran out of data")
-    with stop_on_sigterm(backup):
+    with stop_on_sigterm(backup), failed_on(run, (dl_callbacks.NonFiniteLossError,
+                                                  dl_callbacks.NonFiniteModelError)):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
                   callbacks=make_callbacks(config, run, monitor, mode, backup),
                   verbose=config["training"]["verbose"])
