@@ -31,8 +31,10 @@ demo: install
 	cd $(DEMO_DIR) && $(BIN)/dltool runs
 	ls $(DEMO_DIR)/runs/*/report.html
 
-# The full suite, as CI runs it.
+# The full suite, as CI runs it, with the optional extras the tests exercise
+# (`onnx`: `dltool export --format onnx` is converted and run in ONNX Runtime).
 test: install
+	$(BIN)/python -m pip install -q '.[onnx]'
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # Everything but the tests that train, export or build a wheel.

@@ -406,17 +406,27 @@ def evaluate(project, run_name, overrides, split, skip_bad, quiet, as_json):
 @project_option
 @run_option
 @set_option
-@click.option("--name", default=None, help="Model name under saved_models/.")
+@click.option("--name", default=None, help="Model name under saved_models/ (exports/).")
+# Checked by dltool.engine.formats, which holds the one list of formats and
+# quantizations (a click.Choice here would load TensorFlow for --help).
+@click.option("--format", "export_format", default="savedmodel", show_default=True,
+              help="savedmodel (raw input in, labels out), litert or onnx (pixels in, "
+                   "under exports/NAME/FORMAT/VERSION; image classifier only).")
+@click.option("--quantize", default="none", show_default=True,
+              help="none; for litert also float16, dynamic or int8 (calibrated on "
+                   "training examples); for onnx also dynamic.")
 @pass_project
-def export(project, run_name, overrides, name):
-    """Export a run as saved_models/NAME/VERSION (raw input in, labels out)."""
+def export(project, run_name, overrides, name, export_format, quantize):
+    """Export a run as saved_models/NAME/VERSION (raw input in, labels out), or
+    as LiteRT / ONNX under exports/NAME/FORMAT/VERSION."""
     with user_errors():
         from dltool.engine.export import export as run_export
 
-        result = run_export(project.folder, run_name, name, overrides=overrides,
-                            echo=_progress(False))
+        result = run_export(project.folder, run_name, name, export_format=export_format,
+                            quantize=quantize, overrides=overrides, echo=_progress(False))
+    contents = "SavedModel + model.keras" if result["file"] is None else result["file"]
     click.echo(f"Exported run {result['run']} as {result['path']} "
-               f"(SavedModel + model.keras, version {result['version']})")
+               f"({contents}, version {result['version']})")
 
 
 @cli.command()

@@ -146,6 +146,71 @@ class Task:
         """
         raise NotImplementedError
 
+    # ---- exporting to other formats (LiteRT, ONNX) ----
+
+    def format_refusal(self, export_format, meta):
+        """Says why the template's model cannot be exported in a format.
+
+        The SavedModel (`savedmodel`) takes every template; LiteRT and ONNX
+        have no image decoder or tokenizer among their ops, so a template
+        that supports them overrides this and `inference_model`.
+
+        Args:
+            export_format: `savedmodel`, `litert` or `onnx`.
+            meta: The run's `meta`.
+
+        Returns:
+            None when it can; otherwise one line saying why not and what
+            works instead.
+        """
+        if export_format == "savedmodel":
+            return None
+        return (f"the {self.name} template has no {export_format} export yet; "
+                "--format savedmodel works (TensorFlow Serving, `dltool predict`)")
+
+    def inference_model(self, model, meta):
+        """Returns the model a LiteRT or ONNX export converts: numeric input
+        (pixels, token ids) in, the model's output out, nothing that only
+        training uses.
+
+        Args:
+            model: The trained Keras model.
+            meta: The run's `meta`.
+        """
+        raise NotImplementedError
+
+    def input_spec(self, export_format, meta):
+        """Describes, for `dltool.json`, the input an export takes.
+
+        Args:
+            export_format: `savedmodel`, `litert` or `onnx`.
+            meta: The run's `meta`.
+
+        Returns:
+            A JSON-able dict: its `name`, `shape`, `dtype` and how to make it
+            from raw input (value range, resize rule, tokenizer); `{}` by
+            default.
+        """
+        return {}
+
+    def output_labels(self, meta):
+        """The label names an export writes to `labels.txt` (index = output
+        position), or None when its output has no labels (the default)."""
+        return None
+
+    def client_snippet(self, export_format, meta):
+        """Python that uses an export without dltool, for its README.md.
+
+        Args:
+            export_format: `savedmodel`, `litert` or `onnx`.
+            meta: The run's `meta`.
+
+        Returns:
+            The code, or None when the task has none for that format (the
+            default).
+        """
+        return None
+
     # ---- evaluating and reporting ----
 
     def evaluate_split(self, model, data, split, config, run, echo=None):

@@ -61,6 +61,10 @@ class ClassifierTask(Task):
             "score": tf.reduce_max(probabilities, axis=-1),
         }
 
+    def output_labels(self, meta):
+        """The class names, index = position in the model's probabilities."""
+        return list(meta["class_names"])
+
     def format_prediction(self, outputs, index, top_k):
         """Returns the top-k `(class name, probability)` pairs of one input."""
         probabilities = np.asarray(outputs["probabilities"][index])

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dltool._tf import tf
+from dltool._tf import keras, tf
 from dltool.core import files
 from dltool.core.errors import DataError
 from dltool.data import images
@@ -123,6 +123,68 @@ class ImageClassifierTask(classifier.ClassifierTask):
             np.savez_compressed(f, index=indices, in_sample=in_sample,
                                 images=np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
+    # ---- exporting to LiteRT and ONNX: pixels in, probabilities out ----
+
+    def format_refusal(self, export_format, meta):
+        """None: every format takes the image classifier (LiteRT and ONNX
+        take pixels, the SavedModel image bytes)."""
+        return None
+
+    def inference_model(self, model, meta):
+        """Returns the model without its random augmentation layers.
+
+        They are the identity at inference, but their ops stay in the graph:
+        on this machine `RandomFlip` left a `StatelessRandomUniformV2` node
+        that ONNX Runtime refused to load (keras-team/keras#21346). The
+        other layers are shared, not copied, so the weights are the trained
+        ones.
+
+        Args:
+            model: The trained Keras model (float pixels in, probabilities out).
+            meta: The run's `meta` (unused).
+
+        Returns:
+            A Keras model with the same input and output.
+        """
+        return keras.models.clone_model(
+            model, clone_function=lambda layer: (
+                keras.layers.Identity(name=layer.name) if _is_augmentation(layer) else layer))
+
+    def input_spec(self, export_format, meta):
+        """The input of an export: image bytes (SavedModel) or pixels.
+
+        Returns:
+            For `savedmodel`: the `images` string tensor of encoded images.
+            For the others: float32 RGB pixels in [0, 255], NHWC, each image
+            resized to the model's size as `dltool.data.images.decode_image`
+            does (bilinear, aspect ratio not kept, no antialiasing).
+        """
+        height, width = meta["image_size"]
+        if export_format == "savedmodel":
+            return {"name": "images", "shape": [None], "dtype": "string",
+                    "content": "encoded JPEG/PNG/GIF/BMP bytes, decoded (RGB) and resized "
+                               f"to {height}x{width} in the graph",
+                    "max_pixels": self.max_pixels(meta)}
+        return {"name": "image", "shape": [None, height, width, 3], "dtype": "float32",
+                "layout": "NHWC", "channels": "RGB", "value_range": [0, 255],
+                "resize": f"bilinear to {height}x{width} (height x width), aspect ratio not "
+                          "kept, no antialiasing (tf.image.resize)",
+                "normalization": "none: the model rescales the pixels itself"}
+
+    def client_snippet(self, export_format, meta):
+        """A script that classifies image files with the export, without dltool.
+
+        Returns:
+            Python defining `classify(paths)` (a list of `(label,
+            probability)` of each image's top class) and a `__main__` that
+            prints them; run in the export's folder.
+        """
+        height, width = meta["image_size"]
+        if export_format == "savedmodel":
+            return _SAVEDMODEL_CLIENT
+        runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
+        return _PIXELS_CLIENT.format(height=height, width=width, runtime=runtime)
+
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then a grid of sample predictions
         and one of the most confident mistakes, titled true / predicted."""
@@ -167,3 +229,122 @@ def _read_examples(path):
             return saved["index"], saved["images"], saved["in_sample"]
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: not readable ({e})") from e
+
+
+def _is_augmentation(layer):
+    """Whether `layer` is one of Keras' random image augmentations (`RandomFlip`,
+    `RandomTranslation`, ...), the identity at inference."""
+    kind = type(layer)
+    return kind.__name__.startswith("Random") and kind.__module__.startswith("keras.")
+
+
+# The client snippets of the exports' README.md. `tests/test_export_formats.py`
+# runs the LiteRT, ONNX and local SavedModel ones.
+_PIXELS_CLIENT = '''"""Classifies image files with this export: python client.py IMAGE...
+
+Run it in this folder: it reads labels.txt and the model file.
+"""
+import sys
+
+import numpy as np
+from PIL import Image  # pip install pillow
+
+HEIGHT, WIDTH = {height}, {width}
+LABELS = open("labels.txt", encoding="utf-8").read().splitlines()
+
+
+def preprocess(path):
+    """The model's input: RGB float32 pixels in 0-255, resized (bilinear, aspect
+    ratio not kept) to HEIGHT x WIDTH. PIL antialiases when it shrinks an image
+    and TensorFlow does not, so for images larger than the model's size the
+    probabilities can differ a little from `dltool predict`'s."""
+    image = Image.open(path).convert("RGB")
+    if image.size != (WIDTH, HEIGHT):
+        image = image.resize((WIDTH, HEIGHT), Image.Resampling.BILINEAR)
+    return np.asarray(image, dtype=np.float32)
+
+{runtime}
+
+def classify(paths):
+    """Returns the top (label, probability) of each image file."""
+    probabilities = run(np.stack([preprocess(path) for path in paths]))
+    return [(LABELS[i], float(row[i])) for row, i in zip(probabilities, probabilities.argmax(-1))]
+
+
+if __name__ == "__main__":
+    for path, (label, probability) in zip(sys.argv[1:], classify(sys.argv[1:])):
+        print(path, label, round(probability, 3))
+'''
+
+_LITERT_RUNTIME = '''try:
+    from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
+except ImportError:  # TensorFlow bundles the same interpreter
+    import tensorflow as tf
+    Interpreter = tf.lite.Interpreter
+
+interpreter = Interpreter(model_path="model.tflite")
+INPUT = interpreter.get_input_details()[0]["index"]
+OUTPUT = interpreter.get_output_details()[0]["index"]
+
+
+def run(pixels):
+    """Probabilities (n, classes) of a float32 batch (n, HEIGHT, WIDTH, 3)."""
+    interpreter.resize_tensor_input(INPUT, pixels.shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(INPUT, pixels)
+    interpreter.invoke()
+    return interpreter.get_tensor(OUTPUT)
+'''
+
+_ONNX_RUNTIME = '''import onnxruntime  # pip install onnxruntime
+
+session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+INPUT = session.get_inputs()[0].name
+
+
+def run(pixels):
+    """Probabilities (n, classes) of a float32 batch (n, HEIGHT, WIDTH, 3)."""
+    return session.run(None, {INPUT: pixels})[0]
+'''
+
+_SAVEDMODEL_CLIENT = '''"""Classifies image files with this export: python client.py IMAGE...
+
+The SavedModel takes the files' bytes and decodes them itself. Served by
+TensorFlow Serving from the folder above this one:
+
+    docker run -p 8501:8501 -v "$(dirname $PWD):/models/NAME" -e MODEL_NAME=NAME tensorflow/serving
+
+or loaded here with TensorFlow (`classify_local`).
+"""
+import base64
+import json
+import sys
+import urllib.request
+
+NAME = json.load(open("dltool.json", encoding="utf-8"))["name"]
+URL = f"http://localhost:8501/v1/models/{NAME}:predict"
+
+
+def classify(paths):
+    """Returns the top (label, probability) of each image file, from TF Serving."""
+    instances = [{"b64": base64.b64encode(open(path, "rb").read()).decode()} for path in paths]
+    body = json.dumps({"signature_name": "serving_default", "instances": instances}).encode()
+    request = urllib.request.Request(URL, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return [(p["label"], p["score"]) for p in json.load(response)["predictions"]]
+
+
+def classify_local(paths):
+    """The same with the SavedModel loaded in this process."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(".").signatures["serving_default"]
+    out = serve(images=tf.constant([open(path, "rb").read() for path in paths]))
+    return [(label.decode(), float(score))
+            for label, score in zip(out["label"].numpy(), out["score"].numpy())]
+
+
+if __name__ == "__main__":
+    for path, (label, probability) in zip(sys.argv[1:], classify(sys.argv[1:])):
+        print(path, label, round(probability, 3))
+'''

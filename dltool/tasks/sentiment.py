@@ -81,6 +81,33 @@ class SentimentTask(classifier.ClassifierTask):
         """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
         return data.texts.get(split)
 
+    def input_spec(self, export_format, meta):
+        """The SavedModel's input: a batch of raw UTF-8 strings, vectorized in
+        the graph with the vocabulary recorded in `dltool.json`."""
+        return {"name": "texts", "shape": [None], "dtype": "string",
+                "content": "raw UTF-8 texts: lower-cased, punctuation stripped, split on "
+                           f"whitespace, cut or padded to {meta['sequence_length']} tokens in "
+                           "the graph",
+                "vocabulary": f"meta.vocabulary ({len(meta['vocabulary'])} tokens; 0 padding, "
+                              "1 out of vocabulary)"}
+
+    def format_refusal(self, export_format, meta):
+        """Refuses LiteRT and ONNX for now: the model's input is made by
+        TensorFlow string ops.
+
+        `text.vectorize` standardizes with a Unicode regex, looks words up in
+        the vocabulary and, with subwords (the default), hashes each word's
+        character n-grams with TensorFlow's FarmHash fingerprint. Neither
+        format has string ops, and a client would have to reproduce all of
+        it bit for bit; dltool does not ship such a tokenizer yet.
+        """
+        if export_format == "savedmodel":
+            return None
+        return ("its input is made by TensorFlow string ops (Unicode standardization, "
+                "vocabulary lookup, FarmHash of character n-grams) that "
+                f"{export_format} lacks, and dltool has no client tokenizer for them yet; "
+                "--format savedmodel works (TensorFlow Serving, `dltool predict`)")
+
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then the most confidently wrong
         texts as a figure and a table."""

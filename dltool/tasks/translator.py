@@ -110,6 +110,33 @@ class TranslatorTask(Task):
             translation = translation.decode("utf-8", errors="replace")
         return {"translation": translation, "truncated": bool(outputs["truncated"][index])}
 
+    def input_spec(self, export_format, meta):
+        """The SavedModel's input: a batch of source sentences, tokenized,
+        translated and detokenized in the graph."""
+        return {"name": "texts", "shape": [None], "dtype": "string",
+                "content": f"raw UTF-8 source sentences, cut to {meta['max_length']} tokens "
+                           "in the graph",
+                "decoding": f"serving_default: {meta['decoding']['method']}; also "
+                            "translate_greedy and translate_beam signatures"}
+
+    def format_refusal(self, export_format, meta):
+        """Refuses LiteRT and ONNX: a translation is a decoding loop, not one
+        forward pass.
+
+        The SavedModel runs keras_hub's sampler (a `tf.while_loop` calling the
+        decoder once per token, with beam search's gathers) between a
+        tokenizer and a detokenizer made of string ops. Neither format has
+        string ops, and a converted single step would leave the search, the
+        tokenizer and the stopping rule to every client to rewrite, where
+        the greedy translations could no longer be checked against the
+        model's.
+        """
+        if export_format == "savedmodel":
+            return None
+        return ("a translation is a decoding loop (tokenizer, decoder called once per token, "
+                f"beam search) that {export_format} cannot hold as one model; --format "
+                "savedmodel works (TensorFlow Serving, `dltool predict`)")
+
     # ---- evaluating and reporting ----
 
     def evaluate_split(self, model, data, split, config, run, echo=None):
