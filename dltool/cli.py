@@ -18,6 +18,8 @@ import json
 import platform
 import shlex
 import sys
+import tempfile
+import textwrap
 from pathlib import Path
 
 import click
@@ -433,6 +435,15 @@ def export(project, run_name, overrides, name, export_format, quantize):
 @click.argument("inputs", nargs=-1)
 @click.option("--file", "input_file", type=click.Path(dir_okay=False, path_type=str),
               default=None, help="Read more inputs from a UTF-8 file, one per line.")
+@click.option("--column", default=None, metavar="NAME",
+              help="Read INPUTS that are CSV/TSV files (header first): the inputs are "
+                   "this column's cells (texts, or image paths relative to the file).")
+@click.option("--output", "-o", "output_file", default=None, metavar="FILE.csv",
+              type=click.Path(dir_okay=False, path_type=str),
+              help="Write the predictions to a CSV file (TSV for .tsv), complete or not "
+                   "at all, instead of printing them.")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip unusable inputs (each named on stderr) instead of stopping.")
 @project_option
 @click.option("--model", "model_path", default=None,
               help="SavedModel folder or .keras file (default: the newest export).")
@@ -444,32 +455,61 @@ def export(project, run_name, overrides, name, export_format, quantize):
 @quiet_option("the top label of each input, one per line")
 @json_option
 @pass_project
-def predict(project, inputs, input_file, model_path, trusted, top_k, overrides, quiet,
-            as_json):
+def predict(project, inputs, input_file, column, output_file, skip_bad, model_path, trusted,
+            top_k, overrides, quiet, as_json):
     """Predict INPUTS (image files, or texts for text templates) with an exported model.
 
-    For a translator, each input is a sentence and its translation is printed.
+    A folder in INPUTS stands for its files, recursively: images for the image
+    classifier, .txt files (one input each) for text templates. For a
+    translator, each input is a sentence and its translation is printed.
+    Inputs are read and predicted in batches, so their number does not bound
+    memory.
     """
     _check_output_flags(quiet, as_json)
     if not inputs and input_file is None:
         raise click.UsageError("give INPUTS or --file PATH")
+    if output_file is not None and as_json:
+        raise click.UsageError("--output and --json cannot be used together")
     with user_errors():
+        lines = ()
         if input_file is not None:
             from dltool.data.text import read_input_lines
 
-            inputs = (*inputs, *read_input_lines(input_file))
+            lines = read_input_lines(input_file)
         folder = None
         if model_path is None or project.given or overrides:
             folder = project.folder
         if top_k is None:
             top_k = project.config(overrides)["export"]["top_k"] if folder else 3
-        from dltool.engine.predict import predict as run_predict
+        if output_file is not None:
+            from dltool.core.files import check_writable
+
+            check_writable(Path(output_file).absolute().parent)  # before any prediction
+        from dltool.engine.predict import Inputs, predict as run_predict
 
         warn = None if trusted else (lambda line: click.echo(line, err=True))
-        source, task, results = run_predict(folder or _folder_if_any(project), list(inputs),
-                                            model_path=model_path, top_k=top_k,
-                                            echo=_progress(quiet), warn=warn)
-    _print_predictions(task, source, results, quiet, as_json)
+        def on_bad(shown, reason):
+            on_bad.count += 1
+            click.echo(f"Skipped {reason}", err=True)
+
+        on_bad.count = 0
+
+        with _progress_bar(quiet) as progress:
+            source, task, results = run_predict(
+                folder or _folder_if_any(project), Inputs(inputs, column=column, lines=lines),
+                model_path=model_path, top_k=top_k, warn=warn, skip_bad=skip_bad,
+                on_bad=on_bad, progress=progress)
+            with _prediction_writer(task, source, top_k, output_file, quiet, as_json) as write:
+                for item, prediction in results:
+                    warning = task.prediction_warning(item, prediction)
+                    if warning is not None:
+                        click.echo(warning, err=True)
+                    write(item, prediction)
+    if on_bad.count:
+        click.echo(f"Skipped {on_bad.count} unusable input(s) (--skip-bad)", err=True)
+    if output_file is not None and not quiet:
+        click.echo(f"Model: {source}")
+        click.echo(f"Wrote {write.count} predictions to {output_file}")
 
 
 def _folder_if_any(project):
@@ -480,22 +520,124 @@ def _folder_if_any(project):
         return None
 
 
-def _print_predictions(task, source, results, quiet, as_json):
-    for item, prediction in results:
-        warning = task.prediction_warning(item, prediction)
-        if warning is not None:
-            click.echo(warning, err=True)
-    if as_json:
-        click.echo(json.dumps([task.prediction_record(item, prediction)
-                               for item, prediction in results], indent=2,
-                              ensure_ascii=task.json_ensure_ascii))
-    elif quiet:
-        for _, prediction in results:
-            click.echo(task.prediction_summary(prediction))
+@contextlib.contextmanager
+def _progress_bar(quiet):
+    """Yields the `progress(done, total)` of `dltool predict`, or None.
+
+    On a terminal, a progress bar on stderr; elsewhere (a log, a pipe) a line
+    `Predicted DONE/TOTAL` after each batch when there is more than one; with
+    `quiet`, nothing.
+    """
+    if quiet:
+        yield None
+    elif sys.stderr.isatty():
+        bar = None
+
+        def progress(done, total):
+            nonlocal bar
+            if bar is None:
+                bar = click.progressbar(length=total, label="Predicting", file=sys.stderr)
+            bar.update(done - bar.pos)
+
+        try:
+            yield progress
+        finally:
+            if bar is not None:
+                bar.render_finish()
     else:
-        click.echo(f"Model: {source}")
-        for item, prediction in results:
-            click.echo(task.prediction_line(item, prediction))
+        started = False
+
+        def progress(done, total):
+            nonlocal started
+            started = started or done < total  # one batch: no line
+            if started:
+                click.echo(f"Predicted {done}/{total}", err=True)
+
+        yield progress
+
+
+@contextlib.contextmanager
+def _prediction_writer(task, source, top_k, output_file, quiet, as_json):
+    """Yields `write(item, prediction)`; what it wrote appears when the block
+    ends without an error, so a bad input leaves nothing half-written.
+
+    With `output_file`, the rows go to the table through
+    `core.tables.writing_rows` (complete or absent). Otherwise the lines that
+    `dltool predict` prints (text, `--quiet` or `--json`) are held in an
+    unnamed temporary file, not in memory, and printed at the end. The
+    function's `count` attribute is the number written.
+    """
+    if output_file is not None:
+        from dltool.core import tables
+
+        delimiter = "\t" if output_file.lower().endswith(".tsv") else ","
+        with tables.writing_rows(output_file, delimiter) as write_row:
+            write_row(task.prediction_columns(top_k))
+
+            def write(item, prediction):
+                write_row(task.prediction_row(item, prediction, top_k))
+                write.count += 1
+
+            write.count = 0
+            yield write
+        return
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as held:
+        def write(item, prediction):
+            if as_json:  # one list item as `json.dumps(items, indent=2)` writes it
+                record = json.dumps(task.prediction_record(item, prediction), indent=2,
+                                    ensure_ascii=task.json_ensure_ascii)
+                line = ("[\n" if write.count == 0 else ",\n") + textwrap.indent(record, "  ")
+            else:
+                line = (task.prediction_summary(prediction) if quiet
+                        else task.prediction_line(item, prediction)) + "\n"
+            held.write(line)
+            write.count += 1
+
+        write.count = 0
+        yield write
+        if as_json:
+            held.write("\n]\n" if write.count else "[]\n")
+        elif not quiet:
+            click.echo(f"Model: {source}")
+        held.seek(0)
+        for line in held:
+            click.echo(line, nl=False)
+
+
+@cli.command()
+@click.argument("model", metavar="[MODEL]", required=False)
+@project_option
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (another than loopback is reachable by others).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8501, show_default=True,
+              help="Port (TF Serving's REST port by default; 0 picks a free one).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Most examples in one model call (and in one request).")
+@click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0,
+              show_default=True, help="How long a batch waits for more requests.")
+@click.option("--max-body-bytes", type=click.IntRange(min=1), default=16 << 20,
+              show_default=True, help="Largest request body (413 past it).")
+@click.option("--trusted", is_flag=True,
+              help="No warning for a SavedModel this project did not export.")
+@pass_project
+def serve(project, model, host, port, max_batch, batch_timeout_ms, max_body_bytes, trusted):
+    """Serve MODEL over TensorFlow Serving's REST API until SIGTERM or Ctrl-C.
+
+    MODEL is a model name under saved_models/, a saved_models/NAME folder
+    (all its versions; the highest is the default) or one version folder
+    (default: the project's newest export). POST
+    /v1/models/NAME[/versions/N]:predict with {"instances": [...]}, binary
+    inputs as {"b64": "..."}; GET /v1/models/NAME[/metadata].
+    """
+    with user_errors():
+        from dltool.serving.server import serve as run_server
+
+        folder = _folder_if_any(project) if model is not None and not project.given \
+            else project.folder  # a model path serves anywhere, as `predict --model`
+        run_server(folder, model, host=host, port=port, max_batch=max_batch,
+                   batch_timeout_ms=batch_timeout_ms, max_body_bytes=max_body_bytes,
+                   trusted=trusted, echo=click.echo,
+                   warn=lambda line: click.echo(line, err=True))
 
 
 @cli.command()

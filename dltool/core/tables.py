@@ -12,6 +12,7 @@ written. Numbers are written as numbers.
 This module never imports TensorFlow.
 """
 
+import contextlib
 import csv
 import io
 
@@ -61,7 +62,30 @@ def format_rows(rows, delimiter=","):
 
 def write_rows(path, rows, delimiter=","):
     """Writes rows as a CSV (or TSV) file atomically; see `format_rows`."""
-    files.write_text_atomic(path, format_rows(rows, delimiter))
+    with writing_rows(path, delimiter) as write_row:
+        for row in rows:
+            write_row(row)
+
+
+@contextlib.contextmanager
+def writing_rows(path, delimiter=","):
+    """Writes a CSV (or TSV) file atomically, one row at a time.
+
+    For tables too long to hold in memory (`dltool predict --output`): the
+    rows go to a temporary file beside `path` as they come (`files.replacing`),
+    which becomes `path` only when the block ends without an error, so the
+    file is complete or absent. Cells are written as `format_rows` writes them.
+
+    Args:
+        path: The file to write.
+        delimiter: The field separator.
+
+    Yields:
+        A function that writes one row (a list of cells; the header first).
+    """
+    with files.replacing(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f, delimiter=delimiter, lineterminator="\n")
+        yield lambda row: writer.writerow([safe_cell(cell) for cell in row])
 
 
 def read_rows(path, delimiter=","):

@@ -48,9 +48,18 @@ class Task:
         spec: The template's `template.toml` contents.
         json_ensure_ascii: Whether `dltool predict --json` escapes non-ASCII
             characters (`json.dumps`' `ensure_ascii`).
+        inputs_are_paths: Whether an input of `dltool predict` names a file
+            (an image) rather than being the input itself (a text). A
+            folder's files and a table's cells are then paths; otherwise a
+            folder's files are read as UTF-8 texts and a table's cells are
+            the texts.
+        input_suffixes: The file suffixes, lower case, that a folder given
+            to `dltool predict` expands to (recursively).
     """
 
     json_ensure_ascii = True
+    inputs_are_paths = False
+    input_suffixes = (".txt",)
 
     def __init__(self, spec):
         self.spec = dict(spec)
@@ -125,10 +134,27 @@ class Task:
                 classifier's limit on an image's pixels.
 
         Returns:
-            A list, one entry per item.
+            A list, one entry per item (`read_input` of each).
 
         Raises:
-            DataError: naming an item that cannot be read.
+            DataError: naming the first item that cannot be read.
+        """
+        return [self.read_input(item, meta) for item in items]
+
+    def read_input(self, item, meta):
+        """Turns one of `dltool predict`'s items into what the serving function
+        takes; `dltool predict` reads its inputs one at a time with it, so
+        their number does not bound memory.
+
+        Args:
+            item: An input (an image path, a text; see `inputs_are_paths`).
+            meta: The export's `meta` (its `dltool.json`).
+
+        Returns:
+            The serving function's input for the item (bytes, a string).
+
+        Raises:
+            DataError: `ITEM: reason`, when the item cannot be read.
         """
         raise NotImplementedError
 
@@ -272,6 +298,22 @@ class Task:
     def prediction_record(self, item, prediction):
         """One input and its prediction as `dltool predict --json` lists it
         (a JSON-able dict)."""
+        raise NotImplementedError
+
+    def prediction_columns(self, top_k):
+        """The header of the table `dltool predict --output` writes.
+
+        Args:
+            top_k: How many classes a classifier returns per input.
+
+        Returns:
+            A list of column names, `input` first.
+        """
+        raise NotImplementedError
+
+    def prediction_row(self, item, prediction, top_k):
+        """One input and its prediction as a row of `prediction_columns(top_k)`
+        (text and number cells)."""
         raise NotImplementedError
 
     def prediction_warning(self, item, prediction):

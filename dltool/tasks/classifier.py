@@ -217,6 +217,21 @@ class ClassifierTask(Task):
         return {"input": item, "top": [{"label": label, "probability": probability}
                                        for label, probability in prediction]}
 
+    def prediction_columns(self, top_k):
+        """`input, label, probability`, then a label and probability column
+        pair for each further rank up to `top_k` (`label_2, probability_2,
+        ...`), so that every probability is a number a spreadsheet sorts."""
+        return ["input", "label", "probability",
+                *(name for rank in range(2, top_k + 1)
+                  for name in (f"label_{rank}", f"probability_{rank}"))]
+
+    def prediction_row(self, item, prediction, top_k):
+        """The input, then each `(label, probability)` of the top k in rank
+        order (empty cells for ranks beyond the model's classes)."""
+        ranked = [cell for label, probability in prediction
+                  for cell in (label, round(probability, 6))]
+        return [item, *ranked, *[""] * (2 * top_k - len(ranked))]
+
 
 def _predict_all(model, dataset, keeper=None):
     """Runs the model on a batched dataset.

@@ -22,6 +22,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
     """
 
     keeps_examples = True
+    inputs_are_paths = True
+    input_suffixes = tuple(sorted(images.IMAGE_SUFFIXES))
 
     def open_data(self, config, root, *, skip_bad=False, run_meta=None):
         """Opens the image data of `config["data"]` (see `images.open_image_data`).
@@ -81,29 +83,37 @@ class ImageClassifierTask(classifier.ClassifierTask):
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="images")])
 
-    def read_inputs(self, items, meta):
-        """Reads image files for prediction.
+    def read_input(self, item, meta):
+        """Reads one image file for prediction, checking its header.
+
+        The file is read once and its header checked on the bytes
+        (`images.check_image_bytes`); it is not decoded here: the serving
+        signature decodes it, and `dltool predict` finds a corrupt image
+        when its batch fails. (Decoding every image here too, as
+        `check_image_file` does, cut `dltool predict`'s rate on the 2,000
+        CIFAR-10 test JPEGs from 3,600-4,700 to 2,250-2,500 images/s with
+        the tests' tiny model on 2 shared cores.)
 
         Args:
-            items: Paths of image files.
+            item: The path of an image file.
             meta: The export's `meta`: an image over its `max_pixels` is
                 refused before it is decoded.
 
         Returns:
-            A list of the files' bytes.
+            The file's bytes.
 
         Raises:
-            DataError: naming the first file that is missing, not an image or
-                over the limit.
+            DataError: `PATH: reason` for a file that is missing, unreadable,
+                not an image or over the limit.
         """
-        max_pixels = self.max_pixels(meta)
-        contents = []
-        for item in items:
-            reason = images.check_image_file(item, max_pixels)
-            if reason is not None:
-                raise DataError(f"{item}: {reason}")
-            contents.append(Path(item).read_bytes())
-        return contents
+        try:
+            data = Path(item).read_bytes()
+        except OSError as e:
+            raise DataError(f"{item}: unreadable: {e.strerror}") from None
+        reason = images.check_image_bytes(data, self.max_pixels(meta))
+        if reason is not None:
+            raise DataError(f"{item}: {reason}")
+        return data
 
     def save_examples(self, run, split, examples):
         """Saves the images the report shows as `examples-SPLIT.npz` (uint8).

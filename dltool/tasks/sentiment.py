@@ -73,9 +73,9 @@ class SentimentTask(classifier.ClassifierTask):
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="texts")], resources=[vectorizer])
 
-    def read_inputs(self, items, meta):
-        """Returns the texts to predict: the items themselves (raw strings)."""
-        return [str(item) for item in items]
+    def read_input(self, item, meta):
+        """Returns the text to predict: the item itself (a raw string)."""
+        return str(item)
 
     def readable_inputs(self, data, split):
         """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""

@@ -98,9 +98,9 @@ class TranslatorTask(Task):
             endpoints={"translate_greedy": lambda texts: translator(texts, "greedy"),
                        "translate_beam": lambda texts: translator(texts, "beam", width)})
 
-    def read_inputs(self, items, meta):
-        """Returns the sentences to translate: the items themselves."""
-        return [str(item) for item in items]
+    def read_input(self, item, meta):
+        """Returns the text to translate: the item itself (a raw string)."""
+        return str(item)
 
     def format_prediction(self, outputs, index, top_k):
         """Returns `{"translation": str, "truncated": bool}` of one input."""
@@ -222,6 +222,14 @@ class TranslatorTask(Task):
     def prediction_record(self, item, prediction):
         """`{"input": item, "translation": ..., "truncated": ...}`."""
         return {"input": item, **prediction}
+
+    def prediction_columns(self, top_k):
+        """`input, translation`."""
+        return ["input", "translation"]
+
+    def prediction_row(self, item, prediction, top_k):
+        """The source sentence and its translation."""
+        return [item, prediction["translation"]]
 
     def prediction_warning(self, item, prediction):
         """Says when an input was cut to the model's maximum length."""

@@ -1,0 +1,274 @@
+"""The Starlette application: TensorFlow Serving's REST API over dltool exports.
+
+Routes (TF Serving's), VERSION optional (the highest one by default):
+
+* `POST /v1/models/NAME[/versions/VERSION]:predict`: `{"instances": [...]}`
+  (row format) answered with `{"predictions": [...]}`, or `{"inputs": ...}`
+  (columnar) answered with `{"outputs": ...}`. An input is a string, or
+  `{"b64": "..."}` for bytes (an image); an instance may also be
+  `{"INPUT_NAME": value}`.
+* `GET /v1/models/NAME[/versions/VERSION]`: the versions' status.
+* `GET /v1/models/NAME[/versions/VERSION]/metadata`: the signature, plus
+  dltool's own entry (`metadata.dltool`: template and batching counters).
+
+Every refused request gets `{"error": "..."}` with its status code (400 bad
+request, 404 unknown model, version or route, 405 wrong method, 413 body
+over the limit) and is logged as one line at most; the server keeps serving.
+"""
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import re
+
+import numpy as np
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.responses import Response
+from starlette.routing import Route
+
+from dltool._tf import tf
+from dltool.serving import models
+from dltool.serving.batcher import Batcher
+
+logger = logging.getLogger("dltool.serve")
+
+_PATH = re.compile(r"/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>[^/:]+))?"
+                   r"(?P<verb>:predict|/metadata)?")
+
+
+class RequestError(Exception):
+    """A request refused with `status` and a one-line `message`."""
+
+    def __init__(self, status, message):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class ServedModel:
+    """The versions of one model, as the app serves them.
+
+    Args:
+        name: The model name in the URLs.
+        versions: Version number to `models.LoadedVersion`.
+        max_batch: The most examples in one model call, and in one request.
+        batch_timeout_s: How long a batch waits for more requests.
+        max_body_bytes: The largest request body accepted.
+    """
+
+    def __init__(self, name, versions, *, max_batch, batch_timeout_s, max_body_bytes):
+        self.name = name
+        self.versions = dict(sorted(versions.items()))
+        self.max_batch = max_batch
+        self.max_body_bytes = max_body_bytes
+        for version in self.versions.values():
+            version.batcher = Batcher(version.serve, max_batch=max_batch,
+                                      timeout_s=batch_timeout_s)
+
+    @property
+    def default_version(self):
+        """The number of the version served when a URL names none: the highest."""
+        return max(self.versions)
+
+    def find(self, name, version):
+        """The version a URL names.
+
+        Raises:
+            RequestError: 404 for another model or a version not served.
+        """
+        wanted = f"Specific({name}, {version})" if version else f"Latest({name})"
+        if name != self.name:
+            raise RequestError(404, f"Servable not found for request: {wanted}")
+        if version is None:
+            return self.versions[self.default_version]
+        if not version.isdigit() or int(version) not in self.versions:
+            raise RequestError(404, f"Servable not found for request: {wanted}")
+        return self.versions[int(version)]
+
+
+def create_app(served):
+    """Returns the Starlette application serving `served` (a `ServedModel`)."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        for version in served.versions.values():
+            version.batcher.start()
+        yield
+        for version in served.versions.values():
+            await version.batcher.stop()
+
+    async def endpoint(request):
+        try:
+            return await _handle(served, request)
+        except RequestError as e:
+            return _json(e.status, {"error": e.message})
+        except Exception as e:  # a bug or the model failing: one line, never a traceback
+            message = _first_line(e)
+            logger.error("%s %s: %s", request.method, request.url.path, message)
+            return _json(500, {"error": message})
+
+    async def http_error(request, exc):
+        return _json(exc.status_code, {"error": exc.detail})
+
+    return Starlette(routes=[Route("/v1/models/{rest:path}", endpoint, methods=["GET", "POST"])],
+                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+
+
+async def _handle(served, request):
+    """Answers one request (see the module's docstring)."""
+    match = _PATH.fullmatch(request.url.path)
+    if match is None:
+        raise RequestError(404, f"Malformed request: {request.method} {request.url.path}")
+    verb = match["verb"]
+    if (verb == ":predict") != (request.method == "POST"):
+        raise RequestError(405, f"Method not allowed: {request.method} {request.url.path}")
+    version = served.find(match["name"], match["version"])
+    if verb == ":predict":
+        body = await _read_body(request, served.max_body_bytes)
+        return _json(200, await _predict(served, version, _parse_json(body)))
+    if verb == "/metadata":
+        return _json(200, _metadata(served, version))
+    shown = served.versions.values() if match["version"] is None else [version]
+    return _json(200, {"model_version_status": [
+        {"version": str(v.number), "state": "AVAILABLE",
+         "status": {"error_code": "OK", "error_message": ""}} for v in shown]})
+
+
+async def _read_body(request, limit):
+    """The request's body, refused past `limit` bytes without reading it all."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"request body of {declared} bytes is over the limit of "
+                                f"{limit} (--max-body-bytes)")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"request body is over the limit of {limit} bytes "
+                                    "(--max-body-bytes)")
+        chunks.append(chunk)
+    if not size:
+        raise RequestError(400, "empty request body: send JSON with \"instances\" or "
+                                "\"inputs\"")
+    return b"".join(chunks)
+
+
+def _parse_json(body):
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise RequestError(400, f"JSON Parse error: {_first_line(e)}") from None
+
+
+async def _predict(served, version, request):
+    """Runs a predict request through the version's batcher."""
+    if not isinstance(request, dict):
+        raise RequestError(400, "request must be a JSON object with \"instances\" or "
+                                "\"inputs\"")
+    unknown = sorted(set(request) - {"instances", "inputs", "signature_name"})
+    if unknown:
+        raise RequestError(400, f"unknown key {unknown[0]!r} in the request (allowed: "
+                                "instances or inputs, signature_name)")
+    signature = request.get("signature_name", models.SIGNATURE)
+    if signature != models.SIGNATURE:
+        raise RequestError(400, f"Serving signature name: {signature!r} not found in "
+                                f"signature def (served: {models.SIGNATURE})")
+    if ("instances" in request) == ("inputs" in request):
+        raise RequestError(400, "request needs exactly one of \"instances\" (row format) "
+                                "or \"inputs\" (columnar format)")
+    row_format = "instances" in request
+    examples = _examples(request["instances"] if row_format else request["inputs"],
+                         version.input_name, row_format)
+    if not examples:
+        raise RequestError(400, "no instances in the request")
+    if len(examples) > served.max_batch:
+        raise RequestError(400, f"too many instances: {len(examples)}, at most "
+                                f"{served.max_batch} per request (--max-batch)")
+    for index, example in enumerate(examples):
+        reason = version.check_input(example)
+        if reason is not None:
+            raise RequestError(400, f"instance {index}: {reason}")
+    try:
+        outputs = await version.batcher.submit(examples)
+    except (tf.errors.InvalidArgumentError, ValueError) as e:  # e.g. corrupt image data
+        raise RequestError(400, f"the model refused the input: {_first_line(e)}") from None
+    return _response(outputs, row_format, len(examples))
+
+
+def _examples(value, input_name, row_format):
+    """The raw inputs (bytes) of a request's `instances` or `inputs`."""
+    key = "instances" if row_format else "inputs"
+    if isinstance(value, dict) and set(value) != {"b64"}:  # {"INPUT_NAME": ...}
+        if set(value) != {input_name}:
+            raise RequestError(400, f"\"{key}\" names {sorted(value)}; the signature's "
+                                    f"input is {input_name!r}")
+        value = value[input_name]
+    if not isinstance(value, list):
+        raise RequestError(400, f"\"{key}\" must be a list of inputs")
+    examples = []
+    for index, item in enumerate(value):
+        if row_format and isinstance(item, dict) and set(item) == {input_name}:
+            item = item[input_name]
+        examples.append(_raw_input(item, f"instance {index}"))
+    return examples
+
+
+def _raw_input(item, where):
+    """One input as bytes: a JSON string (UTF-8) or `{"b64": "..."}`."""
+    if isinstance(item, str):
+        return item.encode("utf-8", errors="surrogatepass")
+    if isinstance(item, dict) and set(item) == {"b64"} and isinstance(item["b64"], str):
+        try:
+            return base64.b64decode(item["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"{where}: \"b64\" is not valid base64") from None
+    raise RequestError(400, f"{where}: expected a string or {{\"b64\": \"...\"}}, got "
+                            f"{type(item).__name__ if not isinstance(item, dict) else 'an object'}"
+                            f" ({json.dumps(item)[:60]})")
+
+
+def _response(outputs, row_format, count):
+    """TF Serving's response: `predictions` (one entry per instance: the
+    outputs by name, or the value when the signature has one output) or
+    `outputs` (the columns)."""
+    values = {name: _jsonable(np.asarray(rows)) for name, rows in outputs.items()}
+    if not row_format:
+        return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
+    if len(values) == 1:
+        return {"predictions": next(iter(values.values()))}
+    return {"predictions": [{name: column[i] for name, column in values.items()}
+                            for i in range(count)]}
+
+
+def _jsonable(array):
+    """A numpy array as JSON values; strings decoded from UTF-8."""
+    if array.dtype.kind in "SO":
+        return np.vectorize(_text, otypes=[object])(array).tolist() if array.size else \
+            array.tolist()
+    return array.tolist()
+
+
+def _text(value):
+    return value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
+
+
+def _metadata(served, version):
+    return {"model_spec": {"name": served.name, "signature_name": "",
+                           "version": str(version.number)},
+            "metadata": {"signature_def": {"signature_def": version.signature_def()},
+                         "dltool": {"template": version.template,
+                                    "max_batch": served.max_batch,
+                                    "batching": version.batcher.stats.as_dict()}}}
+
+
+def _json(status, content):
+    return Response(json.dumps(content, ensure_ascii=False, allow_nan=True), status,
+                    media_type="application/json")
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:300]
