@@ -54,12 +54,12 @@ def load_predictor(project_dir, model_path=None, *, warn=None):
     """
     if model_path is not None and str(model_path).endswith(".keras"):
         path = Path(model_path)
-        metadata = _read_metadata(path.parent)
+        metadata = read_metadata(path.parent)
         task = task_for(metadata["template"])  # imports what the model's layers need
         model = modelfiles.load_keras_file(path)
         return task.serving_endpoint(model, metadata["meta"]).fn, task, path, metadata["meta"]
     version_dir = export_lib.resolve_export(project_dir, model_path)
-    metadata = _read_metadata(version_dir)
+    metadata = read_metadata(version_dir)
     warning = None if warn is None else untrusted_model_warning(project_dir, version_dir)
     if warning is not None:
         warn(warning)
@@ -104,7 +104,7 @@ def _not_exported_reason(project_dir, version_dir):
     if folder.parent.parent != exports:
         return f"not in {export_lib.EXPORT_ROOT}/NAME/VERSION"
     try:
-        metadata = _read_metadata(folder)
+        metadata = read_metadata(folder)
     except ModelFileError:
         return f"no readable {export_lib.METADATA_FILE}"
     if not isinstance(metadata, dict) or metadata.get("name") != folder.parent.name \
@@ -116,12 +116,25 @@ def _not_exported_reason(project_dir, version_dir):
     return None
 
 
-def _read_metadata(folder):
+def read_metadata(folder):
+    """Reads an export's `dltool.json` (`predict`, `serve`).
+
+    Returns:
+        Its dict, which names at least the export's `template` (a string)
+        and its data `meta` (a dict).
+
+    Raises:
+        ModelFileError: naming `folder`, if the file is missing, not JSON or
+            lacks those keys.
+    """
     try:
-        return json.loads((Path(folder) / export_lib.METADATA_FILE).read_text())
-    except (OSError, ValueError) as e:
-        raise ModelFileError(f"{folder}: not a dltool export (no readable "
-                             f"{export_lib.METADATA_FILE})") from e
+        metadata = json.loads((Path(folder) / export_lib.METADATA_FILE).read_text())
+        if isinstance(metadata.get("template"), str) and isinstance(metadata.get("meta"), dict):
+            return metadata
+    except (OSError, ValueError, AttributeError):
+        pass
+    raise ModelFileError(f"{folder}: not a dltool export (no readable "
+                         f"{export_lib.METADATA_FILE})")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,12 +9,10 @@ and described the way TF Serving's metadata endpoint describes a signature.
 """
 
 import dataclasses
-import json
 from pathlib import Path
 
 from dltool._tf import tf
 from dltool.core.errors import ModelFileError
-from dltool.data import images
 from dltool.engine import export as export_lib
 from dltool.engine import modelfiles
 from dltool.engine import predict as predict_lib
@@ -123,7 +121,7 @@ def load_version(project_dir, number, path, *, warn=None):
             take one batch of strings.
     """
     path = Path(path)
-    metadata = _read_metadata(path)
+    metadata = predict_lib.read_metadata(path)
     task = task_for(metadata["template"])
     warning = None if warn is None else predict_lib.untrusted_model_warning(project_dir, path)
     if warning is not None:
@@ -141,33 +139,9 @@ def load_version(project_dir, number, path, *, warn=None):
         results = signature(**{input_name: tf.constant(batch, tf.string)})
         return {name: value.numpy() for name, value in results.items()}
 
+    meta = metadata["meta"]
     return LoadedVersion(number, path, serve, input_name, outputs, task.name,
-                         _input_check(task, metadata["meta"]))
-
-
-def _input_check(task, meta):
-    """The check each raw input gets before it reaches the model.
-
-    The image classifier's serving signature decodes whatever bytes it is
-    given, so an image is refused by its header (format, and pixels over
-    the export's `data.max_pixels`) before decoding, as `dltool predict`
-    does with files. A task that serves images says so with its
-    `max_pixels(meta)`; the text templates take any string.
-    """
-    if not hasattr(task, "max_pixels"):
-        return lambda data: None
-    max_pixels = task.max_pixels(meta)
-    return lambda data: images.check_image_bytes(data, max_pixels)
-
-
-def _read_metadata(folder):
-    """The export's `dltool.json`, which names its template and data `meta`."""
-    try:
-        metadata = json.loads((folder / export_lib.METADATA_FILE).read_text())
-        return {"template": str(metadata["template"]), "meta": dict(metadata["meta"])}
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ModelFileError(f"{folder}: not a dltool export (no readable "
-                             f"{export_lib.METADATA_FILE})") from e
+                         lambda data: task.raw_input_problem(data, meta))
 
 
 def _tensor_info(spec, name):

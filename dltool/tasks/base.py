@@ -158,6 +158,20 @@ class Task:
         """
         raise NotImplementedError
 
+    def raw_input_problem(self, data, meta):
+        """Checks one raw input before it reaches the serving signature, which
+        takes whatever it is given (`dltool predict`, `dltool serve`).
+
+        Args:
+            data: The raw input (image bytes, a string).
+            meta: The export's `meta`.
+
+        Returns:
+            Why the input is refused, or None to let it through (the default:
+            any string is a text).
+        """
+        return None
+
     def format_prediction(self, outputs, index, top_k):
         """Returns the prediction of one input from a batch's serving outputs.
 

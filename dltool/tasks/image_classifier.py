@@ -87,7 +87,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
         """Reads one image file for prediction, checking its header.
 
         The file is read once and its header checked on the bytes
-        (`images.check_image_bytes`); it is not decoded here: the serving
+        (`raw_input_problem`); it is not decoded here: the serving
         signature decodes it, and `dltool predict` finds a corrupt image
         when its batch fails. (Decoding every image here too, as
         `check_image_file` does, cut `dltool predict`'s rate on the 2,000
@@ -110,10 +110,20 @@ class ImageClassifierTask(classifier.ClassifierTask):
             data = Path(item).read_bytes()
         except OSError as e:
             raise DataError(f"{item}: unreadable: {e.strerror}") from None
-        reason = images.check_image_bytes(data, self.max_pixels(meta))
+        reason = self.raw_input_problem(data, meta)
         if reason is not None:
             raise DataError(f"{item}: {reason}")
         return data
+
+    def raw_input_problem(self, data, meta):
+        """The serving signature decodes whatever bytes it is given, so an
+        image is refused by its header (not an image, or over the export's
+        `max_pixels`) before it is decoded.
+
+        Returns:
+            Why `data` is refused (`images.check_image_bytes`), or None.
+        """
+        return images.check_image_bytes(data, self.max_pixels(meta))
 
     def save_examples(self, run, split, examples):
         """Saves the images the report shows as `examples-SPLIT.npz` (uint8).
