@@ -32,9 +32,10 @@ demo: install
 	ls $(DEMO_DIR)/runs/*/report.html
 
 # The full suite, as CI runs it, with the optional extras the tests exercise
-# (`onnx`: `dltool export --format onnx` is converted and run in ONNX Runtime).
+# (`onnx`: `dltool export --format onnx` is converted and run in ONNX Runtime;
+# `client`: the exports' README clients run as written).
 test: install
-	$(BIN)/python -m pip install -q '.[onnx]'
+	$(BIN)/python -m pip install -q '.[onnx,client]'
 	$(BIN)/pytest -q $(PYTEST_ARGS)
 
 # Everything but the tests that train, export or build a wheel.

@@ -1,26 +1,32 @@
 """Export formats: size, accuracy, agreement and speed of each, side by side.
 
-Trains the image-classifier template on ../shared/data/images/cifar10
-(`dltool new` + `dltool train`, as a user runs them; the default model,
-`--epochs` epochs), exports it in every format and quantization (`dltool
-export --format ... --quantize ...`), then runs each export in its own
-runtime on the 2,000 real test JPEGs:
+For each classifier template, trains it on real data (`dltool new` +
+`dltool train`, as a user runs them; the default model, `--epochs` epochs):
 
-- SavedModel: the reloaded `serving_default` signature (JPEG bytes in: its
-  time includes decoding);
+- image-classifier on ../shared/data/images/cifar10 (8,000 training JPEGs),
+  tested on its 2,000 test JPEGs;
+- sentiment on ../shared/data/sentiment/sst2 (60,614 training sentences),
+  tested on its 872 test sentences;
+
+exports it in every format and quantization (`dltool export --format ...
+--quantize ...`), then runs each export in its own runtime on the test set:
+
+- SavedModel: the reloaded `serving_default` signature (JPEG bytes or raw
+  strings in: its time includes decoding or tokenizing);
 - LiteRT: `tf.lite.Interpreter` (2 threads), float32, float16, dynamic-range
-  and int8 (calibrated on 300 training images);
+  and int8 (calibrated on 300 training examples); the sentiment model's
+  recurrent layers unrolled (`SentimentTask.inference_model`);
 - ONNX: ONNX Runtime's CPU provider (2 threads), float32 and dynamic
   (int8 weights, `quantize_dynamic`);
 
 against the in-memory Keras model (`model(x, training=False)` in a
-`tf.function`) fed the same decoded pixels. For each: file size, test
-accuracy, top-1 agreement with Keras and the largest probability difference,
-the latency of one example (median of 200 single-image calls) and examples
-per second in batches of 64. It prints a table and writes
-bench/results/export.json.
+`tf.function`) fed the same pixels or token ids (dltool's own decoding and
+tokenizer). For each: file size, test accuracy, top-1 agreement with Keras
+and the largest probability difference, the latency of one example (median
+of 200 single-example calls) and examples per second in batches of 64. It
+prints a table per template and writes bench/results/export.json.
 
-    python bench/export.py [--data DIR] [--epochs N] [--project DIR]
+    python bench/export.py [--template image-classifier|sentiment|all] [--epochs N]
 """
 
 import argparse
@@ -36,7 +42,11 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
+SHARED = REPO.parent / "shared" / "data"
+DATA = {"image-classifier": SHARED / "images" / "cifar10", "sentiment": SHARED / "sentiment" / "sst2"}
+# Epochs of training: the image model's 5 reach about 0.54 on CIFAR-10; one
+# pass over SST-2 already puts the sentiment model above 0.8.
+EPOCHS = {"image-classifier": 5, "sentiment": 1}
 DLTOOL = Path(sys.executable).parent / "dltool"
 EXPORTS = [("savedmodel", "none"), ("litert", "none"), ("litert", "float16"),
            ("litert", "dynamic"), ("litert", "int8"), ("onnx", "none"), ("onnx", "dynamic")]
@@ -52,10 +62,10 @@ def dltool(*args):
     return result.stdout
 
 
-def train(data, epochs, workdir):
-    """A fresh image-classifier project trained on `data`; returns its folder."""
-    project = workdir / "cifar"
-    dltool("new", "image-classifier", project)
+def train(template, data, epochs, workdir):
+    """A fresh project of `template` trained on `data`; returns its folder."""
+    project = workdir / template
+    dltool("new", template, project)
     dltool("train", "--project", project, "--epochs", epochs, "--set", f"data.source={data}",
            "--set", "training.verbose=0")
     return project
@@ -71,15 +81,45 @@ def export_all(project):
     return folders
 
 
-def read_test(data):
-    """The test JPEGs: (bytes, pixels as dltool decodes them, labels)."""
-    from dltool.data import images
+def read_test(template, data, project):
+    """The test set: (raw inputs, the model's inputs as dltool makes them, labels).
 
-    classes = sorted(p.name for p in (data / "test").iterdir() if p.is_dir())
-    paths = [(p, i) for i, c in enumerate(classes) for p in sorted((data / "test" / c).glob("*"))]
-    contents = [p.read_bytes() for p, _ in paths]
-    pixels = np.stack([images.decode_image(b, (32, 32)).numpy() for b in contents])
-    return contents, pixels.astype(np.float32), np.array([i for _, i in paths])
+    Images: the JPEG bytes and their pixels; texts: the strings and their
+    token ids (a dict of arrays), with the trained run's vocabulary.
+    """
+    if template == "image-classifier":
+        from dltool.data import images
+
+        classes = sorted(p.name for p in (data / "test").iterdir() if p.is_dir())
+        paths = [(p, i) for i, c in enumerate(classes)
+                 for p in sorted((data / "test" / c).glob("*"))]
+        contents = [p.read_bytes() for p, _ in paths]
+        pixels = np.stack([images.decode_image(b, (32, 32)).numpy() for b in contents])
+        return contents, pixels.astype(np.float32), np.array([i for _, i in paths])
+    from dltool._tf import tf
+    from dltool.core import runs
+    from dltool.data import text
+
+    meta = runs.find_trained(project).meta
+    lines = (data / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
+    texts, labels = zip(*(line.rsplit("\t", 1) for line in lines if line.strip()))
+    vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
+    features = text.vectorize(vectorizer, tf.constant(texts), meta["subword_buckets"],
+                              meta["subwords_per_word"])
+    index = {name: i for i, name in enumerate(meta["class_names"])}
+    return (list(texts), {k: v.numpy() for k, v in features.items()},
+            np.array([index[label] for label in labels]))
+
+
+def take(inputs, start, stop):
+    """Examples `start:stop` of an array, a list, or a dict of arrays."""
+    if isinstance(inputs, dict):
+        return {key: value[start:stop] for key, value in inputs.items()}
+    return inputs[start:stop]
+
+
+def count(inputs):
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
 
 
 def runners(folder, export_format):
@@ -88,12 +128,16 @@ def runners(folder, export_format):
         from dltool._tf import tf
 
         serve = tf.saved_model.load(str(folder)).signatures["serving_default"]
-        return lambda batch: serve(images=tf.constant(batch))["probabilities"].numpy()
+        (name,) = serve.structured_input_signature[1]  # images or texts
+        return lambda batch: serve(**{name: tf.constant(batch)})["probabilities"].numpy()
     if export_format == "litert":
         from dltool._tf import tf
 
         interpreter = tf.lite.Interpreter(model_path=str(folder / "model.tflite"),
                                           num_threads=THREADS)
+        if len(interpreter.get_input_details()) > 1:  # token ids and subword ids, by name
+            runner = interpreter.get_signature_runner()
+            return lambda batch: next(iter(runner(**batch).values())).copy()
         given = interpreter.get_input_details()[0]["index"]
         output = interpreter.get_output_details()[0]["index"]
         shape = [None]
@@ -113,8 +157,10 @@ def runners(folder, export_format):
     options.intra_op_num_threads = THREADS
     session = onnxruntime.InferenceSession(str(folder / "model.onnx"), options,
                                            providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return lambda batch: session.run(None, {name: batch})[0]
+    names = [i.name for i in session.get_inputs()]
+    if len(names) > 1:
+        return lambda batch: session.run(None, {name: batch[name] for name in names})[0]
+    return lambda batch: session.run(None, {names[0]: batch})[0]
 
 
 def keras_runner(project):
@@ -126,21 +172,21 @@ def keras_runner(project):
     run = runs.find_trained(project)
     model = Experiment.for_run(project, run).load_trained_model(run)
     call = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    return lambda batch: call(tf.constant(batch)).numpy()
+    return lambda batch: call(tf.nest.map_structure(tf.constant, batch)).numpy()
 
 
 def measure(run, inputs):
     """Probabilities of all inputs (batches of 64), latency of one, examples/s."""
-    run(inputs[:1])  # warm-up: tracing, allocation
+    run(take(inputs, 0, 1))  # warm-up: tracing, allocation
     started = time.perf_counter()
-    probabilities = np.concatenate([run(inputs[i:i + BATCH])
-                                    for i in range(0, len(inputs), BATCH)])
-    per_second = len(inputs) / (time.perf_counter() - started)
-    run(inputs[:1])
+    probabilities = np.concatenate([run(take(inputs, i, i + BATCH))
+                                    for i in range(0, count(inputs), BATCH)])
+    per_second = count(inputs) / (time.perf_counter() - started)
+    run(take(inputs, 0, 1))
     times = []
     for i in range(LATENCY_CALLS):
         started = time.perf_counter()
-        run(inputs[i:i + 1])
+        run(take(inputs, i, i + 1))
         times.append(time.perf_counter() - started)
     return probabilities, float(np.median(times)) * 1000, per_second
 
@@ -152,48 +198,66 @@ def size_of(folder, export_format):
     return (folder / ("model.tflite" if export_format == "litert" else "model.onnx")).stat().st_size
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
-    parser.add_argument("--epochs", type=int, default=5)
-    parser.add_argument("--project", type=Path, default=None,
-                        help="a trained image-classifier project to export instead of training")
-    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "export.json")
-    args = parser.parse_args()
-    if not (args.data / "test").is_dir():
-        sys.exit(f"no CIFAR-10 folder at {args.data}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    with tempfile.TemporaryDirectory() as workdir:
-        project = args.project or train(args.data.resolve(), args.epochs, Path(workdir))
-        folders = export_all(project)
-        contents, pixels, labels = read_test(args.data)
-        reference, keras_ms, keras_rate = measure(keras_runner(project), pixels)
-        rows = [{"format": "keras (in memory)", "quantize": "none", "bytes": None,
-                 "test_accuracy": float(np.mean(reference.argmax(-1) == labels)),
-                 "top1_agreement": 1.0, "max_probability_difference": 0.0,
-                 "latency_ms": keras_ms, "examples_per_second": keras_rate}]
-        for (export_format, quantize), folder in folders.items():
-            inputs = np.array(contents, dtype=object) if export_format == "savedmodel" else pixels
-            probabilities, ms, rate = measure(runners(folder, export_format), inputs)
-            rows.append({"format": export_format, "quantize": quantize,
-                         "bytes": size_of(folder, export_format),
-                         "test_accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
-                         "top1_agreement": float(np.mean(
-                             probabilities.argmax(-1) == reference.argmax(-1))),
-                         "max_probability_difference": float(
-                             np.max(np.abs(probabilities - reference))),
-                         "latency_ms": ms, "examples_per_second": rate})
-    print(f"\n{'format':<18} {'quantize':<8} {'size KB':>8} {'test acc':>8} {'agree':>7} "
-          f"{'max |dp|':>9} {'ms/example':>10} {'examples/s':>10}")
+def bench(template, data, epochs, workdir, project=None):
+    """Trains (unless `project`), exports and measures one template; returns its rows."""
+    project = project or train(template, data.resolve(), epochs, workdir)
+    folders = export_all(project)
+    raw, inputs, labels = read_test(template, data, project)
+    reference, keras_ms, keras_rate = measure(keras_runner(project), inputs)
+    rows = [{"template": template, "format": "keras (in memory)", "quantize": "none",
+             "bytes": None, "test_accuracy": float(np.mean(reference.argmax(-1) == labels)),
+             "top1_agreement": 1.0, "max_probability_difference": 0.0,
+             "latency_ms": keras_ms, "examples_per_second": keras_rate}]
+    for (export_format, quantize), folder in folders.items():
+        given = np.array(raw, dtype=object) if export_format == "savedmodel" else inputs
+        probabilities, ms, rate = measure(runners(folder, export_format), given)
+        rows.append({"template": template, "format": export_format, "quantize": quantize,
+                     "bytes": size_of(folder, export_format),
+                     "test_accuracy": float(np.mean(probabilities.argmax(-1) == labels)),
+                     "top1_agreement": float(np.mean(
+                         probabilities.argmax(-1) == reference.argmax(-1))),
+                     "max_probability_difference": float(
+                         np.max(np.abs(probabilities - reference))),
+                     "latency_ms": ms, "examples_per_second": rate})
+    return rows, len(labels)
+
+
+def print_table(template, rows):
+    print(f"\n{template}\n{'format':<18} {'quantize':<8} {'size KB':>8} {'test acc':>8} "
+          f"{'agree':>7} {'max |dp|':>9} {'ms/example':>10} {'examples/s':>10}")
     for row in rows:
         size = f"{row['bytes'] / 1024:.0f}" if row["bytes"] else "-"
         print(f"{row['format']:<18} {row['quantize']:<8} {size:>8} {row['test_accuracy']:>8.4f} "
               f"{row['top1_agreement']:>7.2%} {row['max_probability_difference']:>9.2e} "
               f"{row['latency_ms']:>10.3f} {row['examples_per_second']:>10.0f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--template", choices=[*DATA, "all"], default="all")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="epochs of training (default: 5 for images, 1 for sentiment)")
+    parser.add_argument("--project", type=Path, default=None,
+                        help="a trained project of --template to export instead of training")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "export.json")
+    args = parser.parse_args()
+    templates = list(DATA) if args.template == "all" else [args.template]
+    if args.project and len(templates) > 1:
+        sys.exit("--project needs --template")
+    for template in templates:
+        if not DATA[template].is_dir():
+            sys.exit(f"no data for {template} at {DATA[template]}")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
-              "epochs": None if args.project else args.epochs, "test_examples": len(labels),
-              "threads": THREADS, "rows": rows}
+              "threads": THREADS, "templates": {}}
+    for template in templates:
+        epochs = args.epochs or EPOCHS[template]
+        with tempfile.TemporaryDirectory() as workdir:
+            rows, examples = bench(template, DATA[template], epochs, Path(workdir), args.project)
+        print_table(template, rows)
+        result["templates"][template] = {"epochs": None if args.project else epochs,
+                                         "test_examples": examples, "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"written to {args.out}")
 

@@ -4,11 +4,16 @@ split and agrees with the in-memory Keras model; the client snippets of the
 exports' README.md run as written; refusals write nothing.
 
 One image classifier is trained for the module (10 epochs of the tiny model,
-a few seconds) and converted once per format and quantization.
+a few seconds) and converted once per format and quantization. The sentiment
+model is the session's `trained_text_project`, converted to each format as
+float32 and with the quantization that differs for it (int8 calibration
+feeds its two named inputs); its LiteRT float16 and dynamic-range exports
+take the image's code path and are measured in `bench/export.py`.
 """
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -75,8 +80,6 @@ def image_exports(tmp_path_factory):
 
 
 def _exported_path(stdout):
-    from pathlib import Path
-
     return Path(re.search(r" as (\S+) \(", stdout.splitlines()[-1]).group(1))
 
 
@@ -279,13 +282,12 @@ def test_missing_converter_names_the_extra(monkeypatch):
     formats.check_extra("litert", "int8")  # TensorFlow's own converter: nothing to install
 
 
-@pytest.mark.parametrize("template", ["sentiment", "translator"])
 @pytest.mark.parametrize("export_format", ["litert", "onnx"])
-def test_templates_without_the_format_are_refused_in_one_line(template, export_format):
+def test_templates_without_the_format_are_refused_in_one_line(export_format):
     with pytest.raises(ConfigError) as error:
-        formats.check_request(task_for(template), export_format, "none", {})
+        formats.check_request(task_for("translator"), export_format, "none", {})
     message = str(error.value)
-    assert message.startswith(f"cannot export a {template} model as {export_format}: ")
+    assert message.startswith(f"cannot export a translator model as {export_format}: ")
     assert "--format savedmodel" in message and "\n" not in message
 
 
@@ -322,3 +324,121 @@ def test_text_savedmodel_readme_describes_the_input(template, meta):
                             "format": "savedmodel", "quantize": "none", "input": spec,
                             "meta": meta}, task.client_snippet("savedmodel", meta))
     assert "## Input" in readme and "- dtype: `string`" in readme
+
+
+# The sentiment classifier: token ids in ---------------------------------------
+
+TEXT_FORMATS = [("litert", "none"), ("onnx", "none"), ("litert", "int8"), ("onnx", "dynamic")]
+# Texts the client's tokenizer must split as TensorFlow does: punctuation of
+# all of Unicode, accents, upper-case outside ASCII, emoji, symbols dltool
+# strips besides category P, tabs and line breaks, non-breaking spaces (not
+# whitespace to TensorFlow's split), words longer than the n-grams kept, a
+# text longer than `sequence_length`, an empty one.
+TRICKY_TEXTS = ["", "A gorgeous, witty, seductive movie.", "Très émouvant, un chef-d'œuvre ! 😀",
+                "ZÜRICH's «naïve» café—überfunny!!", "1+1=2 <b>$5</b> ^_^ `x` | ~",
+                "tab\tand\nnew line\r\nend", "non\u00a0breaking", "supercalifragilistic",
+                "word " * 40]
+
+
+@pytest.fixture(scope="module")
+def text_exports(trained_text_project, tmp_path_factory):
+    """The session's sentiment project exported as `TEXT_FORMATS` (on a copy).
+
+    Returns:
+        A dict: `project`, `exports` ((format, quantize) to the version
+        folder), `features` and `labels` of the test split, `texts` (its raw
+        texts), `keras` (the in-memory model's probabilities of them).
+    """
+    import shutil
+
+    from click.testing import CliRunner
+
+    from dltool.core import runs
+    from dltool.engine.experiment import Experiment
+
+    project = tmp_path_factory.mktemp("text-formats") / "reviews"
+    shutil.copytree(trained_text_project, project, symlinks=True)
+    runner = CliRunner()
+    exports = {("savedmodel", "none"): project / "saved_models" / "reviews" / "1"}
+    for export_format, quantize in TEXT_FORMATS:
+        result = invoke(runner, "export", "--project", project, "--format", export_format,
+                        "--quantize", quantize)
+        assert result.exit_code == 0, result.output
+        exports[export_format, quantize] = _exported_path(result.stdout)
+    run = runs.find_trained(project)
+    experiment = Experiment.for_run(project, run)
+    model = experiment.load_trained_model(run)
+    data = experiment.open_data()
+    features, labels = zip(*data.splits["test"].as_numpy_iterator())
+    features = {key: np.stack([f[key] for f in features]) for key in features[0]}
+    return {"project": project, "exports": exports, "features": features,
+            "labels": np.asarray(labels), "texts": data.texts["test"],
+            "keras": np.asarray(model(features, training=False))}
+
+
+def _run_text(export_format, folder, features):
+    """Probabilities of token-id features from the export's own runtime."""
+    if export_format == "onnx":
+        import onnxruntime
+
+        session = onnxruntime.InferenceSession(str(folder / "model.onnx"),
+                                               providers=["CPUExecutionProvider"])
+        return session.run(None, {i.name: features[i.name] for i in session.get_inputs()})[0]
+    from dltool._tf import tf
+
+    runner = tf.lite.Interpreter(model_path=str(folder / "model.tflite")).get_signature_runner()
+    return next(iter(runner(**features).values()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", TEXT_FORMATS)
+def test_text_exports_agree_with_keras(text_exports, key):
+    probabilities = _run_text(key[0], text_exports["exports"][key], text_exports["features"])
+    keras_probabilities, labels = text_exports["keras"], text_exports["labels"]
+    assert probabilities.shape == keras_probabilities.shape == (200, 2)
+    # The model tells the classes apart, or agreement would say little.
+    assert np.mean(keras_probabilities.argmax(-1) == labels) > 0.6
+    if key[1] == "none":
+        assert np.array_equal(probabilities.argmax(-1), keras_probabilities.argmax(-1))
+        assert np.max(np.abs(probabilities - keras_probabilities)) < MAX_PROBABILITY_DIFFERENCE
+    else:
+        accuracy = np.mean(probabilities.argmax(-1) == labels)
+        float_accuracy = np.mean(keras_probabilities.argmax(-1) == labels)
+        assert abs(accuracy - float_accuracy) <= MAX_ACCURACY_DROP, (accuracy, float_accuracy)
+    metadata = json.loads((text_exports["exports"][key] / "dltool.json").read_text())
+    assert metadata["input"]["names"] == ["token_ids", "subword_ids"]
+    assert metadata["input"]["subword_ids"]["shape"] == [None, 12, 16]
+
+
+@pytest.mark.slow
+def test_text_client_encodes_as_the_graph(text_exports, monkeypatch):
+    from dltool._tf import tf
+    from dltool.data import text
+
+    client = _snippet(text_exports["exports"]["litert", "none"], monkeypatch)
+    meta = json.loads(Path("dltool.json").read_text())["meta"]
+    texts = TRICKY_TEXTS + text_exports["texts"]
+    vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
+    expected = text.vectorize(vectorizer, tf.constant(texts), meta["subword_buckets"],
+                              meta["subwords_per_word"])
+    encoded = client["encode"](texts)
+    assert encoded.keys() == expected.keys()
+    for key, ids in expected.items():
+        assert encoded[key].dtype == np.int32
+        np.testing.assert_array_equal(encoded[key], ids.numpy(), err_msg=key)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", [("savedmodel", "none"), ("litert", "none"), ("onnx", "none")])
+def test_text_readme_client_runs(text_exports, key, monkeypatch):
+    from dltool._tf import tf
+
+    texts = TRICKY_TEXTS + text_exports["texts"][:20]
+    served = tf.saved_model.load(str(text_exports["exports"]["savedmodel", "none"]))
+    expected = served.signatures["serving_default"](texts=tf.constant(texts))
+    client = _snippet(text_exports["exports"][key], monkeypatch)
+    predictions = client["classify_local" if key[0] == "savedmodel" else "classify"](texts)
+    assert [label for label, _ in predictions] == [
+        label.decode() for label in expected["label"].numpy()]
+    np.testing.assert_allclose([p for _, p in predictions], expected["score"].numpy(),
+                               atol=MAX_PROBABILITY_DIFFERENCE)

@@ -206,21 +206,6 @@ def test_predict_file_with_bad_bytes_is_one_line(runner, tmp_path):
 # Training and export (slow) --------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def trained_text_project(tmp_path_factory):
-    """A sentiment project trained 1 epoch on the embedded sample and exported."""
-    from click.testing import CliRunner
-
-    project = tmp_path_factory.mktemp("sentiment") / "reviews"
-    runner = CliRunner()
-    for args in (("new", "sentiment", project),
-                 ("train", "--project", project, "--epochs", 1, *SMALL_MODEL),
-                 ("export", "--project", project)):
-        result = invoke(runner, *args)
-        assert result.exit_code == 0, result.output
-    return project
-
-
 @pytest.mark.slow
 def test_train_records_vocabulary_and_labels(trained_text_project):
     (run,) = (trained_text_project / "runs").iterdir()
@@ -228,7 +213,7 @@ def test_train_records_vocabulary_and_labels(trained_text_project):
     assert meta["status"] == "finished"
     assert meta["sizes"] == {"train": 1800, "val": 200, "test": 200}
     assert meta["meta"]["class_names"] == ["negative", "positive"]
-    assert meta["meta"]["sequence_length"] == 24
+    assert meta["meta"]["sequence_length"] == 12
     assert meta["meta"]["vocabulary"][:2] == ["", "[UNK]"]
 
 
@@ -240,7 +225,7 @@ def test_saved_model_matches_in_memory_model_on_raw_strings(trained_text_project
     run = runs.find_trained(trained_text_project)
     model = Experiment.for_run(trained_text_project, run).load_trained_model(run)
     meta = run["meta"]
-    vectorizer = text.make_vectorizer(24, vocabulary=meta["vocabulary"])
+    vectorizer = text.make_vectorizer(12, vocabulary=meta["vocabulary"])
     features = text.vectorize(vectorizer, tf.constant(ODD_TEXTS), meta["subword_buckets"],
                               meta["subwords_per_word"])
     assert set(features) == {"token_ids", "subword_ids"}

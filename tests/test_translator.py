@@ -255,6 +255,23 @@ def test_saved_model_matches_in_memory_model_on_raw_strings(trained_translator):
 
 
 @pytest.mark.slow
+def test_readme_client_translates_as_the_saved_model(trained_translator, monkeypatch):
+    import re
+
+    folder = trained_translator / "saved_models" / "fr" / "1"
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(folder)
+    client = {"__name__": "client"}
+    exec(compile(code, "client.py", "exec"), client)
+    texts = ["How are you?", "Tom is my friend."]
+    loaded = tf.saved_model.load(str(folder))
+    for signature in ("serving_default", "translate_greedy"):
+        expected = loaded.signatures[signature](texts=tf.constant(texts))["translation"]
+        assert client["translate_local"](texts, signature) == [
+            t.decode() for t in expected.numpy()]
+
+
+@pytest.mark.slow
 def test_predict_prints_translations_and_warns_on_overlong_input(runner, trained_translator,
                                                                   monkeypatch):
     monkeypatch.chdir(trained_translator)

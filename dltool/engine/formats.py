@@ -88,7 +88,8 @@ def write_litert(model, path, quantize="none", calibration=None):
     Only LiteRT's builtin ops are allowed (no Select TF ops): a model that
     needs TensorFlow kernels fails here rather than in the user's
     interpreter (on this machine a bidirectional GRU converted with Select
-    TF ops did not run in `tf.lite.Interpreter`).
+    TF ops did not run in `tf.lite.Interpreter`; unrolled, as the sentiment
+    task's `inference_model` gives it, it converts to builtin ops).
 
     Args:
         model: A Keras model taking numeric input (`Task.inference_model`).
@@ -111,7 +112,10 @@ def write_litert(model, path, quantize="none", calibration=None):
         settings["target_spec"]["supported_types"] = [tf.float16]
     elif quantize == "int8":
         settings["target_spec"]["supported_ops"] = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        settings["representative_dataset"] = lambda: ([x] for x in calibration)
+        # A dict (several inputs) goes by the signature's input names, an
+        # array as the one input.
+        settings["representative_dataset"] = lambda: (
+            x if isinstance(x, dict) else [x] for x in calibration)
     model.export(str(path), format="litert", verbose=False, **settings)
     return path
 

@@ -1,7 +1,7 @@
 """The sentiment template's task: raw text in, label names out."""
 
 
-from dltool._tf import tf
+from dltool._tf import keras, tf
 from dltool.data import text
 from dltool.report import plots
 from dltool.report.reports import Section
@@ -81,32 +81,84 @@ class SentimentTask(classifier.ClassifierTask):
         """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
         return data.texts.get(split)
 
-    def input_spec(self, export_format, meta):
-        """The SavedModel's input: a batch of raw UTF-8 strings, vectorized in
-        the graph with the vocabulary recorded in `dltool.json`."""
-        return {"name": "texts", "shape": [None], "dtype": "string",
-                "content": "raw UTF-8 texts: lower-cased, punctuation stripped, split on "
-                           f"whitespace, cut or padded to {meta['sequence_length']} tokens in "
-                           "the graph",
-                "vocabulary": f"meta.vocabulary ({len(meta['vocabulary'])} tokens; 0 padding, "
-                              "1 out of vocabulary)"}
-
     def format_refusal(self, export_format, meta):
-        """Refuses LiteRT and ONNX for now: the model's input is made by
-        TensorFlow string ops.
+        """None: every format takes the sentiment model (LiteRT and ONNX take
+        token ids, the SavedModel raw strings)."""
+        return None
 
-        `text.vectorize` standardizes with a Unicode regex, looks words up in
-        the vocabulary and, with subwords (the default), hashes each word's
-        character n-grams with TensorFlow's FarmHash fingerprint. Neither
-        format has string ops, and a client would have to reproduce all of
-        it bit for bit; dltool does not ship such a tokenizer yet.
+    def inference_model(self, model, meta):
+        """Returns a copy of the model with every recurrent layer unrolled.
+
+        LiteRT has no builtin op for a recurrent layer's `while` loop: on
+        this machine a GRU or LSTM model converted only with Select TF ops,
+        and then did not run in the LiteRT interpreter; unrolled over the
+        fixed `sequence_length` it converts to builtin ops, and tf2onnx
+        converts it as well. The copy computes the same function (Keras'
+        `unroll` changes how the loop is built, not what it computes) with
+        the trained weights.
+
+        Args:
+            model: The trained Keras model (`text.vectorize` features in,
+                probabilities out).
+            meta: The run's `meta` (unused).
+
+        Returns:
+            A Keras model with the same inputs, outputs and weights.
+        """
+        copy = keras.models.clone_model(
+            model, clone_function=lambda layer: type(layer).from_config(
+                _unrolled(layer.get_config())))
+        copy.set_weights(model.get_weights())
+        return copy
+
+    def input_spec(self, export_format, meta):
+        """The input of an export: raw strings (SavedModel) or token ids.
+
+        Returns:
+            For `savedmodel`: the `texts` string tensor, vectorized in the
+            graph. For the others: the int32 `token_ids` (and, with
+            subwords, `subword_ids`) the model takes, made from a text as
+            the README's client `encode` does, with the vocabulary in
+            `meta.vocabulary`.
+        """
+        length, vocabulary = meta["sequence_length"], meta["vocabulary"]
+        words = ("lower-cased, Unicode punctuation (category P) and $+<=>^`|~ removed, split "
+                 "on ASCII whitespace")
+        if export_format == "savedmodel":
+            return {"name": "texts", "shape": [None], "dtype": "string",
+                    "content": f"raw UTF-8 texts: {words}, cut or padded to {length} tokens in "
+                               "the graph",
+                    "vocabulary": f"meta.vocabulary ({len(vocabulary)} tokens; 0 padding, "
+                                  "1 out of vocabulary)"}
+        spec = {"names": ["token_ids"],
+                "token_ids": {"shape": [None, length], "dtype": "int32",
+                              "content": f"the text's words ({words}), the first {length}, "
+                                         "as their index in meta.vocabulary (1 for a word not "
+                                         f"in it), padded with 0 ({len(vocabulary)} tokens)"}}
+        buckets, per_word = meta["subword_buckets"], meta["subwords_per_word"]
+        if buckets:
+            spec["names"].append("subword_ids")
+            spec["subword_ids"] = {
+                "shape": [None, length, per_word], "dtype": "int32",
+                "content": "for word i, its character 3-, 4- then 5-grams of '<' word '>', "
+                           f"the first {per_word}, each FarmHash Fingerprint64(UTF-8) % "
+                           f"{buckets} + 1 (TensorFlow's to_hash_bucket_fast), padded with 0"}
+        spec["tokenizer"] = "encode() in README.md's client"
+        return spec
+
+    def client_snippet(self, export_format, meta):
+        """A script that classifies texts with the export, without dltool.
+
+        Returns:
+            Python defining `classify(texts)` (a list of `(label,
+            probability)` of each text's top class) and a `__main__` that
+            prints them for its arguments; for LiteRT and ONNX also
+            `encode(texts)`, the tokenizer, and `run(features)`.
         """
         if export_format == "savedmodel":
-            return None
-        return ("its input is made by TensorFlow string ops (Unicode standardization, "
-                "vocabulary lookup, FarmHash of character n-grams) that "
-                f"{export_format} lacks, and dltool has no client tokenizer for them yet; "
-                "--format savedmodel works (TensorFlow Serving, `dltool predict`)")
+            return _SAVEDMODEL_CLIENT
+        runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
+        return _TOKENS_CLIENT.replace("{runtime}", runtime)
 
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then the most confidently wrong
@@ -127,3 +179,143 @@ class SentimentTask(classifier.ClassifierTask):
             f"Most confident mistakes ({split})", image=image.name, table=table,
             text=f"The {len(mistakes)} wrong predictions made with the highest probability."))
         return sections
+
+
+def _unrolled(config):
+    """A layer config with every `unroll` setting (nested ones too, as a
+    `Bidirectional`'s layers) turned on."""
+    if isinstance(config, dict):
+        return {key: True if key == "unroll" else _unrolled(value)
+                for key, value in config.items()}
+    if isinstance(config, list):
+        return [_unrolled(value) for value in config]
+    return config
+
+
+# The client snippets of the exports' README.md. `tests/test_export_formats.py`
+# runs them. `encode` gives the token ids dltool's graph computes
+# (`dltool.data.text.vectorize`): TensorFlow's FarmHash is pyfarmhash's
+# `fingerprint64`, checked equal to `tf.strings.to_hash_bucket_fast`.
+_TOKENS_CLIENT = '''"""Classifies texts with this export: python client.py "TEXT"...
+
+Run it in this folder: it reads dltool.json (the vocabulary) and labels.txt.
+"""
+import json
+import re
+import sys
+import unicodedata
+
+import numpy as np
+
+META = json.load(open("dltool.json", encoding="utf-8"))["meta"]
+LABELS = open("labels.txt", encoding="utf-8").read().splitlines()
+IDS = {token: index for index, token in enumerate(META["vocabulary"])}
+LENGTH = META["sequence_length"]
+BUCKETS, PER_WORD = META["subword_buckets"], META["subwords_per_word"]
+if BUCKETS:
+    import farmhash  # pip install pyfarmhash (TensorFlow's FarmHash Fingerprint64)
+
+
+def words(text):
+    """The text's words as the model saw them in training: lower-cased,
+    punctuation removed, split on ASCII whitespace."""
+    text = "".join(c for c in text.lower()
+                   if not unicodedata.category(c).startswith("P") and c not in "$+<=>^`|~")
+    return [word for word in re.split("[ \\t\\n\\v\\f\\r]+", text) if word][:LENGTH]
+
+
+def subwords(word):
+    """Ids of the word's character 3-, 4- and 5-grams (fastText's), 0-padded."""
+    marked = f"<{word}>"
+    grams = [marked[i:i + n] for n in (3, 4, 5) for i in range(len(marked) - n + 1)]
+    ids = [farmhash.fingerprint64(gram) % BUCKETS + 1 for gram in grams[:PER_WORD]]
+    return ids + [0] * (PER_WORD - len(ids))
+
+
+def encode(texts):
+    """The model's inputs for a list of texts: a dict of int32 arrays."""
+    split = [words(text) for text in texts]
+    features = {"token_ids": np.array(
+        [[IDS.get(w, 1) for w in ws] + [0] * (LENGTH - len(ws)) for ws in split], np.int32)}
+    if BUCKETS:
+        features["subword_ids"] = np.array(
+            [[subwords(w) for w in ws] + [[0] * PER_WORD] * (LENGTH - len(ws)) for ws in split],
+            np.int32).reshape(len(texts), LENGTH, PER_WORD)
+    return features
+
+{runtime}
+
+def classify(texts):
+    """Returns the top (label, probability) of each text."""
+    probabilities = run(encode(texts))
+    return [(LABELS[i], float(row[i])) for row, i in zip(probabilities, probabilities.argmax(-1))]
+
+
+if __name__ == "__main__":
+    for text, (label, probability) in zip(sys.argv[1:], classify(sys.argv[1:])):
+        print(label, round(probability, 3), text)
+'''
+
+_LITERT_RUNTIME = '''try:
+    from ai_edge_litert.interpreter import Interpreter  # pip install ai-edge-litert
+except ImportError:  # TensorFlow bundles the same interpreter
+    import tensorflow as tf
+    Interpreter = tf.lite.Interpreter
+
+runner = Interpreter(model_path="model.tflite").get_signature_runner()
+
+
+def run(features):
+    """Probabilities (n, classes) of `encode`'s features (resized to n inputs)."""
+    return next(iter(runner(**features).values()))
+'''
+
+_ONNX_RUNTIME = '''import onnxruntime  # pip install onnxruntime
+
+session = onnxruntime.InferenceSession("model.onnx", providers=["CPUExecutionProvider"])
+
+
+def run(features):
+    """Probabilities (n, classes) of `encode`'s features."""
+    return session.run(None, {i.name: features[i.name] for i in session.get_inputs()})[0]
+'''
+
+_SAVEDMODEL_CLIENT = '''"""Classifies texts with this export: python client.py "TEXT"...
+
+The SavedModel takes raw strings and tokenizes them itself. Served by
+TensorFlow Serving (or `dltool serve`) from the folder above this one:
+
+    docker run -p 8501:8501 -v "$(dirname $PWD):/models/NAME" -e MODEL_NAME=NAME tensorflow/serving
+
+or loaded here with TensorFlow (`classify_local`).
+"""
+import json
+import sys
+import urllib.request
+
+NAME = json.load(open("dltool.json", encoding="utf-8"))["name"]
+URL = f"http://localhost:8501/v1/models/{NAME}:predict"
+
+
+def classify(texts):
+    """Returns the top (label, probability) of each text, from TF Serving."""
+    body = json.dumps({"signature_name": "serving_default", "instances": texts}).encode()
+    request = urllib.request.Request(URL, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return [(p["label"], p["score"]) for p in json.load(response)["predictions"]]
+
+
+def classify_local(texts):
+    """The same with the SavedModel loaded in this process."""
+    import tensorflow as tf
+
+    serve = tf.saved_model.load(".").signatures["serving_default"]
+    out = serve(texts=tf.constant(texts))
+    return [(label.decode(), float(score))
+            for label, score in zip(out["label"].numpy(), out["score"].numpy())]
+
+
+if __name__ == "__main__":
+    for text, (label, probability) in zip(sys.argv[1:], classify(sys.argv[1:])):
+        print(label, round(probability, 3), text)
+'''

@@ -119,6 +119,18 @@ class TranslatorTask(Task):
                 "decoding": f"serving_default: {meta['decoding']['method']}; also "
                             "translate_greedy and translate_beam signatures"}
 
+    def client_snippet(self, export_format, meta):
+        """A script that translates sentences with the SavedModel, without dltool.
+
+        Returns:
+            Python defining `translate(texts)` (TensorFlow Serving's REST
+            API) and `translate_local(texts)` (the SavedModel loaded with
+            TensorFlow), each a list of translations, and a `__main__` that
+            prints them; None for the formats the translator is not
+            exported to.
+        """
+        return _SAVEDMODEL_CLIENT if export_format == "savedmodel" else None
+
     def format_refusal(self, export_format, meta):
         """Refuses LiteRT and ONNX: a translation is a decoding loop, not one
         forward pass.
@@ -393,3 +405,45 @@ def _read_translations(path):
         return []
     return [tuple(map(tables.plain_cell, line.split("\t")))
             for line in lines if line.count("\t") == 2]
+
+
+# The SavedModel export's README.md client; `tests/test_export_formats.py`
+# runs `translate_local`.
+_SAVEDMODEL_CLIENT = '''"""Translates sentences with this export: python client.py "SENTENCE"...
+
+The SavedModel takes raw strings and returns translations. Served by
+TensorFlow Serving (or `dltool serve`) from the folder above this one:
+
+    docker run -p 8501:8501 -v "$(dirname $PWD):/models/NAME" -e MODEL_NAME=NAME tensorflow/serving
+
+or loaded here with TensorFlow (`translate_local`). Signatures:
+serving_default (the run's decoding), translate_greedy, translate_beam.
+"""
+import json
+import sys
+import urllib.request
+
+NAME = json.load(open("dltool.json", encoding="utf-8"))["name"]
+URL = f"http://localhost:8501/v1/models/{NAME}:predict"
+
+
+def translate(texts, signature="serving_default"):
+    """Returns the translation of each text, from TF Serving."""
+    body = json.dumps({"signature_name": signature, "instances": texts}).encode()
+    request = urllib.request.Request(URL, body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request) as response:
+        return [p["translation"] for p in json.load(response)["predictions"]]
+
+
+def translate_local(texts, signature="serving_default"):
+    """The same with the SavedModel loaded in this process."""
+    import tensorflow as tf
+
+    out = tf.saved_model.load(".").signatures[signature](texts=tf.constant(texts))
+    return [t.decode() for t in out["translation"].numpy()]
+
+
+if __name__ == "__main__":
+    for text, translation in zip(sys.argv[1:], translate(sys.argv[1:])):
+        print(text, "->", translation)
+'''
