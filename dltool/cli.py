@@ -608,26 +608,37 @@ def _prediction_writer(task, source, top_k, output_file, quiet, as_json):
 @click.argument("model", metavar="[MODEL]", required=False)
 @project_option
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to listen on (another than loopback is reachable by others).")
+              help="Address to listen on (another than loopback is reachable by others, "
+                   "and requests must carry the token).")
 @click.option("--port", type=click.IntRange(0, 65535), default=8501, show_default=True,
               help="Port (TF Serving's REST port by default; 0 picks a free one).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=32, show_default=True,
               help="Most examples in one model call (and in one request).")
 @click.option("--batch-timeout-ms", type=click.FloatRange(min=0), default=2.0,
               show_default=True, help="How long a batch waits for more requests.")
+@click.option("--batch-threads", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Most model calls running at once (TF Serving's num_batch_threads).")
 @click.option("--max-body-bytes", type=click.IntRange(min=1), default=16 << 20,
               show_default=True, help="Largest request body (413 past it).")
+@click.option("--token-file", type=click.Path(dir_okay=False, path_type=Path),
+              help="File holding the token requests must carry (Authorization: Bearer "
+                   "TOKEN); else DLTOOL_SERVE_TOKEN, else off loopback a new one in "
+                   "saved_models/NAME/serve.token.")
 @click.option("--trusted", is_flag=True,
               help="No warning for a SavedModel this project did not export.")
 @pass_project
-def serve(project, model, host, port, max_batch, batch_timeout_ms, max_body_bytes, trusted):
+def serve(project, model, host, port, max_batch, batch_timeout_ms, batch_threads,
+          max_body_bytes, token_file, trusted):
     """Serve MODEL over TensorFlow Serving's REST API until SIGTERM or Ctrl-C.
 
     MODEL is a model name under saved_models/, a saved_models/NAME folder
     (all its versions; the highest is the default) or one version folder
     (default: the project's newest export). POST
     /v1/models/NAME[/versions/N]:predict with {"instances": [...]}, binary
-    inputs as {"b64": "..."}; GET /v1/models/NAME[/metadata].
+    inputs as {"b64": "..."}; GET /v1/models/NAME[/metadata]. Off loopback
+    (or with --token-file or DLTOOL_SERVE_TOKEN) every request must send
+    "Authorization: Bearer TOKEN"; the first line printed says where the
+    token is.
     """
     with user_errors():
         from dltool.serving.server import serve as run_server
@@ -635,9 +646,9 @@ def serve(project, model, host, port, max_batch, batch_timeout_ms, max_body_byte
         folder = _folder_if_any(project) if model is not None and not project.given \
             else project.folder  # a model path serves anywhere, as `predict --model`
         run_server(folder, model, host=host, port=port, max_batch=max_batch,
-                   batch_timeout_ms=batch_timeout_ms, max_body_bytes=max_body_bytes,
-                   trusted=trusted, echo=click.echo,
-                   warn=lambda line: click.echo(line, err=True))
+                   batch_timeout_ms=batch_timeout_ms, batch_threads=batch_threads,
+                   max_body_bytes=max_body_bytes, token_file=token_file, trusted=trusted,
+                   echo=click.echo, warn=lambda line: click.echo(line, err=True))
 
 
 @cli.command()

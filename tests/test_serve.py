@@ -3,9 +3,11 @@
 One server process per template (started together, shared by the module's
 tests): the image classifier with two versions, sentiment, and a translator
 served by folder path from outside its project (so it gets the untrusted
-warning). Every refused request is checked for its status code and TF
-Serving's `{"error": ...}` body, and the server is checked to keep serving
-and to log no traceback. The batcher is tested on its own, without HTTP.
+warning); and the image classifier again on 0.0.0.0, where every request
+needs the token (its client still connects over 127.0.0.1). Every refused
+request is checked for its status code and TF Serving's `{"error": ...}`
+body, and the server is checked to keep serving and to log no traceback.
+The batcher is tested on its own, without HTTP.
 """
 
 import asyncio
@@ -16,6 +18,7 @@ import json
 import re
 import shutil
 import signal
+import stat
 import struct
 import subprocess
 import sys
@@ -28,6 +31,8 @@ import numpy as np
 import pytest
 
 from conftest import REPO, invoke
+from dltool.core.errors import DltoolError
+from dltool.serving import server as server_lib
 from dltool.serving.batcher import Batcher
 
 SAMPLES = REPO / "dltool" / "data" / "samples"
@@ -83,6 +88,17 @@ def test_batcher_gives_the_error_only_to_the_request_the_model_refuses():
     assert isinstance(results[1], ValueError)
 
 
+def test_batcher_runs_two_calls_at_once_with_two_threads():
+    both_in = threading.Barrier(2, timeout=60)  # broken unless two calls meet inside
+
+    def meet(examples):
+        both_in.wait()
+        return {"same": np.asarray(examples)}
+
+    results = _run_requests(Batcher(meet, max_batch=1, timeout_s=0, threads=2), [[1], [2]])
+    assert [r["same"].tolist() for r in results] == [[1], [2]]
+
+
 def test_batcher_refuses_a_request_over_max_batch():
     results = _run_requests(Batcher(lambda e: {"x": np.asarray(e)}, max_batch=2, timeout_s=0),
                             [[1, 2, 3], []])
@@ -110,7 +126,7 @@ class Server:
         for line in self.process.stdout:
             if line.startswith("Serving"):
                 self.banner = line.strip()
-                self.port = int(re.search(r"http://127\.0\.0\.1:(\d+)/", line)[1])
+                self.port = int(re.search(r"http://[^/]+:(\d+)/", line)[1])
                 return self
             assert time.monotonic() < deadline
         pytest.fail(f"dltool serve exited {self.process.wait()}: {self.stderr()}")
@@ -120,7 +136,7 @@ class Server:
         return Path(self.log_path).read_text()
 
     def request(self, method, path, body=None, headers=None):
-        """One HTTP request; returns `(status, parsed JSON body)`."""
+        """One HTTP request to 127.0.0.1; returns `(status, parsed JSON body)`."""
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=120)
         try:
             if isinstance(body, (dict, list)):
@@ -131,9 +147,9 @@ class Server:
         finally:
             connection.close()
 
-    def predict(self, name, body, version=None):
+    def predict(self, name, body, version=None, headers=None):
         where = f"/versions/{version}" if version else ""
-        return self.request("POST", f"/v1/models/{name}{where}:predict", body)
+        return self.request("POST", f"/v1/models/{name}{where}:predict", body, headers)
 
     def stop(self):
         if self.process.poll() is None:
@@ -177,6 +193,8 @@ def servers(trained_project, tmp_path_factory):
         started["image"] = Server(["--project", image, "--max-batch", MAX_BATCH,
                                    "--batch-timeout-ms", 20, "--max-body-bytes", MAX_BODY],
                                   root, root / "image.log")
+        started["guarded"] = Server(["--project", image, "--host", "0.0.0.0"], root,
+                                    root / "guarded.log")
         text = started["paths"]["text"] = _train(
             root / "reviews", "sentiment",
             _small_tsv(SAMPLES / "sst2" / "train.tsv", root / "reviews.tsv", 301),
@@ -190,11 +208,11 @@ def servers(trained_project, tmp_path_factory):
             TRANSLATOR_MODEL)
         started["translator"] = Server([translator / "saved_models" / "fr"], root,
                                        root / "translator.log")
-        for key in ("image", "text", "translator"):
+        for key in ("image", "guarded", "text", "translator"):
             started[key].wait_ready()
         yield started
     finally:
-        for key in ("image", "text", "translator"):
+        for key in ("image", "guarded", "text", "translator"):
             if key in started:
                 started[key].stop()
 
@@ -347,6 +365,48 @@ def test_concurrent_requests_are_answered_correctly_and_batched(servers):
     assert new["examples"] - old["examples"] == len(requests)
     assert new["batches"] - old["batches"] < len(requests)  # grouped into fewer calls
     assert 1 < new["largest"] <= MAX_BATCH
+
+
+# The token ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_off_loopback_every_request_needs_the_token(servers):
+    server, project = servers["guarded"], servers["paths"]["image"]
+    path = project / "saved_models" / "proj" / server_lib.TOKEN_FILE
+    assert server.banner.endswith(f'send "Authorization: Bearer TOKEN", the token in {path}')
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    token = path.read_text().strip()
+    body = {"instances": [_b64(_jpegs(project)[0])]}
+    for headers, error in (({}, 'send the header "Authorization: Bearer TOKEN"'),
+                           ({"Authorization": f"Bearer {token}x"}, "wrong token"),
+                           ({"Authorization": token}, "wrong token")):
+        status, answer = server.predict("proj", body, headers=headers)
+        assert (status, list(answer)) == (401, ["error"]) and error in answer["error"]
+        status, answer = server.request("GET", "/v2/everything", headers=headers)
+        assert status == 401  # before routing: nothing is told without the token
+    status, answer = server.predict("proj", body, headers={"Authorization": f"Bearer {token}"})
+    assert status == 200 and len(answer["predictions"]) == 1
+    assert "Traceback" not in server.stderr()
+
+
+def test_the_token_is_given_else_made_off_loopback_only(tmp_path):
+    given = tmp_path / "given.token"
+    given.write_text("from-the-file\n")
+    environ = {server_lib.TOKEN_ENV: "from-the-environment"}
+    assert server_lib.find_token("127.0.0.1", tmp_path, None, {}) == (None, None)
+    assert server_lib.find_token("127.0.0.1", tmp_path, given, environ) == \
+        ("from-the-file", given)  # on loopback too, when given
+    assert server_lib.find_token("::1", tmp_path, None, environ) == \
+        ("from-the-environment", server_lib.TOKEN_ENV)
+    token, where = server_lib.find_token("0.0.0.0", tmp_path, None, {})
+    assert where == tmp_path / server_lib.TOKEN_FILE and where.read_text() == token + "\n"
+    assert stat.S_IMODE(where.stat().st_mode) == 0o600
+    given.write_text("two words\n")
+    with pytest.raises(DltoolError, match="given.token holds no token"):
+        server_lib.find_token("0.0.0.0", tmp_path, given, {})
+    with pytest.raises(DltoolError, match="cannot read the server's token from .*nope"):
+        server_lib.find_token("127.0.0.1", tmp_path, tmp_path / "nope", {})
 
 
 # The text templates ---------------------------------------------------------

@@ -12,13 +12,18 @@ Routes (TF Serving's), VERSION optional (the highest one by default):
   dltool's own entry (`metadata.dltool`: template and batching counters).
 
 Every refused request gets `{"error": "..."}` with its status code (400 bad
-request, 404 unknown model, version or route, 405 wrong method, 413 body
-over the limit) and is logged as one line at most; the server keeps serving.
+request, 401 no token or a wrong one, 404 unknown model, version or route,
+405 wrong method, 413 body over the limit) and is logged as one line at
+most; the server keeps serving.
+
+With a token (`create_app(served, token=...)`), every request, whatever its
+route, must carry `Authorization: Bearer TOKEN`.
 """
 
 import base64
 import binascii
 import contextlib
+import hmac
 import json
 import logging
 import re
@@ -57,16 +62,18 @@ class ServedModel:
         max_batch: The most examples in one model call, and in one request.
         batch_timeout_s: How long a batch waits for more requests.
         max_body_bytes: The largest request body accepted.
+        batch_threads: The most model calls running at once, per version.
     """
 
-    def __init__(self, name, versions, *, max_batch, batch_timeout_s, max_body_bytes):
+    def __init__(self, name, versions, *, max_batch, batch_timeout_s, max_body_bytes,
+                 batch_threads=1):
         self.name = name
         self.versions = dict(sorted(versions.items()))
         self.max_batch = max_batch
         self.max_body_bytes = max_body_bytes
         for version in self.versions.values():
-            version.batcher = Batcher(version.serve, max_batch=max_batch,
-                                      timeout_s=batch_timeout_s)
+            version.batcher = Batcher(_as_lists(version.serve), max_batch=max_batch,
+                                      timeout_s=batch_timeout_s, threads=batch_threads)
 
     @property
     def default_version(self):
@@ -89,8 +96,14 @@ class ServedModel:
         return self.versions[int(version)]
 
 
-def create_app(served):
-    """Returns the Starlette application serving `served` (a `ServedModel`)."""
+def create_app(served, token=None):
+    """Returns the ASGI application serving `served` (a `ServedModel`).
+
+    Args:
+        served: The `ServedModel`.
+        token: The token every request must carry as `Authorization: Bearer
+            TOKEN`, or None for none.
+    """
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
@@ -113,8 +126,31 @@ def create_app(served):
     async def http_error(request, exc):
         return _json(exc.status_code, {"error": exc.detail})
 
-    return Starlette(routes=[Route("/v1/models/{rest:path}", endpoint, methods=["GET", "POST"])],
-                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = Starlette(routes=[Route("/v1/models/{rest:path}", endpoint, methods=["GET", "POST"])],
+                    exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    return app if token is None else _require_token(app, token)
+
+
+def _require_token(app, token):
+    """`app` answering 401 to an HTTP request without `Authorization: Bearer
+    token` (compared in constant time), before any routing or body read."""
+    expected = f"Bearer {token}".encode("ascii")
+
+    async def checked(scope, receive, send):
+        if scope["type"] == "http":
+            given = next((value for name, value in scope["headers"]
+                          if name == b"authorization"), None)
+            if given is None or not hmac.compare_digest(given, expected):
+                message = "Unauthorized: wrong token" if given is not None else \
+                    "Unauthorized: send the header \"Authorization: Bearer TOKEN\" with " \
+                    "the server's token"
+                refusal = _json(401, {"error": message})
+                refusal.headers["www-authenticate"] = "Bearer"
+                await refusal(scope, receive, send)
+                return
+        await app(scope, receive, send)
+
+    return checked
 
 
 async def _handle(served, request):
@@ -230,11 +266,30 @@ def _raw_input(item, where):
                             f" ({json.dumps(item)[:60]})")
 
 
-def _response(outputs, row_format, count):
+def _as_lists(serve):
+    """`serve` with its outputs as JSON values (lists), made once per batch.
+
+    The batcher then hands each request slices of these lists: converting a
+    whole batch costs about what one request's rows did (`np.vectorize` and
+    `tolist` are mostly per-call overhead), so this is a per-batch cost
+    instead of a per-request one on the event loop (31 us a request before,
+    timed in a loop, for the image classifier's four outputs).
+    """
+    def serve_lists(batch):
+        return {name: _jsonable(np.asarray(rows)) for name, rows in serve(batch).items()}
+    return serve_lists
+
+
+def _response(values, row_format, count):
     """TF Serving's response: `predictions` (one entry per instance: the
     outputs by name, or the value when the signature has one output) or
-    `outputs` (the columns)."""
-    values = {name: _jsonable(np.asarray(rows)) for name, rows in outputs.items()}
+    `outputs` (the columns).
+
+    Args:
+        values: Output name to the request's rows, as JSON values.
+        row_format: `predictions` (True) or `outputs`.
+        count: The request's instances.
+    """
     if not row_format:
         return {"outputs": next(iter(values.values())) if len(values) == 1 else values}
     if len(values) == 1:

@@ -7,6 +7,12 @@ unused under load. `Batcher` queues the requests of the event loop, takes
 as many as fit in `max_batch` examples, waiting at most `timeout_s` after
 the first one, and calls the model once in a worker thread, off the event
 loop, so new requests keep being read while it runs.
+
+Up to `threads` calls run at once (TF Serving's `num_batch_threads`): the
+next batch is formed and started as soon as a thread is free, so with two
+the model is not left idle while the event loop answers one batch's
+requests and reads the next one's (the server's default is one: see
+`dltool.serving.server.DEFAULT_BATCH_THREADS`).
 """
 
 import asyncio
@@ -57,33 +63,43 @@ class Batcher:
     gets the error.
 
     Args:
-        fn: The model call (blocking; it runs in a worker thread).
+        fn: The model call (blocking; it runs in a worker thread, and with
+            `threads` over 1 must take concurrent calls, as a TensorFlow
+            function does).
         max_batch: The most examples in one call.
         timeout_s: How long the first request of a batch waits for more.
+        threads: The most calls running at once.
+
+    Raises:
+        ValueError: `max_batch` or `threads` under 1.
     """
 
-    def __init__(self, fn, *, max_batch, timeout_s):
+    def __init__(self, fn, *, max_batch, timeout_s, threads=1):
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, got {threads}")
         self.fn = fn
         self.max_batch = max_batch
         self.timeout_s = max(0.0, timeout_s)
+        self.threads = threads
         self.stats = BatchStats()
         self._queue = None
         self._worker = None
-        # One thread: TensorFlow already spreads one call over the cores, and
-        # two calls at once would only compete for them.
+        self._free = None  # a semaphore: the threads not running a call
+        self._calls = set()  # the calls running, as tasks
         self._executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="dltool-model")
+            max_workers=threads, thread_name_prefix="dltool-model")
 
     def start(self):
         """Starts the batching task on the running event loop."""
         self._queue = asyncio.Queue()
+        self._free = asyncio.Semaphore(self.threads)
         self._worker = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self):
-        """Stops the batching task (after the requests in flight are answered)
-        and the worker thread."""
+        """Stops the batching task, lets the calls running finish (their
+        requests are answered) and stops the worker threads."""
         if self._worker is not None:
             self._worker.cancel()
             try:
@@ -91,6 +107,8 @@ class Batcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        if self._calls:
+            await asyncio.gather(*self._calls, return_exceptions=True)
         self._executor.shutdown(wait=True)
 
     async def submit(self, examples):
@@ -114,10 +132,18 @@ class Batcher:
         return await future
 
     async def _run(self):
-        """Forms batches and runs them, one at a time, until cancelled."""
+        """Forms batches and starts them, `threads` at most at once, until
+        cancelled."""
         carried = None  # a request that did not fit in the previous batch
         while True:
-            first = carried or await self._queue.get()
+            # A free thread first, then the batch: while every thread is busy
+            # the requests queue up, and the next batch takes all that fit.
+            await self._free.acquire()
+            try:
+                first = carried or await self._queue.get()
+            except asyncio.CancelledError:
+                self._free.release()
+                raise
             batch, size, carried = [first], len(first.examples), None
             deadline = time.monotonic() + self.timeout_s
             while size < self.max_batch:
@@ -129,7 +155,18 @@ class Batcher:
                     break
                 batch.append(pending)
                 size += len(pending.examples)
-            await self._call(batch)
+            self._start(batch)
+
+    def _start(self, batch):
+        """Runs `batch` in a task that frees its thread when done."""
+        task = asyncio.get_running_loop().create_task(self._call(batch))
+        self._calls.add(task)
+
+        def done(task):
+            self._calls.discard(task)
+            self._free.release()
+
+        task.add_done_callback(done)
 
     async def _next_before(self, deadline):
         """The next queued request, or None once `deadline` has passed."""

@@ -16,8 +16,6 @@ chief address) runs before the search folder is touched.
 
 import fcntl
 import json
-import os
-import secrets
 import socket
 import time
 import types
@@ -26,7 +24,7 @@ from pathlib import Path
 
 from dltool._tf import keras
 from dltool.core import config as config_lib
-from dltool.core import files, metrics
+from dltool.core import files, metrics, tokens
 from dltool.core import project as project_lib
 from dltool.core.errors import ConfigError, DltoolError
 from dltool.core.scaffold import validate_project_name
@@ -89,19 +87,13 @@ def write_token(folder):
 
     A new token for each start of the chief: a worker reads it from the same
     file, or is given it (`--token-file`, `DLTOOL_TUNE_TOKEN`). The file is
-    written atomically and readable by its owner only (mode 0600).
+    written atomically and readable by its owner only (mode 0600; see
+    `dltool.core.tokens.write_token`).
 
     Returns:
         The token.
     """
-    token = secrets.token_urlsafe(32)
-    with files.replacing(Path(folder) / TOKEN_FILE) as tmp:
-        tmp.unlink(missing_ok=True)
-        # Created 0600, never readable by others, not even before a chmod.
-        descriptor = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(descriptor, "w", encoding="ascii") as handle:
-            handle.write(token + "\n")
-    return token
+    return tokens.write_token(Path(folder) / TOKEN_FILE)
 
 
 def read_token(folder, token_file=None, environ=None):
@@ -119,25 +111,16 @@ def read_token(folder, token_file=None, environ=None):
         DltoolError: if the file given cannot be read or holds no token, or
             no token is found.
     """
-    environ = os.environ if environ is None else environ
-    if token_file is None and environ.get(TOKEN_ENV, "").strip():
-        token, source = environ[TOKEN_ENV].strip(), TOKEN_ENV
-    else:
-        path = Path(token_file) if token_file is not None else Path(folder) / TOKEN_FILE
-        if token_file is None and not path.is_file():
-            raise DltoolError(f"no token for the search chief: give the chief's token with "
-                              f"--token-file or {TOKEN_ENV} (the chief writes it to {path})")
-        try:
-            token = path.read_text(encoding="utf-8").strip()
-        except (OSError, UnicodeDecodeError) as e:
-            raise DltoolError(f"cannot read the chief's token from {path}: "
-                              f"{getattr(e, 'strerror', None) or type(e).__name__}") from None
-        source = str(path)
-    # What `secrets.token_urlsafe` makes (gRPC metadata takes printable ASCII only).
-    if not token or not all(c.isascii() and (c.isalnum() or c in "-_") for c in token):
-        raise DltoolError(f"{source} holds no token (one line of letters, digits, - and _, "
-                          f"as the chief writes to {TOKEN_FILE})")
-    return token
+    made_by = f"as the chief writes to {TOKEN_FILE}"
+    token = tokens.read_token(token_file, TOKEN_ENV, environ=environ, whose="the chief's",
+                              made_by=made_by)
+    if token is not None:
+        return token
+    path = Path(folder) / TOKEN_FILE
+    if not path.is_file():
+        raise DltoolError(f"no token for the search chief: give the chief's token with "
+                          f"--token-file or {TOKEN_ENV} (the chief writes it to {path})")
+    return tokens.read_token(path, whose="the chief's", made_by=made_by)
 
 
 def refused_token(address):
