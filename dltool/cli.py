@@ -412,8 +412,8 @@ def evaluate(project, run_name, overrides, split, skip_bad, quiet, as_json):
 # Checked by dltool.engine.formats, which holds the one list of formats and
 # quantizations (a click.Choice here would load TensorFlow for --help).
 @click.option("--format", "export_format", default="savedmodel", show_default=True,
-              help="savedmodel (raw input in, labels out), litert or onnx (pixels in, "
-                   "under exports/NAME/FORMAT/VERSION; image classifier only).")
+              help="savedmodel (raw input in, labels out), litert or onnx (pixels or "
+                   "token ids in, under exports/NAME/FORMAT/VERSION; classifiers only).")
 @click.option("--quantize", default="none", show_default=True,
               help="none; for litert also float16, dynamic or int8 (calibrated on "
                    "training examples); for onnx also dynamic.")
