@@ -206,15 +206,19 @@ def test_evaluate_prints_what_the_task_formats(runner, project, monkeypatch):
     run.mkdir(parents=True)
     (run / "run.json").write_text(json.dumps({"name": run.name, "template": "image-classifier"}))
     result = {"run": run.name, "split": "test", "examples": 3, "loss": 0.5, "accuracy": 2 / 3,
-              "per_class": [{"name": "cat", "precision": 1.0, "recall": 0.5, "support": 2},
-                            {"name": "ship", "precision": 0.5, "recall": 1.0, "support": 1}]}
+              "balanced_accuracy": 0.75, "macro_f1": 2 / 3,
+              "per_class": [{"name": "cat", "precision": 1.0, "recall": 0.5, "f1": 2 / 3,
+                             "support": 2},
+                            {"name": "ship", "precision": 0.5, "recall": 1.0, "f1": 2 / 3,
+                             "support": 1}]}
     monkeypatch.setattr(evaluate_lib, "evaluate", lambda *args, **kwargs: dict(result))
     out = invoke(runner, "evaluate", "--project", project).stdout
     assert out == ("Run 20260101-000000, test split, 3 examples\n"
-                   "loss      0.5000\naccuracy  0.6667\n"
-                   "class  precision  recall  support\n"
-                   "cat       1.000   0.500        2\n"
-                   "ship      0.500   1.000        1\n")
+                   "loss               0.5000\naccuracy           0.6667\n"
+                   "balanced accuracy  0.7500\nmacro F1           0.6667\n"
+                   "class  precision  recall      F1  support\n"
+                   "cat       1.000   0.500   0.667        2\n"
+                   "ship      0.500   1.000   0.667        1\n")
     assert invoke(runner, "evaluate", "--project", project, "-q").stdout == "0.6667\n"
 
 

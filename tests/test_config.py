@@ -92,7 +92,7 @@ def test_cli_reports_config_error_in_one_line(runner, project):
     assert result.exit_code == 1
     assert result.output.strip() == (
         "Error: unknown config key 'training.batchsize'; did you mean training.batch_size? "
-        "(allowed: batch_size, deterministic, early_stopping_patience, epochs, "
+        "(allowed: batch_size, class_weight, deterministic, early_stopping_patience, epochs, "
         "include_validation, lr_schedule, monitor, seed, time_budget, verbose, warmup_epochs)")
 
 

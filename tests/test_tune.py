@@ -332,12 +332,18 @@ def test_sentiment_search(runner, tmp_path):
     result = invoke(runner, "tune", "--project", project, "--max-trials", 2, "--epochs", 1,
                     "--set", "training.verbose=0", "--set", "model.embedding_dim=16",
                     "--set", "search.units=[8]", "--set", "search.cell=[\"gru\", \"lstm\"]",
-                    "--set", "search.bidirectional=[false]")
+                    "--set", "search.bidirectional=[false]",
+                    "--set", "training.class_weight={negative = 2.0}")
     assert result.exit_code == 0, result.output
     rows = _rows(project / "tuning" / "random")
     assert sorted(r["cell"] for r in rows) == ["gru", "lstm"] or len(
         {r["cell"] for r in rows}) == 1
     assert all(r["status"] == "completed" and r["bidirectional"] == "False" for r in rows)
+    # every trial's fit weighed the classes as training.class_weight says
+    executions = sorted((project / "tuning" / "random").glob("trial_*/execution0/run.json"))
+    assert len(executions) == 2
+    assert all(json.loads(e.read_text())["class_weights"] == {"negative": 2.0, "positive": 1.0}
+               for e in executions)
 
 
 @pytest.mark.slow

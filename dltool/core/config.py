@@ -47,6 +47,9 @@ class Field:
         length: For list values, the required number of items.
         duration: The value is a duration (see `parse_duration`): a number of
             minutes or a string such as "90s", "30m", "2h"; 0 or "" for none.
+        weights: Besides its choices, the key takes a table of names to
+            weights: numbers above 0, at most `MAX_WEIGHT` (e.g.
+            `training.class_weight = {cat = 2.0}`).
     """
 
     default: object
@@ -55,10 +58,14 @@ class Field:
     maximum: float = None
     length: int = None
     duration: bool = False
+    weights: bool = False
 
     def describe(self):
         if self.duration:
             return _DURATION_FORMS
+        if self.weights:
+            return ("one of " + ", ".join(str(c) for c in self.choices) +
+                    f", or a table of class names to weights above 0 (at most {MAX_WEIGHT:g})")
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
         kind = _KIND_NAMES[type(self.default)]
@@ -91,6 +98,8 @@ MAX_EPOCHS = 1_000_000
 MAX_BATCH_SIZE = 1 << 20
 MAX_COUNT = 100_000
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit, and Keras seeds NumPy too
+MAX_WEIGHT = 1e6  # a class weight: far above any ratio of class sizes
+CLASS_WEIGHTS = ("none", "balanced")
 
 COMMON_SECTIONS = {
     "project": {
@@ -109,6 +118,7 @@ COMMON_SECTIONS = {
         "deterministic": Field(False),
         "verbose": Field(2, choices=(0, 1, 2)),
         "include_validation": Field(False),
+        "class_weight": Field("none", choices=CLASS_WEIGHTS, weights=True),
     },
     "tune": {
         "tuner": Field("random", choices=TUNERS),
@@ -408,6 +418,8 @@ def did_you_mean(name, allowed, prefix=""):
 
 
 def _check(name, field, value):
+    if field.weights and isinstance(value, dict):
+        return _check_weights(name, field, value)
     expected = type(field.default)
     if field.duration:
         parse_duration(value, name)
@@ -427,6 +439,17 @@ def _check(name, field, value):
     if not ok:
         raise ConfigError(f"{name} must be {field.describe()}; got {value!r}")
     return value
+
+
+def _check_weights(name, field, weights):
+    """A table of names to weights: each a number above 0, at most `MAX_WEIGHT`."""
+    for key, weight in weights.items():
+        if not _is_number(weight) or not _is_finite(weight) or not 0 < weight <= MAX_WEIGHT:
+            raise ConfigError(f"{name}.{key} must be a number above 0 and at most "
+                              f"{MAX_WEIGHT:g}; got {weight!r}")
+    if not weights:
+        raise ConfigError(f"{name} must be {field.describe()}; got an empty table")
+    return {key: float(weight) for key, weight in weights.items()}
 
 
 def _in_range(field, number):

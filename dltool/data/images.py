@@ -54,6 +54,8 @@ class ImageData:
         meta: What an exported model needs to know of the data (set by the
             task).
         run_files: Dict of file name to text the run folder keeps (none).
+        class_counts: Training examples per class, or None when the source
+            does not give them (TFDS).
     """
 
     class_names: list
@@ -63,6 +65,7 @@ class ImageData:
     report: list
     meta: dict = dataclasses.field(default_factory=dict)
     run_files: dict = dataclasses.field(default_factory=dict)
+    class_counts: list = None
 
 
 def decode_image(data, image_size):
@@ -389,11 +392,13 @@ def _open_folder(folder, image_size, validation_split, seed, skip_bad, max_pixel
         files["train"], files["val"] = splits_lib.stratified_split(files["train"],
                                                                   validation_split, seed)
         report.append(f"validation: {validation_split:.0%} of train per class (seed {seed})")
-    report[:0] = splits_lib.count_table(class_names, {s: _count(f, len(class_names))
-                                                      for s, f in files.items()})
+    counts = {s: _count(f, len(class_names)) for s, f in files.items()}
+    report[:0] = [*splits_lib.count_table(class_names, counts),
+                  splits_lib.balance_line(class_names, counts["train"])]
     splits = {s: _paths_dataset(f, image_size) for s, f in files.items()}
     sizes = {s: len(f) for s, f in files.items()}
-    return ImageData(class_names, image_size, splits, sizes, report)
+    return ImageData(class_names, image_size, splits, sizes, report,
+                     class_counts=counts["train"])
 
 
 def _list_split(split_dir, class_names):

@@ -3,12 +3,17 @@
 - `stratified_split`: hold out a fraction of each class (classifiers);
 - `grouped_split`: split into train / validation / test so that examples
   sharing a key (the same source sentence) land in the same split;
-- `count_labels` and `count_table`: the per-class counts a data report shows.
+- `count_labels` and `count_table`: the per-class counts a data report shows;
+  `balance_line`, how uneven they are; `class_weights`, the loss weights
+  `training.class_weight` asks for.
 
 This module never imports TensorFlow.
 """
 
 import random
+
+from dltool.core.config import did_you_mean
+from dltool.core.errors import ConfigError
 
 
 def count_labels(labels, num_classes):
@@ -105,3 +110,69 @@ def count_table(class_names, counts):
         lines.append(f"{name:<{width}}  " + "  ".join(f"{counts[s][i]:>6}" for s in splits))
     lines.append(f"{'total':<{width}}  " + "  ".join(f"{sum(counts[s]):>6}" for s in splits))
     return lines
+
+
+# The ratio of the largest training class to the smallest from which the data
+# report suggests `training.class_weight = "balanced"`.
+IMBALANCE_HINT = 3.0
+
+
+def balance_line(class_names, counts):
+    """One line on how uneven the training classes are.
+
+    Args:
+        class_names: Class names, index = label.
+        counts: Training examples per class.
+
+    Returns:
+        `class balance: largest/smallest training class 10.0x (cat 450,
+        dog 45); ...`, suggesting `training.class_weight = "balanced"` from
+        `IMBALANCE_HINT` on.
+    """
+    largest = max(range(len(counts)), key=lambda i: counts[i])
+    smallest = min(range(len(counts)), key=lambda i: counts[i])
+    ratio = counts[largest] / max(1, counts[smallest])
+    line = (f"class balance: largest/smallest training class {ratio:.1f}x "
+            f"({class_names[largest]} {counts[largest]}, "
+            f"{class_names[smallest]} {counts[smallest]})")
+    if ratio >= IMBALANCE_HINT:
+        line += ('; training.class_weight = "balanced" weighs every class the same '
+                 "in the loss")
+    return line
+
+
+def class_weights(setting, class_names, counts):
+    """The loss weight of each class for a `training.class_weight` setting.
+
+    Args:
+        setting: `"none"`, `"balanced"` or a dict of class names to weights
+            (unlisted classes weigh 1).
+        class_names: Class names, index = label.
+        counts: Training examples per class, or None when the source does
+            not give them (`"balanced"` needs them).
+
+    Returns:
+        A list of floats, index = label: all 1 for `"none"`; for
+        `"balanced"` `total / (classes * count)`, scikit-learn's rule, so
+        that each class weighs the same in total and the mean weight of an
+        example stays 1.
+
+    Raises:
+        ConfigError: a class name that is not one of `class_names` (with the
+            close matches), or `"balanced"` without counts.
+    """
+    if setting == "none":
+        return [1.0] * len(class_names)
+    if setting == "balanced":
+        if counts is None:
+            raise ConfigError('training.class_weight = "balanced" needs the class counts of '
+                              "the training split, which this data source does not give; "
+                              "give a table of weights instead")
+        total = sum(counts)
+        return [total / (len(counts) * count) if count else 1.0 for count in counts]
+    for name in setting:
+        if name not in class_names:
+            raise ConfigError(
+                f"training.class_weight.{name}: no class {name!r}"
+                f"{did_you_mean(name, class_names)} (classes: {', '.join(class_names)})")
+    return [float(setting.get(name, 1.0)) for name in class_names]

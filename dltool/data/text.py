@@ -55,6 +55,7 @@ class TextData:
             task).
         texts: Dict of split name to its raw texts, in the split's order.
         run_files: Dict of file name to text the run folder keeps (none).
+        class_counts: Training examples per class.
     """
 
     class_names: list
@@ -65,6 +66,7 @@ class TextData:
     meta: dict = dataclasses.field(default_factory=dict)
     texts: dict = dataclasses.field(default_factory=dict)
     run_files: dict = dataclasses.field(default_factory=dict)
+    class_counts: list = None
 
 
 @dataclasses.dataclass
@@ -182,9 +184,9 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
                       f"(seed {seed})")
     index = {value: i for i, value in enumerate(label_values)}
     encoded = {s: (split.texts, [index[y] for y in split.labels]) for s, split in splits.items()}
-    report[:0] = splits_lib.count_table(  # same table as images: one row per class
-        class_names, {s: splits_lib.count_labels(y, len(class_names))
-                      for s, (_, y) in encoded.items()})
+    counts = {s: splits_lib.count_labels(y, len(class_names)) for s, (_, y) in encoded.items()}
+    report[:0] = [*splits_lib.count_table(class_names, counts),  # as images: a row per class
+                  splits_lib.balance_line(class_names, counts["train"])]
 
     vectorizer = make_vectorizer(data["sequence_length"], data["vocabulary_size"], vocabulary)
     if vocabulary is None:
@@ -201,7 +203,7 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
                                   data["subwords_per_word"])
                 for s, (t, y) in encoded.items()},
         sizes={s: len(t) for s, (t, _) in encoded.items()},
-        texts={s: t for s, (t, _) in encoded.items()})
+        texts={s: t for s, (t, _) in encoded.items()}, class_counts=counts["train"])
 
 
 def _comma_list(text):

@@ -327,6 +327,7 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         for line in [description, *data.report]:
             echo(line)
         train_ds, val_ds = experiment.datasets(data)
+        fit_options = experiment.task.fit_options(config, data)  # e.g. class weights
         with strategy.scope():
             model, _ = experiment.build_model(data.meta)
             # Before a run folder exists, so a misspelt monitor leaves none.
@@ -338,14 +339,26 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         with worker_failures(cluster), open_run(project_dir, config, strategy, fresh=fresh,
                                                 cluster=cluster, echo=echo) as (run, backup_dir):
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
-                      backup_dir=backup_dir, cluster=cluster, echo=echo)
+                      backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
     if cluster is None or cluster.is_chief:
         reporting.write_run_report(project_dir, run, echo=echo)
     return run
 
 
-def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, cluster, echo):
+def record_fit_options(run, fit_options, meta):
+    """Records in `run.json` what the task's `fit_options` change: the class
+    weights (`class_weights`, by class name), when there are any."""
+    if "class_weight" in fit_options:
+        run.update(class_weights={meta["class_names"][label]: round(weight, 6)
+                                  for label, weight in fit_options["class_weight"].items()})
+
+
+def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, cluster, echo,
+        **fit_options):
     """Fits `model`, resuming from `backup_dir`, and records the run.
+
+    `fit_options` (the task's `fit_options`, e.g. `class_weight`) go to
+    `model.fit`.
 
     Returns:
         The `Run`.
@@ -356,6 +369,7 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
                parameters=int(model.count_params()),
                precision=keras.mixed_precision.global_policy().name,
                replicas=strategy.num_replicas_in_sync)
+    record_fit_options(run, fit_options, data.meta)
     monitor, mode = monitored_metric(config, val_ds is not None)
     backup = dl_callbacks.TrainingBackup(
         backup_dir, write_dir=run.backup_dir,
@@ -371,7 +385,7 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
                                                   dl_callbacks.NonFiniteModelError)):
         model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
                   callbacks=make_callbacks(config, run, monitor, mode, backup),
-                  verbose=config["training"]["verbose"])
+                  verbose=config["training"]["verbose"], **fit_options)
     run.update(status="finished", pid=None, monitor=monitor)
     echo(f"Best {monitor}: {run.get('best_value', float('nan')):.4f} at epoch "
          f"{run.get('best_epoch')} ({run['epochs_done']} epochs, "

@@ -6,11 +6,13 @@ task. A template names its task class in its `template.toml`
 (`task = "dltool.tasks.image_classifier:ImageClassifierTask"`) and
 `dltool.tasks.task_for` returns its one instance.
 
-This module imports nothing of dltool's: a task may import the data, report
-and core layers, never the engine.
+A task may import the data, report and core layers, never the engine; this
+module imports only core's errors.
 """
 
 import dataclasses
+
+from dltool.core.errors import ConfigError
 
 
 @dataclasses.dataclass
@@ -104,6 +106,28 @@ class Task:
             meta: The data's (or run's) `meta` dict.
         """
         raise NotImplementedError
+
+    def fit_options(self, config, data):
+        """Extra arguments of `model.fit` (training and every tuning trial).
+
+        The default refuses `training.class_weight` (a classifier's): a
+        template without classes takes only `"none"`.
+
+        Args:
+            config: The run's config.
+            data: The opened data (`open_data`).
+
+        Returns:
+            A dict of keyword arguments, `{}` by default.
+
+        Raises:
+            ConfigError: a setting the task cannot apply, before anything is
+                written.
+        """
+        if config["training"]["class_weight"] != "none":
+            raise ConfigError(f"training.class_weight applies to classifiers; the {self.name} "
+                              'template takes only "none"')
+        return {}
 
     def batching(self, config):
         """Returns extra `dltool.data.pipeline.batched` arguments (grouping by

@@ -16,7 +16,7 @@ import numpy as np
 from dltool._tf import keras, tf
 from dltool.core import tables
 from dltool.core.errors import DataError
-from dltool.data import pipeline
+from dltool.data import pipeline, splits
 from dltool.report import plots
 from dltool.report.reports import Section
 from dltool.tasks.base import Task
@@ -39,6 +39,26 @@ class ClassifierTask(Task):
     """
 
     keeps_examples = False
+
+    def fit_options(self, config, data):
+        """`class_weight` for `model.fit` from `training.class_weight`.
+
+        Keras weighs each example's loss by its class's weight (under every
+        strategy: the weights are applied in the input pipeline).
+
+        Returns:
+            `{}` for `"none"`; else `{"class_weight": {label: weight}}`
+            (`splits.class_weights`).
+
+        Raises:
+            ConfigError: an unknown class name, or `"balanced"` for a data
+                source without class counts.
+        """
+        setting = config["training"]["class_weight"]
+        if setting == "none":
+            return {}
+        weights = splits.class_weights(setting, data.class_names, data.class_counts)
+        return {"class_weight": dict(enumerate(weights))}
 
     def classifier_outputs(self, probabilities, class_names):
         """The serving outputs of a classifier.
@@ -101,7 +121,7 @@ class ClassifierTask(Task):
                 "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}
 
     def evaluation_report(self, y_true, probabilities, meta):
-        """Per-class precision and recall, and the confusion matrix.
+        """Accuracy, balanced accuracy, macro F1, per-class figures, confusion matrix.
 
         Args:
             y_true: Integer labels, shape `(n,)`.
@@ -109,9 +129,10 @@ class ClassifierTask(Task):
             meta: Run metadata with `class_names`.
 
         Returns:
-            A dict with `accuracy`, `per_class` (list of dicts: name,
-            precision, recall, support) and `confusion` (list of lists, rows =
-            true class).
+            A dict with `accuracy`, `balanced_accuracy` (the mean recall of
+            the classes present), `macro_f1` (the mean F1 of the classes
+            present), `per_class` (list of dicts: name, precision, recall,
+            f1, support) and `confusion` (list of lists, rows = true class).
         """
         names = meta["class_names"]
         predicted = np.argmax(probabilities, axis=-1)
@@ -121,14 +142,19 @@ class ClassifierTask(Task):
         for i, name in enumerate(names):
             predicted_i = confusion[:, i].sum()
             support = confusion[i].sum()
+            precision = float(confusion[i, i] / predicted_i) if predicted_i else 0.0
+            recall = float(confusion[i, i] / support) if support else 0.0
             per_class.append({
-                "name": name,
-                "precision": float(confusion[i, i] / predicted_i) if predicted_i else 0.0,
-                "recall": float(confusion[i, i] / support) if support else 0.0,
+                "name": name, "precision": precision, "recall": recall,
+                "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
                 "support": int(support),
             })
-        accuracy = float(np.trace(confusion) / max(1, confusion.sum()))
-        return {"accuracy": accuracy, "per_class": per_class, "confusion": confusion.tolist()}
+        present = [c for c in per_class if c["support"]]
+        return {"accuracy": float(np.trace(confusion) / max(1, confusion.sum())),
+                "balanced_accuracy": float(np.mean([c["recall"] for c in present]))
+                if present else 0.0,
+                "macro_f1": float(np.mean([c["f1"] for c in present])) if present else 0.0,
+                "per_class": per_class, "confusion": confusion.tolist()}
 
     def readable_inputs(self, data, split):
         """The split's inputs as one-line text for `predictions-SPLIT.csv`
@@ -162,8 +188,10 @@ class ClassifierTask(Task):
         Returns:
             A list of `Section`s.
         """
-        text = (f"{evaluation['examples']} examples: accuracy {evaluation['accuracy']:.4f}, "
-                f"loss {evaluation['loss']:.4f}.")
+        text = (f"{evaluation['examples']} examples: accuracy {evaluation['accuracy']:.4f}"
+                + "".join(f", {label} {evaluation[key]:.4f}" for key, label in _BALANCED
+                          if key in evaluation)
+                + f", loss {evaluation['loss']:.4f}.")
         sections = [Section(f"Evaluation on the {split} split", text=text)]
         if "confusion" in evaluation:
             image = run.figure_file("confusion", split)
@@ -171,9 +199,10 @@ class ClassifierTask(Task):
             sections.append(Section(f"Confusion matrix ({split})", image=image.name,
                                     text="Rows: true class; columns: predicted class."))
         if "per_class" in evaluation:
-            table = [["class", "precision", "recall", "support"]]
+            table = [["class", "precision", "recall", "F1", "support"]]
             table += [[c["name"], f"{c['precision']:.3f}", f"{c['recall']:.3f}",
-                       str(c["support"])] for c in evaluation["per_class"]]
+                       f"{c['f1']:.3f}" if "f1" in c else "", str(c["support"])]
+                      for c in evaluation["per_class"]]
             sections.append(Section(f"Per class ({split})", table=table))
         return sections
 
@@ -189,14 +218,17 @@ class ClassifierTask(Task):
     # ---- what the CLI prints ----
 
     def evaluation_lines(self, result):
-        """The header, loss and accuracy, then one line per class."""
-        lines = [*super().evaluation_lines(result), f"loss      {result['loss']:.4f}",
-                 f"accuracy  {result['accuracy']:.4f}"]
+        """The header, loss, accuracy, balanced accuracy and macro F1, then one
+        line per class (precision, recall, F1, support)."""
+        figures = [("loss", "loss"), ("accuracy", "accuracy"), *_BALANCED]
+        lines = [*super().evaluation_lines(result)]
+        lines += [f"{label:<18} {result[key]:.4f}" for key, label in figures if key in result]
         if "per_class" in result:
-            width = max(len(c["name"]) for c in result["per_class"])
-            lines.append(f"{'class':<{width}}  precision  recall  support")
-            lines += [f"{c['name']:<{width}}  {c['precision']:>9.3f}  {c['recall']:>6.3f}"
-                      f"  {c['support']:>7}" for c in result["per_class"]]
+            width = max(len("class"), *(len(c["name"]) for c in result["per_class"]))
+            lines.append(f"{'class':<{width}}  precision  recall      F1  support")
+            lines += [f"{c['name']:<{width}}  {c['precision']:>9.3f}  {c['recall']:>6.3f}  "
+                      + (f"{c['f1']:>6.3f}" if "f1" in c else " " * 6) + f"  {c['support']:>7}"
+                      for c in result["per_class"]]
         return lines
 
     def evaluation_summary(self, result):
@@ -231,6 +263,10 @@ class ClassifierTask(Task):
         ranked = [cell for label, probability in prediction
                   for cell in (label, round(probability, 6))]
         return [item, *ranked, *[""] * (2 * top_k - len(ranked))]
+
+
+# The evaluation's figures beside accuracy that a starved class moves.
+_BALANCED = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"))
 
 
 def _predict_all(model, dataset, keeper=None):

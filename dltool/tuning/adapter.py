@@ -282,6 +282,7 @@ class _ProjectTunerMixin:
                                model.get_build_config())
         run.update(status="running", pid=os.getpid(), tuner_id=self.tuner_id,
                    parameters=int(model.count_params()))
+        training.record_fit_options(run, kwargs, self.hypermodel.meta)
         model.fit(*args, **kwargs)
         run.update(status="finished", pid=None)
         return keras_history(run)

@@ -349,7 +349,7 @@ class Search:
         adapter.search(tuner, inputs.train_ds, validation_data=inputs.val_ds,
                        epochs=self.settings["epochs"],
                        callbacks=[keras.callbacks.TensorBoard(str(log_dir))],
-                       verbose=self.config["training"]["verbose"])
+                       verbose=self.config["training"]["verbose"], **inputs.fit_options)
 
     def finish(self, tuner, stopped_by, failure, seconds):
         """Writes and prints the summary; exports the best if asked.
@@ -389,6 +389,7 @@ class Search:
         for line in [description, *data.report]:
             self.preamble(line)
         train_ds, val_ds = experiment.datasets(data, trial_config)
+        fit_options = experiment.task.fit_options(config, data)  # e.g. class weights
         space = search_space.search_hyperparameters(config)
         with strategy.scope():
             model, declared = experiment.build_model(data.meta)
@@ -397,6 +398,7 @@ class Search:
         del model
         keras.backend.clear_session()
         return types.SimpleNamespace(experiment=experiment, trial_config=trial_config,
+                                     fit_options=fit_options,
                                      strategy=strategy, train_ds=train_ds, val_ds=val_ds,
                                      meta=data.meta, space=space,
                                      model_defaults=dict(declared.values))
