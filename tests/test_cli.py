@@ -217,8 +217,8 @@ def test_evaluate_prints_what_the_task_formats(runner, project, monkeypatch):
                    "loss               0.5000\naccuracy           0.6667\n"
                    "balanced accuracy  0.7500\nmacro F1           0.6667\n"
                    "class  precision  recall      F1  support\n"
-                   "cat       1.000   0.500   0.667        2\n"
-                   "ship      0.500   1.000   0.667        1\n")
+                   "cat        1.000   0.500   0.667        2\n"
+                   "ship       0.500   1.000   0.667        1\n")
     assert invoke(runner, "evaluate", "--project", project, "-q").stdout == "0.6667\n"
 
 
