@@ -19,6 +19,11 @@ SMALL_MODEL = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
                "--set", "data.source_vocabulary_size=400",
                "--set", "data.target_vocabulary_size=400",
                "--set", "decoding.beam_width=2", "--set", "training.verbose=0")
+# The trained fixture's model: 4 epochs at 0.005 make translations that differ
+# (23 distinct of 60 test sentences, against "." for all after 1 epoch of the
+# 16-unit model), so an export agreeing with them means something.
+TRAINED_MODEL = ("--epochs", 4, "--set", "model.embedding_dim=32", "--set", "model.units=32",
+                 "--set", "model.learning_rate=0.005", *SMALL_MODEL[4:])
 LONG_TEXT = "the cat is on the mat and " * 40
 
 
@@ -210,13 +215,13 @@ def test_new_translator_project(runner, tmp_path):
 
 @pytest.fixture(scope="module")
 def trained_translator(tmp_path_factory):
-    """A translator trained 1 epoch (tiny model) on the embedded sample, exported."""
+    """A translator trained 4 epochs (`TRAINED_MODEL`) on the embedded sample, exported."""
     from click.testing import CliRunner
 
     project = tmp_path_factory.mktemp("translator") / "fr"
     runner = CliRunner()
     for args in (("new", "translator", project),
-                 ("train", "--project", project, "--epochs", 1, *SMALL_MODEL),
+                 ("train", "--project", project, *TRAINED_MODEL),
                  ("export", "--project", project)):
         result = invoke(runner, *args)
         assert result.exit_code == 0, result.output
@@ -269,6 +274,43 @@ def test_readme_client_translates_as_the_saved_model(trained_translator, monkeyp
         expected = loaded.signatures[signature](texts=tf.constant(texts))["translation"]
         assert client["translate_local"](texts, signature) == [
             t.decode() for t in expected.numpy()]
+
+
+# Sentences the clients' tokenizer must split as dltool's graph does: none,
+# punctuation, numbers, apostrophes, hyphens, non-breaking spaces, too long.
+TRICKY_SOURCES = ["", "Hello... world!", "It's 3.5 km: l'été, n'est-ce pas?", "well-known",
+                  "a\u00a0b\u2019c", "word " * 40]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+def test_greedy_exports_translate_as_the_saved_model(runner, trained_translator,
+                                                     export_format, monkeypatch):
+    import re
+
+    result = invoke(runner, "export", "--project", trained_translator, "--format",
+                    export_format)
+    assert result.exit_code == 0, result.output
+    folder = trained_translator / "exports" / "fr" / export_format / "1"
+    metadata = json.loads((folder / "dltool.json").read_text())
+    length = metadata["meta"]["max_length"]
+    batch = 1 if export_format == "litert" else None
+    assert metadata["input"]["shape"] == [batch, length]
+    assert metadata["input"]["output"]["shape"] == [batch, length + 1]
+    (run,) = (trained_translator / "runs").iterdir()
+    sources = [line.split("\t")[0] for line in
+               (run / "test-pairs.tsv").read_text(encoding="utf-8").splitlines()]
+    texts = sources[:60] + TRICKY_SOURCES
+    loaded = tf.saved_model.load(str(trained_translator / "saved_models" / "fr" / "1"))
+    expected = [t.decode() for t in loaded.signatures["translate_greedy"](
+        texts=tf.constant(texts))["translation"].numpy()]
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    monkeypatch.chdir(folder)
+    client = {"__name__": "client"}
+    exec(compile(code, "client.py", "exec"), client)
+    assert client["translate"](texts) == expected
+    # the model tells sentences apart, or agreement would say little
+    assert len(set(expected)) > 3
 
 
 @pytest.mark.slow

@@ -115,7 +115,8 @@ def export(project_dir, run_name=None, name=None, *, export_format="savedmodel",
             model.save(staging / KERAS_FILE)
         else:
             echo(f"Writing {model_file} ({describe_format(export_format, quantize)})")
-            write_converted(task.inference_model(model, run.meta), staging / model_file,
+            write_converted(task.inference_model(model, run.meta, export_format),
+                            staging / model_file,
                             export_format, quantize, calibration)
             metadata["file"] = model_file
         write_client_files(staging, task, metadata)

@@ -64,7 +64,7 @@ def check_request(task, export_format, quantize, meta):
             f"--quantize {quantize} does not apply to --format {export_format} "
             f"(it takes {', '.join(allowed)}); {quantize} works with --format "
             f"{', '.join(others) or 'none'}")
-    reason = task.format_refusal(export_format, meta)
+    reason = task.format_refusal(export_format, quantize, meta)
     if reason is not None:
         raise ConfigError(f"cannot export a {task.name} model as {export_format}: {reason}")
     check_extra(export_format, quantize)
@@ -116,6 +116,11 @@ def write_litert(model, path, quantize="none", calibration=None):
         # array as the one input.
         settings["representative_dataset"] = lambda: (
             x if isinstance(x, dict) else [x] for x in calibration)
+    if any(t.shape[0] is not None for t in tf.nest.flatten(model.input)):
+        # A fixed batch size (the translator's decoding loop): LiteRT's
+        # tensor lists need static element shapes.
+        settings["input_signature"] = [tf.nest.map_structure(
+            lambda t: tf.TensorSpec(t.shape, t.dtype, t.name.split(":")[0]), model.input)]
     model.export(str(path), format="litert", verbose=False, **settings)
     return path
 

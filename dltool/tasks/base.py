@@ -212,7 +212,7 @@ class Task:
 
     # ---- exporting to other formats (LiteRT, ONNX) ----
 
-    def format_refusal(self, export_format, meta):
+    def format_refusal(self, export_format, quantize, meta):
         """Says why the template's model cannot be exported in a format.
 
         The SavedModel (`savedmodel`) takes every template; LiteRT and ONNX
@@ -221,6 +221,7 @@ class Task:
 
         Args:
             export_format: `savedmodel`, `litert` or `onnx`.
+            quantize: The quantization asked for (`none`, `float16`, ...).
             meta: The run's `meta`.
 
         Returns:
@@ -232,7 +233,7 @@ class Task:
         return (f"the {self.name} template has no {export_format} export yet; "
                 "--format savedmodel works (TensorFlow Serving, `dltool predict`)")
 
-    def inference_model(self, model, meta):
+    def inference_model(self, model, meta, export_format):
         """Returns the model a LiteRT or ONNX export converts: numeric input
         (pixels, token ids) in, the model's output out, nothing that only
         training uses.
@@ -240,6 +241,9 @@ class Task:
         Args:
             model: The trained Keras model.
             meta: The run's `meta`.
+            export_format: `litert` or `onnx`. An input with a fixed batch
+                size (`keras.Input(batch_size=1)`) is converted with that
+                size (LiteRT's loops need static shapes).
         """
         raise NotImplementedError
 

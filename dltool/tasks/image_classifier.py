@@ -145,12 +145,12 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
     # ---- exporting to LiteRT and ONNX: pixels in, probabilities out ----
 
-    def format_refusal(self, export_format, meta):
+    def format_refusal(self, export_format, quantize, meta):
         """None: every format takes the image classifier (LiteRT and ONNX
         take pixels, the SavedModel image bytes)."""
         return None
 
-    def inference_model(self, model, meta):
+    def inference_model(self, model, meta, export_format):
         """Returns the model without its random augmentation layers.
 
         They are the identity at inference, but their ops stay in the graph:
@@ -162,6 +162,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
         Args:
             model: The trained Keras model (float pixels in, probabilities out).
             meta: The run's `meta` (unused).
+            export_format: `litert` or `onnx` (the same model for both).
 
         Returns:
             A Keras model with the same input and output.

@@ -81,12 +81,12 @@ class SentimentTask(classifier.ClassifierTask):
         """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
         return data.texts.get(split)
 
-    def format_refusal(self, export_format, meta):
+    def format_refusal(self, export_format, quantize, meta):
         """None: every format takes the sentiment model (LiteRT and ONNX take
         token ids, the SavedModel raw strings)."""
         return None
 
-    def inference_model(self, model, meta):
+    def inference_model(self, model, meta, export_format):
         """Returns a copy of the model with every recurrent layer unrolled.
 
         LiteRT has no builtin op for a recurrent layer's `while` loop: on
@@ -101,6 +101,7 @@ class SentimentTask(classifier.ClassifierTask):
             model: The trained Keras model (`text.vectorize` features in,
                 probabilities out).
             meta: The run's `meta` (unused).
+            export_format: `litert` or `onnx` (the same model for both).
 
         Returns:
             A Keras model with the same inputs, outputs and weights.
