@@ -7,6 +7,9 @@ For each classifier template, trains it on real data (`dltool new` +
   tested on its 2,000 test JPEGs;
 - sentiment on ../shared/data/sentiment/sst2 (60,614 training sentences),
   tested on its 872 test sentences;
+- translator on ../shared/data/fra-eng/fra.txt (167,130 pairs, 98.5% of
+  them for training; `--translator-minutes` of training), tested on the
+  first 500 of its held-out test pairs;
 
 exports it in every format and quantization (`dltool export --format ...
 --quantize ...`), then runs each export in its own runtime on the test set:
@@ -21,7 +24,12 @@ exports it in every format and quantization (`dltool export --format ...
 
 against the in-memory Keras model (`model(x, training=False)` in a
 `tf.function`) fed the same pixels or token ids (dltool's own decoding and
-tokenizer). For each: file size, test accuracy, top-1 agreement with Keras
+tokenizer). The translator's LiteRT and ONNX exports (greedy decoding inside
+the model, token ids in and out, float32 only) are run through their README's
+client (its tokenizer included) against the SavedModel's `translate_greedy`:
+BLEU, the share of identical translations, ms per sentence (median of 50
+one-sentence calls) and sentences per second (batches of 64; LiteRT's batch
+is 1, so one sentence a call). For each: file size, test accuracy, top-1 agreement with Keras
 and the largest probability difference, the latency of one example (median
 of 200 single-example calls) and examples per second in batches of 64. It
 prints a table per template and writes bench/results/export.json.
@@ -43,7 +51,11 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
-DATA = {"image-classifier": SHARED / "images" / "cifar10", "sentiment": SHARED / "sentiment" / "sst2"}
+DATA = {"image-classifier": SHARED / "images" / "cifar10", "sentiment": SHARED / "sentiment" / "sst2",
+        "translator": SHARED / "fra-eng" / "fra.txt"}
+TRANSLATOR_EXPORTS = [("savedmodel", "none"), ("litert", "none"), ("onnx", "none")]
+TRANSLATOR_SPLIT = ("data.validation_split=0.01", "data.test_split=0.015")
+TRANSLATOR_SENTENCES = 500
 # Epochs of training: the image model's 5 reach about 0.54 on CIFAR-10; one
 # pass over SST-2 already puts the sentiment model above 0.8.
 EPOCHS = {"image-classifier": 5, "sentiment": 1}
@@ -71,10 +83,10 @@ def train(template, data, epochs, workdir):
     return project
 
 
-def export_all(project):
-    """Exports the newest run in every format; returns (format, quantize) -> folder."""
+def export_all(project, exports=EXPORTS):
+    """Exports the newest run in each format; returns (format, quantize) -> folder."""
     folders = {}
-    for export_format, quantize in EXPORTS:
+    for export_format, quantize in exports:
         out = dltool("export", "--project", project, "--format", export_format,
                      "--quantize", quantize)
         folders[export_format, quantize] = Path(re.search(r" as (\S+) \(", out).group(1))
@@ -222,6 +234,89 @@ def bench(template, data, epochs, workdir, project=None):
     return rows, len(labels)
 
 
+def train_translator(data, minutes, workdir):
+    """A translator project trained for `minutes` on `data`; returns its folder."""
+    project = workdir / "translator"
+    dltool("new", "translator", project, "--data", data)
+    sets = [a for o in (*TRANSLATOR_SPLIT, f"training.time_budget={minutes}",
+                        "training.epochs=1000", "training.early_stopping_patience=0",
+                        "training.verbose=0") for a in ("--set", o)]
+    dltool("train", "--project", project, *sets)
+    return project
+
+
+def client(folder):
+    """The namespace of an export's README client, run in its folder."""
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    here = os.getcwd()
+    os.chdir(folder)
+    try:
+        namespace = {"__name__": "client"}
+        exec(compile(code, str(folder / "client.py"), "exec"), namespace)
+    finally:
+        os.chdir(here)
+    return namespace
+
+
+def time_translations(translate, sources, batch):
+    """Translations of all sources (in batches), sentences/s, median ms of one."""
+    translate(sources[:1])  # warm-up
+    started = time.perf_counter()
+    hypotheses = [t for i in range(0, len(sources), batch)
+                  for t in translate(sources[i:i + batch])]
+    per_second = len(sources) / (time.perf_counter() - started)
+    times = []
+    for source in sources[:50]:
+        started = time.perf_counter()
+        translate([source])
+        times.append(time.perf_counter() - started)
+    return hypotheses, per_second, float(np.median(times)) * 1000
+
+
+def bench_translator(data, minutes, workdir, project=None):
+    """Trains (unless `project`), exports and measures the translator; returns its rows."""
+    from dltool._tf import tf
+    from dltool.tasks import translator
+
+    project = project or train_translator(data.resolve(), minutes, workdir)
+    folders = export_all(project, TRANSLATOR_EXPORTS)
+    (run,) = sorted((project / "runs").iterdir())[-1:]
+    pairs = [line.split("\t") for line in
+             (run / "test-pairs.tsv").read_text(encoding="utf-8").splitlines()]
+    pairs = pairs[:TRANSLATOR_SENTENCES]
+    sources, references = [a for a, _ in pairs], [b for _, b in pairs]
+    greedy = tf.saved_model.load(str(folders["savedmodel", "none"])).signatures[
+        "translate_greedy"]
+
+    def saved_model(texts):
+        return [t.decode() for t in greedy(texts=tf.constant(texts))["translation"].numpy()]
+
+    rows, reference = [], None
+    for (export_format, quantize), folder in folders.items():
+        translate = saved_model if export_format == "savedmodel" else \
+            client(folder)["translate"]
+        hypotheses, per_second, ms = time_translations(translate, sources, BATCH)
+        reference = reference or hypotheses
+        size = size_of(folder, export_format) if export_format != "savedmodel" else \
+            sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
+                and p.name not in ("model.keras", "dltool.json", "labels.txt", "README.md"))
+        rows.append({"template": "translator", "format": export_format, "quantize": quantize,
+                     "bytes": size, "bleu": translator.score(hypotheses, references)["bleu"],
+                     "identical": float(np.mean([a == b for a, b in
+                                                 zip(hypotheses, reference)])),
+                     "latency_ms": ms, "sentences_per_second": per_second})
+    return rows, len(pairs)
+
+
+def print_translator_table(rows):
+    print(f"\ntranslator (greedy)\n{'format':<12} {'size KB':>8} {'BLEU':>6} {'identical':>9} "
+          f"{'ms/sentence':>11} {'sentences/s':>11}")
+    for row in rows:
+        print(f"{row['format']:<12} {row['bytes'] / 1024:>8.0f} {row['bleu']:>6.2f} "
+              f"{row['identical']:>9.2%} {row['latency_ms']:>11.1f} "
+              f"{row['sentences_per_second']:>11.1f}")
+
+
 def print_table(template, rows):
     print(f"\n{template}\n{'format':<18} {'quantize':<8} {'size KB':>8} {'test acc':>8} "
           f"{'agree':>7} {'max |dp|':>9} {'ms/example':>10} {'examples/s':>10}")
@@ -237,6 +332,8 @@ def main():
     parser.add_argument("--template", choices=[*DATA, "all"], default="all")
     parser.add_argument("--epochs", type=int, default=None,
                         help="epochs of training (default: 5 for images, 1 for sentiment)")
+    parser.add_argument("--translator-minutes", type=float, default=5,
+                        help="minutes of training of the translator")
     parser.add_argument("--project", type=Path, default=None,
                         help="a trained project of --template to export instead of training")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "export.json")
@@ -245,14 +342,22 @@ def main():
     if args.project and len(templates) > 1:
         sys.exit("--project needs --template")
     for template in templates:
-        if not DATA[template].is_dir():
+        if not DATA[template].exists():
             sys.exit(f"no data for {template} at {DATA[template]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
               "threads": THREADS, "templates": {}}
     for template in templates:
-        epochs = args.epochs or EPOCHS[template]
         with tempfile.TemporaryDirectory() as workdir:
+            if template == "translator":
+                rows, examples = bench_translator(DATA[template], args.translator_minutes,
+                                                  Path(workdir), args.project)
+                print_translator_table(rows)
+                result["templates"][template] = {
+                    "training_minutes": None if args.project else args.translator_minutes,
+                    "test_sentences": examples, "rows": rows}
+                continue
+            epochs = args.epochs or EPOCHS[template]
             rows, examples = bench(template, DATA[template], epochs, Path(workdir), args.project)
         print_table(template, rows)
         result["templates"][template] = {"epochs": None if args.project else epochs,
