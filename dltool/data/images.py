@@ -1,11 +1,12 @@
-"""Image data: class-per-folder directories and TensorFlow Datasets.
+"""Image data: class-per-folder directories, CSV/TSV manifests and TensorFlow Datasets.
 
 `open_image_data` reads the `[data]` section of a config and returns an
 `ImageData` whose splits are tf.data datasets of `(image, label)` pairs, the
 image a float32 tensor of shape `(height, width, 3)` with values in [0, 255]
-(the model rescales). A folder source is checked before training: counts per
-class, empty classes refused, every image decoded once so that corrupt files
-are reported by path before the first epoch.
+(the model rescales). A folder or manifest (`dltool.data.manifests`: rows of
+`path,label[,split]`) source is checked before training: counts per class,
+empty classes refused, every image decoded once so that corrupt files are
+reported by path before the first epoch.
 
 Before an image is decoded, its size is read from its header
 (`read_image_size`) and an image over `data.max_pixels` is refused by path
@@ -22,6 +23,7 @@ import typing
 from pathlib import Path
 
 from dltool._tf import tf
+from dltool.data import manifests
 from dltool.data import splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
 from dltool.core.errors import DataError
@@ -337,9 +339,20 @@ def open_image_data(data, root, *, seed, skip_bad=False):
     image_size = tuple(data["image_size"])
     if source.startswith("tfds:"):
         return _open_tfds(source[len("tfds:"):], image_size, data["validation_split"])
+    skip_bad = skip_bad or data["skip_bad"]
+    if not source.startswith("builtin:") and manifests.is_manifest(source):
+        manifest = resolve_path(source, root)
+        report = []
+        rows = manifests.read_manifest(manifest, skip_bad, report)
+        class_names = sorted({label for _, label in rows["train"]})
+        index = {name: i for i, name in enumerate(class_names)}
+        files = {split: [(file, index[label]) for file, label in entries]
+                 for split, entries in rows.items()}
+        return _open_files(files, class_names, manifest, image_size, data["validation_split"],
+                           seed, skip_bad, data["max_pixels"], report)
     folder = resolve_folder(source, root)
-    return _open_folder(folder, image_size, data["validation_split"], seed,
-                        skip_bad or data["skip_bad"], data["max_pixels"])
+    return _open_folder(folder, image_size, data["validation_split"], seed, skip_bad,
+                        data["max_pixels"])
 
 
 def resolve_folder(source, root):
@@ -350,12 +363,23 @@ def resolve_folder(source, root):
             available = ", ".join(sorted(p.name for p in SAMPLES_ROOT.iterdir() if p.is_dir()))
             raise DataError(f"no built-in data set {source!r}; available: builtin:{available}")
         return folder
-    folder = Path(source).expanduser()
-    if not folder.is_absolute():
-        folder = Path(root) / folder
+    folder = resolve_path(source, root)
     if not folder.is_dir():
         raise DataError(f"data folder {folder} does not exist")
     return folder
+
+
+def resolve_path(source, root):
+    """`source` as a path, relative ones under `root`.
+
+    Raises:
+        DataError: a manifest (`.csv`, `.tsv`) that is not a file.
+    """
+    path = Path(source).expanduser()
+    path = path if path.is_absolute() else Path(root) / path
+    if manifests.is_manifest(path) and not path.is_file():
+        raise DataError(f"data manifest {path} does not exist")
+    return path
 
 
 def _open_folder(folder, image_size, validation_split, seed, skip_bad, max_pixels):
@@ -371,8 +395,20 @@ def _open_folder(folder, image_size, validation_split, seed, skip_bad, max_pixel
         files["val"] = _list_split(val_dir, class_names)
     if (folder / "test").is_dir():
         files["test"] = _list_split(folder / "test", class_names)
+    return _open_files(files, class_names, train_dir, image_size, validation_split, seed,
+                       skip_bad, max_pixels, [])
 
-    report = []
+
+def _open_files(files, class_names, origin, image_size, validation_split, seed, skip_bad,
+                max_pixels, report):
+    """The preflight and datasets of listed images, from folders or a manifest.
+
+    Args:
+        files: Dict of split name to a list of `(path string, label)`.
+        class_names: Class names, index = label.
+        origin: The train folder or the manifest, for the messages.
+        report: Lines already to show (a manifest's skipped rows).
+    """
     bad = find_bad_images([p for split in files.values() for p, _ in split], max_pixels)
     if bad and not skip_bad:
         shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
@@ -387,7 +423,7 @@ def _open_folder(folder, image_size, validation_split, seed, skip_bad, max_pixel
     counts = {s: _count(f, len(class_names)) for s, f in files.items()}
     empty = [class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
     if empty:
-        raise DataError(f"class {empty[0]!r} in {train_dir} has no usable images")
+        raise DataError(f"class {empty[0]!r} in {origin} has no usable images")
     if "val" not in files and validation_split > 0:
         files["train"], files["val"] = splits_lib.stratified_split(files["train"],
                                                                   validation_split, seed)

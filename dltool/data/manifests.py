@@ -1,0 +1,106 @@
+"""Image manifests: a CSV or TSV file of `path,label` rows instead of class folders.
+
+    path,label,split
+    photos/cat-001.jpg,cat,train
+    /data/shared/dog-17.png,dog,test
+
+A header names the columns: `path` and `label`, and optionally `split`
+(`train`, `val` or `validation`, `test`; rows without it, or with it empty,
+are training rows, and `data.validation_split` then holds some out as for
+folders). Relative paths are relative to the manifest's folder. The class
+names are the training rows' labels, sorted.
+
+This module reads the manifest; `dltool.data.images` checks the images (the
+same preflight as for folders) and makes the datasets.
+"""
+
+import csv
+from pathlib import Path
+
+from dltool.core.errors import DataError
+from dltool.data.text import read_lines
+
+SUFFIXES = (".csv", ".tsv")
+_SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
+_COLUMNS = ("path", "label")
+
+
+def is_manifest(path):
+    """Whether a `data.source` path names a manifest (a .csv or .tsv file)."""
+    return Path(path).suffix.lower() in SUFFIXES
+
+
+def read_manifest(path, skip_bad=False, report=None):
+    """Reads a manifest's rows into splits of `(image path, label name)`.
+
+    Args:
+        path: The `.csv` (comma) or `.tsv` (tab) file.
+        skip_bad: Skip rows whose image file is missing (named in `report`)
+            instead of failing.
+        report: A list that gets lines to show (skipped rows).
+
+    Returns:
+        A dict of split name (`train`, and `val` or `test` when rows name
+        them) to a list of `(path string, label name)`.
+
+    Raises:
+        DataError: an unreadable or empty file, a header without `path` or
+            `label` (the columns found are listed), a row with too few
+            fields, an empty label, an unknown split, a missing image or a
+            label no training row has (file and line each), or no training
+            rows.
+    """
+    report = [] if report is None else report
+    path = Path(path)
+    lines = read_lines(path, skip_bad, report)
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    reader = csv.reader((line for _, line in lines), delimiter=delimiter)
+    try:
+        rows = [(lines[reader.line_num - 1][0], [f.strip() for f in row]) for row in reader
+                if any(field.strip() for field in row)]
+    except csv.Error as e:
+        raise DataError(f"{path}:{lines[reader.line_num - 1][0]}: {e}") from e
+    if not rows:
+        raise DataError(f"{path} is empty")
+    header = [name.lower() for name in rows[0][1]]
+    if not set(_COLUMNS) <= set(header):
+        raise DataError(f"{path}:1: a manifest's header names the columns path and label "
+                        f"(and optionally split); found {', '.join(header) or 'nothing'}")
+    index = {name: header.index(name) for name in (*_COLUMNS, "split") if name in header}
+    splits, missing = {}, []
+    for number, row in rows[1:]:
+        where = f"{path}:{number}"
+        if len(row) <= max(index["path"], index["label"]):
+            raise DataError(f"{where}: expected the fields {', '.join(header)}; got {len(row)}")
+        image, label = row[index["path"]], row[index["label"]]
+        given = row[index["split"]].lower() if "split" in index and index["split"] < len(row) \
+            else ""
+        if not label:
+            raise DataError(f"{where}: empty label")
+        if given and given not in _SPLITS:
+            raise DataError(f"{where}: split {given!r} is not one of "
+                            f"{', '.join(_SPLITS)} (or empty: train)")
+        file = Path(image).expanduser()
+        file = file if file.is_absolute() else path.parent / file
+        if not file.is_file():
+            missing.append((where, file))
+            continue
+        splits.setdefault(_SPLITS[given or "train"], []).append((str(file), label, where))
+    if missing and not skip_bad:
+        where, file = missing[0]
+        more = f" ({len(missing)} such rows)" if len(missing) > 1 else ""
+        raise DataError(f"{where}: no image file {file}{more}; fix the manifest or pass "
+                        "--skip-bad")
+    if missing:
+        report.append(f"skipped {len(missing)} row(s) of {path.name} whose image file is "
+                      "missing (--skip-bad)")
+    if "train" not in splits:
+        raise DataError(f"{path} has no training rows (split empty or train)")
+    labels = {label for _, label, _ in splits["train"]}
+    for split, entries in splits.items():
+        unknown = next((e for e in entries if e[1] not in labels), None)
+        if unknown is not None:
+            raise DataError(f"{unknown[2]}: label {unknown[1]!r} of a {split} row has no "
+                            f"training rows (labels: {', '.join(sorted(labels))})")
+    return {split: [(file, label) for file, label, _ in entries]
+            for split, entries in splits.items()}
