@@ -18,7 +18,7 @@ import csv
 from pathlib import Path
 
 from dltool.core.errors import DataError
-from dltool.data.text import read_lines
+from dltool.data.lines import read_lines
 
 SUFFIXES = (".csv", ".tsv")
 _SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}

@@ -38,7 +38,7 @@ import dataclasses
 from pathlib import Path
 
 from dltool._tf import keras, tf
-from dltool.data import images, splits as splits_lib, text
+from dltool.data import images, lines, splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
 from dltool.core.errors import DataError
 
@@ -322,7 +322,7 @@ def read_tsv(path, skip_bad=False, report=None):
     report = [] if report is None else report
     path = Path(path)
     pairs, bad = [], []
-    for number, line in text.read_lines(path, skip_bad, report):
+    for number, line in lines.read_lines(path, skip_bad, report):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -346,8 +346,8 @@ def read_aligned(source_path, target_path, skip_bad=False, report=None):
             only, undecodable bytes (file and line number).
     """
     report = [] if report is None else report
-    sources = text.read_lines(source_path, skip_bad, report)
-    targets = text.read_lines(target_path, skip_bad, report)
+    sources = lines.read_lines(source_path, skip_bad, report)
+    targets = lines.read_lines(target_path, skip_bad, report)
     if len(sources) != len(targets) and not skip_bad:
         raise DataError(f"{source_path} has {len(sources)} lines but {target_path} has "
                         f"{len(targets)}: line-aligned files need one line per sentence")
