@@ -96,8 +96,9 @@ def export_all(project, exports=EXPORTS):
 def read_test(template, data, project):
     """The test set: (raw inputs, the model's inputs as dltool makes them, labels).
 
-    Images: the JPEG bytes and their pixels; texts: the strings and their
-    token ids (a dict of arrays), with the trained run's vocabulary.
+    Images: the JPEG bytes and their pixels; texts: the test split's strings
+    and token ids (a dict of arrays) as dltool reads them for the trained
+    run (`dltool evaluate`'s data: its vocabulary and label names).
     """
     if template == "image-classifier":
         from dltool.data import images
@@ -108,19 +109,14 @@ def read_test(template, data, project):
         contents = [p.read_bytes() for p, _ in paths]
         pixels = np.stack([images.decode_image(b, (32, 32)).numpy() for b in contents])
         return contents, pixels.astype(np.float32), np.array([i for _, i in paths])
-    from dltool._tf import tf
     from dltool.core import runs
-    from dltool.data import text
+    from dltool.engine.experiment import Experiment
 
-    meta = runs.find_trained(project).meta
-    lines = (data / "test.tsv").read_text(encoding="utf-8").splitlines()[1:]
-    texts, labels = zip(*(line.rsplit("\t", 1) for line in lines if line.strip()))
-    vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
-    features = text.vectorize(vectorizer, tf.constant(texts), meta["subword_buckets"],
-                              meta["subwords_per_word"])
-    index = {name: i for i, name in enumerate(meta["class_names"])}
-    return (list(texts), {k: v.numpy() for k, v in features.items()},
-            np.array([index[label] for label in labels]))
+    run = runs.find_trained(project)
+    data = Experiment.for_run(project, run).open_data()  # the run's vocabulary and labels
+    features, labels = zip(*data.splits["test"].as_numpy_iterator())
+    features = {key: np.stack([f[key] for f in features]) for key in features[0]}
+    return list(data.texts["test"]), features, np.asarray(labels)
 
 
 def take(inputs, start, stop):
@@ -356,15 +352,20 @@ def main():
                 result["templates"][template] = {
                     "training_minutes": None if args.project else args.translator_minutes,
                     "test_sentences": examples, "rows": rows}
+                write(args.out, result)
                 continue
             epochs = args.epochs or EPOCHS[template]
             rows, examples = bench(template, DATA[template], epochs, Path(workdir), args.project)
         print_table(template, rows)
         result["templates"][template] = {"epochs": None if args.project else epochs,
                                          "test_examples": examples, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write(args.out, result)  # after each template: a later failure keeps these
     print(f"written to {args.out}")
+
+
+def write(path, result):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
