@@ -58,6 +58,8 @@ def test_unknown_class_and_missing_counts_are_one_line():
 
 
 def test_balance_line_suggests_balanced_from_three_to_one():
+    assert splits.balance_line(["cat", "dog"], [7, 7]) == (
+        "class balance: every training class has 7 examples")
     assert splits.balance_line(["cat", "dog"], [20, 10]) == (
         "class balance: largest/smallest training class 2.0x (cat 20, dog 10)")
     assert splits.balance_line(["cat", "dog"], [5, 30]).endswith(

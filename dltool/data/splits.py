@@ -125,12 +125,15 @@ def balance_line(class_names, counts):
         counts: Training examples per class.
 
     Returns:
+        `class balance: every training class has 45 examples`, or
         `class balance: largest/smallest training class 10.0x (cat 450,
         dog 45); ...`, suggesting `training.class_weight = "balanced"` from
         `IMBALANCE_HINT` on.
     """
     largest = max(range(len(counts)), key=lambda i: counts[i])
     smallest = min(range(len(counts)), key=lambda i: counts[i])
+    if counts[largest] == counts[smallest]:
+        return f"class balance: every training class has {counts[largest]} examples"
     ratio = counts[largest] / max(1, counts[smallest])
     line = (f"class balance: largest/smallest training class {ratio:.1f}x "
             f"({class_names[largest]} {counts[largest]}, "
