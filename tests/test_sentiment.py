@@ -275,7 +275,7 @@ def test_evaluate_uses_the_test_file(runner, trained_text_project):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()  # progress lines go to stderr
     assert lines[0].endswith("test split, 200 examples")
-    assert [line.split()[0] for line in lines[4:]] == ["negative", "positive"]
+    assert [line.split()[0] for line in lines[6:]] == ["negative", "positive"]
 
 
 @pytest.mark.slow

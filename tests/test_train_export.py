@@ -45,8 +45,9 @@ def test_evaluate_prints_loss_accuracy_and_per_class(runner, trained_project):
     lines = result.stdout.splitlines()  # progress lines go to stderr
     assert lines[0].endswith("test split, 200 examples")
     assert lines[1].startswith("loss") and lines[2].startswith("accuracy")
-    assert lines[3].split() == ["class", "precision", "recall", "support"]
-    assert len(lines) == 4 + 10 and lines[4].split()[0] == "airplane"
+    assert lines[3].startswith("balanced accuracy") and lines[4].startswith("macro F1")
+    assert lines[5].split() == ["class", "precision", "recall", "F1", "support"]
+    assert len(lines) == 6 + 10 and lines[6].split()[0] == "airplane"
     saved = json.loads(next((trained_project / "runs").glob("*/evaluation-test.json"))
                        .read_text())
     assert saved["examples"] == 200 and len(saved["confusion"]) == 10
