@@ -151,6 +151,23 @@ def test_bad_worker_flags_are_one_line(runner, project, hosts, index, message):
     assert not (project / "runs").exists()
 
 
+@pytest.mark.parametrize("message, reason", [
+    # raised inside a tf.function: the reason comes after the op's traceback
+    ("Graph execution error:\n\nDetected at node StatefulPartitionedCall defined at (most "
+     "recent call last):\n  File \"/x.py\", line 3, in <module>\n\nSocket closed\n\t "
+     "[[{{node StatefulPartitionedCall}}]] [Op:__inference_one_step_on_iterator_9]",
+     "Socket closed"),
+    ("{{function_node __wrapped__}} Collective ops is aborted by: worker 1 stopped "
+     "responding\nmore", "worker 1 stopped responding"),
+    ("", "UnavailableError"),
+])
+def test_a_lost_worker_is_named_by_the_reason_in_the_error(message, reason):
+    from dltool._tf import tf
+    from dltool.engine.train import _first_reason
+
+    assert _first_reason(tf.errors.UnavailableError(None, None, message)) == reason
+
+
 def test_task_index_without_hosts_and_bad_tf_config(runner, project, monkeypatch):
     result = invoke(runner, "train", "--project", project, "--task-index", 0)
     assert result.exit_code == 1

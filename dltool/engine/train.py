@@ -290,10 +290,24 @@ def worker_failures(cluster):
 
 
 def _first_reason(error):
-    """The first line of a TensorFlow error without its graph-node prefixes."""
-    line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
-    return line.replace("Collective ops is aborted by:", "").strip()
+    """The first line of a TensorFlow error that says something, without its
+    graph-node prefixes.
+
+    An error raised inside a `tf.function` starts `Graph execution error:`
+    and a traceback of where the op was defined (`Detected at node ...`,
+    `File ...` lines); the reason (`Socket closed`, ...) comes after them.
+    """
+    for line in str(error).splitlines():
+        line = re.sub(r"\{\{[^}]*\}\}\s*", "", line)
+        line = line.replace("Collective ops is aborted by:", "").strip()
+        if line and not line.startswith(_NOT_A_REASON) and not line.startswith("[["):
+            return line
+    return type(error).__name__
+
+
+# Lines of a TensorFlow error message that are not its reason.
+_NOT_A_REASON = ("Graph execution error:", "Detected at node", "File ", "Traceback",
+                 "Stack trace", "^")
 
 
 def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=None,
