@@ -293,11 +293,8 @@ def bench_translator(data, minutes, workdir, project=None):
             client(folder)["translate"]
         hypotheses, per_second, ms = time_translations(translate, sources, BATCH)
         reference = reference or hypotheses
-        size = size_of(folder, export_format) if export_format != "savedmodel" else \
-            sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()
-                and p.name not in ("model.keras", "dltool.json", "labels.txt", "README.md"))
         rows.append({"template": "translator", "format": export_format, "quantize": quantize,
-                     "bytes": size, "bleu": translator.score(hypotheses, references)["bleu"],
+                     "bytes": size_of(folder, export_format), "bleu": translator.score(hypotheses, references)["bleu"],
                      "identical": float(np.mean([a == b for a, b in
                                                  zip(hypotheses, reference)])),
                      "latency_ms": ms, "sentences_per_second": per_second})
