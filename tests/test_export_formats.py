@@ -64,11 +64,7 @@ def image_exports(tmp_path_factory):
         result = invoke(runner, *args)
         assert result.exit_code == 0, result.output
     exports = {("savedmodel", "none"): project / "saved_models" / "cnn" / "1"}
-    for export_format, quantize in FLOAT_FORMATS + QUANTIZED:
-        result = invoke(runner, "export", "--project", project, "--format", export_format,
-                        "--quantize", quantize)
-        assert result.exit_code == 0, result.output
-        exports[export_format, quantize] = _exported_path(result.stdout)
+    exports.update(_export_each(runner, project, FLOAT_FORMATS + QUANTIZED))
     run = runs.find_trained(project)
     experiment = Experiment.for_run(project, run)
     model = experiment.load_trained_model(run)
@@ -77,6 +73,18 @@ def image_exports(tmp_path_factory):
     return {"project": project, "exports": exports, "pixels": pixels,
             "labels": np.asarray(labels),
             "keras": np.asarray(model(pixels, training=False))}
+
+
+def _export_each(runner, project, pairs):
+    """Exports the project's newest run once per `(format, quantize)`; returns
+    each pair's version folder."""
+    exports = {}
+    for export_format, quantize in pairs:
+        result = invoke(runner, "export", "--project", project, "--format", export_format,
+                        "--quantize", quantize)
+        assert result.exit_code == 0, result.output
+        exports[export_format, quantize] = _exported_path(result.stdout)
+    return exports
 
 
 def _exported_path(stdout):
@@ -363,11 +371,7 @@ def text_exports(trained_text_project, tmp_path_factory):
     shutil.copytree(trained_text_project, project, symlinks=True)
     runner = CliRunner()
     exports = {("savedmodel", "none"): project / "saved_models" / "reviews" / "1"}
-    for export_format, quantize in TEXT_FORMATS:
-        result = invoke(runner, "export", "--project", project, "--format", export_format,
-                        "--quantize", quantize)
-        assert result.exit_code == 0, result.output
-        exports[export_format, quantize] = _exported_path(result.stdout)
+    exports.update(_export_each(runner, project, TEXT_FORMATS))
     run = runs.find_trained(project)
     experiment = Experiment.for_run(project, run)
     model = experiment.load_trained_model(run)
