@@ -232,6 +232,7 @@ def build_model(module, config, model_kwargs, hp=None):
     except (ValueError, TypeError, KeyError) as e:
         raise ProjectError(_build_failure(module, e)) from e
     config_lib.check_model_keys(config.model, set(hp.values))
+    runtime.build_from_one_replica(model)
     return model, hp
 
 

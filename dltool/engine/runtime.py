@@ -237,6 +237,43 @@ def make_strategy(name, cluster=None):
     raise DltoolError(f"unknown strategy {name!r}")
 
 
+def build_from_one_replica(model):
+    """Lets `model.fit` / `evaluate` start on a batch that splits unevenly.
+
+    Under a strategy, Keras 3's TensorFlow trainer (`_maybe_symbolic_build`,
+    at the start of every `fit` and `evaluate`) reduces the first batch
+    elementwise over the replicas (`strategy.reduce("MEAN", batch)`) only to
+    learn the input shapes. When that batch does not split evenly, which the
+    sentiment template's batches grouped by length do (119 = 60 + 59 on two
+    devices), the reduction fails: `Inputs to operation AddN ... must have
+    the same size and shape. Input 0: [60,12,16] != input 1: [59,12,16]`
+    (seen on `runtime.cpu_devices = 2`, Keras 3.15, TensorFlow 2.21). Training itself takes uneven
+    batches. This gives the model a `_maybe_symbolic_build` that reads the
+    shapes from the first replica's part instead; without a strategy of
+    several replicas, or on a Keras without that method, it changes nothing.
+    """
+    if not hasattr(model, "_maybe_symbolic_build") or not tf.distribute.has_strategy():
+        return
+    strategy = tf.distribute.get_strategy()
+    if strategy.num_replicas_in_sync == 1:
+        return
+
+    def first_replica(value):
+        if isinstance(value, tf.distribute.DistributedValues):
+            return strategy.experimental_local_results(value)[0]
+        return value
+
+    def maybe_symbolic_build(iterator=None, data_batch=None):
+        if iterator is not None:
+            for _, _, batches in iterator:
+                data_batch = tf.nest.map_structure(first_replica, next(batches))
+                break
+        with strategy.scope():
+            model._symbolic_build(data_batch=data_batch)
+
+    model._maybe_symbolic_build = maybe_symbolic_build
+
+
 def set_precision(policy):
     """Sets Keras' global dtype policy (`float32`, `mixed_float16`, ...)."""
     keras.mixed_precision.set_global_policy(policy)
