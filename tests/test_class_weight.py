@@ -73,7 +73,8 @@ def test_the_translator_takes_only_none():
         task_for("translator").fit_options(config, None)
     assert str(error.value) == ('training.class_weight applies to classifiers; the translator '
                                 'template takes only "none"')
-    assert task_for("translator").fit_options({"training": {"class_weight": "none"}}, None) == {}
+    assert task_for("translator").fit_options({"training": {"class_weight": "none",
+                                                            "calibrate": False}}, None) == {}
 
 
 # Training (slow) --------------------------------------------------------------

@@ -29,6 +29,7 @@ def _assert_refused(result, project, *expected):
      "training.epochs must be an integer from 1 to 1000000; got 100000000000000000000"),
     ("training.batch_size=10000000000", "training.batch_size must be an integer from 1 to"),
     ("training.seed=-1", "training.seed must be an integer from 0 to 4294967295; got -1"),
+    ("training.calibrate=yes", "training.calibrate must be true or false; got 'yes'"),
     ("tune.max_trials=100000000000000000000", "tune.max_trials must be an integer from 1 to"),
     ("data.validation_split=nan",
      "data.validation_split must be a number from 0.0 to 0.9; got nan"),

@@ -49,7 +49,7 @@ def image_exports(tmp_path_factory):
     Returns:
         A dict: `project`, `exports` ((format, quantize) to the version
         folder), `pixels` and `labels` of the test split, `keras` (the
-        in-memory model's probabilities of them).
+        in-memory model's calibrated probabilities of them).
     """
     from click.testing import CliRunner
 
@@ -67,12 +67,19 @@ def image_exports(tmp_path_factory):
     exports.update(_export_each(runner, project, FLOAT_FORMATS + QUANTIZED))
     run = runs.find_trained(project)
     experiment = Experiment.for_run(project, run)
-    model = experiment.load_trained_model(run)
+    model = _calibrated_model(experiment, run)
     pixels, labels = zip(*experiment.open_data().splits["test"].as_numpy_iterator())
     pixels = np.stack(pixels).astype(np.float32)
     return {"project": project, "exports": exports, "pixels": pixels,
             "labels": np.asarray(labels),
             "keras": np.asarray(model(pixels, training=False))}
+
+
+def _calibrated_model(experiment, run):
+    """The run's Keras model with the temperature its exports apply (fitted
+    after training: `training.calibrate` is on by default)."""
+    assert run.meta["temperature"] != 1.0
+    return experiment.task.calibrated_model(experiment.load_trained_model(run), run.meta)
 
 
 def _export_each(runner, project, pairs):
@@ -358,7 +365,7 @@ def text_exports(trained_text_project, tmp_path_factory):
     Returns:
         A dict: `project`, `exports` ((format, quantize) to the version
         folder), `features` and `labels` of the test split, `texts` (its raw
-        texts), `keras` (the in-memory model's probabilities of them).
+        texts), `keras` (the in-memory model's calibrated probabilities of them).
     """
     import shutil
 
@@ -374,7 +381,7 @@ def text_exports(trained_text_project, tmp_path_factory):
     exports.update(_export_each(runner, project, TEXT_FORMATS))
     run = runs.find_trained(project)
     experiment = Experiment.for_run(project, run)
-    model = experiment.load_trained_model(run)
+    model = _calibrated_model(experiment, run)
     data = experiment.open_data()
     features, labels = zip(*data.splits["test"].as_numpy_iterator())
     features = {key: np.stack([f[key] for f in features]) for key in features[0]}

@@ -129,7 +129,7 @@ def test_evaluate_saves_predictions_examples_and_figures(evaluated_project):
     project, first, _ = evaluated_project
     run = project / "runs" / first
     for name in ("learning_curves.png", "confusion-test.png", "samples-test.png",
-                 "mistakes-test.png"):
+                 "mistakes-test.png", "reliability-test.png"):
         width, height = _png_size(run / name)
         assert width > 300 and height > 200, name
     rows = classifier.read_predictions(Run.open(run), "test")

@@ -221,6 +221,7 @@ def test_train_records_vocabulary_and_labels(trained_text_project):
 def test_saved_model_matches_in_memory_model_on_raw_strings(trained_text_project):
     from dltool.core import runs
     from dltool.engine.experiment import Experiment
+    from dltool.tasks import calibration
 
     run = runs.find_trained(trained_text_project)
     model = Experiment.for_run(trained_text_project, run).load_trained_model(run)
@@ -229,7 +230,11 @@ def test_saved_model_matches_in_memory_model_on_raw_strings(trained_text_project
     features = text.vectorize(vectorizer, tf.constant(ODD_TEXTS), meta["subword_buckets"],
                               meta["subwords_per_word"])
     assert set(features) == {"token_ids", "subword_ids"}
-    expected = np.asarray(model(features, training=False))
+    # The export applies the temperature fitted after training (on by default):
+    # softmax(log(p) / T) of the Keras model's probabilities p.
+    assert meta["temperature"] != 1.0
+    expected = calibration.scaled(np.asarray(model(features, training=False)),
+                                  meta["temperature"])
 
     loaded = tf.saved_model.load(str(trained_text_project / "saved_models" / "reviews" / "1"))
     outputs = loaded.signatures["serving_default"](texts=tf.constant(ODD_TEXTS))
@@ -275,7 +280,8 @@ def test_evaluate_uses_the_test_file(runner, trained_text_project):
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()  # progress lines go to stderr
     assert lines[0].endswith("test split, 200 examples")
-    assert [line.split()[0] for line in lines[6:]] == ["negative", "positive"]
+    assert lines[5].startswith("NLL ") and lines[6].startswith("ECE (15 bins) ")
+    assert [line.split()[0] for line in lines[8:]] == ["negative", "positive"]
 
 
 @pytest.mark.slow

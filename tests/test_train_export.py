@@ -46,13 +46,18 @@ def test_evaluate_prints_loss_accuracy_and_per_class(runner, trained_project):
     assert lines[0].endswith("test split, 200 examples")
     assert lines[1].startswith("loss") and lines[2].startswith("accuracy")
     assert lines[3].startswith("balanced accuracy") and lines[4].startswith("macro F1")
-    assert lines[5].split() == ["class", "precision", "recall", "F1", "support"]
-    assert len(lines) == 6 + 10 and lines[6].split()[0] == "airplane"
+    assert lines[5].startswith("NLL ") and "(temperature " in lines[5]  # before → after
+    assert lines[6].startswith("ECE (15 bins) ") and " → " in lines[6]
+    assert lines[7].split() == ["class", "precision", "recall", "F1", "support"]
+    assert len(lines) == 8 + 10 and lines[8].split()[0] == "airplane"
     saved = json.loads(next((trained_project / "runs").glob("*/evaluation-test.json"))
                        .read_text())
     assert saved["examples"] == 200 and len(saved["confusion"]) == 10
     assert sum(map(sum, saved["confusion"])) == 200
     assert 0.0 <= saved["accuracy"] <= 1.0
+    figures = saved["calibration"]  # on the test split, before and after the temperature
+    assert figures["bins"] == 15 and sum(figures["reliability_after"]["count"]) == 200
+    assert {"nll_before", "nll_after", "ece_before", "ece_after"} <= set(figures)
 
 
 def test_export_layout_and_version_increment(runner, trained_project, copy_project):
@@ -75,13 +80,17 @@ def _sample_bytes(project):
 def test_saved_model_matches_in_memory_model(trained_project):
     from dltool.core import runs
     from dltool.engine.experiment import Experiment
+    from dltool.tasks import calibration
 
     run = runs.find_trained(trained_project)
     model = Experiment.for_run(trained_project, run).load_trained_model(run)
     jpegs = _sample_bytes(trained_project)
     pngs = [tf.io.encode_png(tf.io.decode_jpeg(b)).numpy() for b in jpegs]
     pixels = tf.stack([images.decode_image(b, (32, 32)) for b in jpegs])
-    expected = np.asarray(model(pixels, training=False))
+    # The export applies the temperature fitted after training (on by default).
+    temperature = run["meta"]["temperature"]
+    assert temperature == run["calibration"]["temperature"] != 1.0
+    expected = calibration.scaled(np.asarray(model(pixels, training=False)), temperature)
 
     loaded = tf.saved_model.load(str(trained_project / "saved_models" / "proj" / "1"))
     serve = loaded.signatures["serving_default"]

@@ -119,6 +119,10 @@ COMMON_SECTIONS = {
         "verbose": Field(2, choices=(0, 1, 2)),
         "include_validation": Field(False),
         "class_weight": Field("none", choices=CLASS_WEIGHTS, weights=True),
+        # Temperature scaling of a classifier's probabilities after training
+        # (dltool.tasks.calibration): the classifier templates' default is
+        # true; a template without classes refuses true (`Task.fit_options`).
+        "calibrate": Field(False),
     },
     "tune": {
         "tuner": Field("random", choices=TUNERS),

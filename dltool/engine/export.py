@@ -218,6 +218,10 @@ def client_readme(metadata, snippet):
               "(`input`: what the model takes; `meta`: the data's metadata)"]
     if "labels_file" in metadata:
         lines.append("- `labels.txt`: the label names, one a line; line i is output i")
+    if metadata["meta"].get("temperature") is not None:
+        lines.append(f"- calibrated probabilities: temperature scaling (T = "
+                     f"{metadata['meta']['temperature']:.4g}, `meta.temperature`) is applied "
+                     "inside the model; do not apply it again")
     if "calibration" in metadata:
         calibration = metadata["calibration"]
         lines.append(f"- int8 calibration: {calibration['examples']} examples of the "

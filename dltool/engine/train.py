@@ -354,6 +354,8 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
                                                 cluster=cluster, echo=echo) as (run, backup_dir):
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
                       backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
+            if cluster is None or cluster.is_chief:  # the other workers' runs are deleted
+                calibrate(experiment.task, model, config, run, val_ds, echo)
     if cluster is None or cluster.is_chief:
         reporting.write_run_report(project_dir, run, echo=echo)
     return run
@@ -365,6 +367,42 @@ def record_fit_options(run, fit_options, meta):
     if "class_weight" in fit_options:
         run.update(class_weights={meta["class_names"][label]: round(weight, 6)
                                   for label, weight in fit_options["class_weight"].items()})
+
+
+def calibrate(task, model, config, run, val_ds, echo):
+    """Calibrates the run's best model on the validation split, if it is asked.
+
+    After `fit`: the run is finished, so a process killed here leaves a run
+    that exports uncalibrated scores, as with `training.calibrate = false`.
+    The best epoch's weights are loaded into `model` (`fit` leaves it at the
+    last epoch), the task fits its calibration (`Task.calibrate`: for a
+    classifier one prediction pass over the split and a temperature) and
+    it is recorded in `run.json` as `calibration`, and its `temperature` in
+    the run's `meta`, which the export applies and `dltool evaluate` reports.
+
+    Args:
+        task: The run's `Task`.
+        model: The trained model.
+        config: The run's `Config`.
+        run: The finished `Run`.
+        val_ds: The batched validation split, or None.
+        echo: Function that prints a line for the user.
+    """
+    if not config["training"]["calibrate"]:
+        return
+    if val_ds is None:
+        why = ("training.include_validation trains on it" if
+               config["training"]["include_validation"] else "the data has none")
+        echo(f"Calibration: skipped, no validation split ({why})")
+        return
+    if not run.weights_file.is_file():
+        echo("Calibration: skipped, no epoch was best (no best weights saved)")
+        return
+    model.load_weights(str(run.weights_file))
+    calibration = task.calibrate(model, val_ds, echo)
+    if calibration is not None:
+        run.update(calibration=calibration,
+                   meta={**run.meta, "temperature": calibration["temperature"]})
 
 
 def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, cluster, echo,

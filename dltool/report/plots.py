@@ -125,6 +125,48 @@ def confident_mistakes(texts, confidences, labels, path):
     figure.savefig(path)
 
 
+def reliability_diagram(stages, path):
+    """Plots reliability diagrams side by side (e.g. before and after calibration).
+
+    Each panel shows, per bin of top-class probability, the accuracy of the
+    examples in it (bars), the gap to their mean probability (red) and the
+    diagonal of perfect calibration; below it, how many examples each bin
+    holds.
+
+    Args:
+        stages: List of `(title, bins)`, `bins` a dict of lists `count`,
+            `accuracy` and `confidence`, one entry per equal-width bin of
+            [0, 1] (`dltool.tasks.calibration.reliability`).
+        path: PNG file to write.
+    """
+    import numpy as np
+
+    figure = _figure(4.2 * len(stages), 5.0)
+    axes = figure.subplots(2, len(stages), squeeze=False, sharex=True,
+                           gridspec_kw={"height_ratios": [3, 1]})
+    for column, (title, bins) in enumerate(stages):
+        count = np.asarray(bins["count"])
+        accuracy, confidence = np.asarray(bins["accuracy"]), np.asarray(bins["confidence"])
+        width = 1.0 / len(count)
+        centers = (np.arange(len(count)) + 0.5) * width
+        used = count > 0
+        top, bottom = axes[0, column], axes[1, column]
+        top.plot([0, 1], [0, 1], linestyle="--", color="grey", linewidth=1)
+        top.bar(centers[used], accuracy[used], width=width, color="#0969da",
+                edgecolor="white", label="accuracy")
+        top.bar(centers[used], confidence[used] - accuracy[used], bottom=accuracy[used],
+                width=width, color=_BAD, alpha=0.35, edgecolor=_BAD, label="gap to confidence")
+        top.set_xlim(0, 1)
+        top.set_ylim(0, 1)
+        top.set_title(_short(title, 50))
+        top.set_ylabel("accuracy")
+        top.legend(loc="upper left", fontsize=8)
+        bottom.bar(centers, count, width=width, color="#656d76", edgecolor="white")
+        bottom.set_xlabel("top-class probability")
+        bottom.set_ylabel("examples")
+    figure.savefig(path)
+
+
 def _short(text, width):
     """One line of at most `width` characters; `$` escaped (not mathtext)."""
     line = textwrap.shorten(" ".join(str(text).split()), width=width, placeholder="…")

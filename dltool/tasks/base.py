@@ -110,8 +110,9 @@ class Task:
     def fit_options(self, config, data):
         """Extra arguments of `model.fit` (training and every tuning trial).
 
-        The default refuses `training.class_weight` (a classifier's): a
-        template without classes takes only `"none"`.
+        The default refuses `training.class_weight` and `training.calibrate`
+        (a classifier's): a template without classes takes only `"none"` and
+        `false` (its default).
 
         Args:
             config: The run's config.
@@ -127,7 +128,28 @@ class Task:
         if config["training"]["class_weight"] != "none":
             raise ConfigError(f"training.class_weight applies to classifiers; the {self.name} "
                               'template takes only "none"')
+        if config["training"]["calibrate"]:
+            raise ConfigError(f"training.calibrate applies to classifiers; the {self.name} "
+                              "template takes only false")
         return {}
+
+    def calibrate(self, model, dataset, echo):
+        """Fits a calibration of the trained model's scores, after training.
+
+        Called when `training.calibrate` is on, which the default
+        `fit_options` refuses: the default does nothing.
+
+        Args:
+            model: The trained model, with its best weights.
+            dataset: The batched validation split.
+            echo: Function that prints a line for the user.
+
+        Returns:
+            A JSON-able dict with at least `temperature` (recorded in
+            `run.json` as `calibration`, the temperature in the run's
+            `meta`), or None when there is nothing to record.
+        """
+        return None
 
     def batching(self, config):
         """Returns extra `dltool.data.pipeline.batched` arguments (grouping by

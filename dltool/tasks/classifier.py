@@ -6,6 +6,12 @@ support, confusion matrix), with one row per example in
 names, the top label and its score; `dltool predict` shows the top-k labels.
 The report shows the metrics, the confusion matrix and the per-class table;
 a subclass adds its own figures after them.
+
+With `training.calibrate` the probabilities are temperature-scaled
+(`dltool.tasks.calibration`): the temperature is fitted after training on
+the validation split (`calibrate`), kept in the run's `meta` and applied by
+the exported model; the evaluation and the report give the NLL and the
+expected calibration error before and after, and a reliability diagram.
 """
 
 import csv
@@ -19,6 +25,7 @@ from dltool.core.errors import DataError
 from dltool.data import pipeline, splits
 from dltool.report import plots
 from dltool.report.reports import Section
+from dltool.tasks import calibration
 from dltool.tasks.base import Task
 
 SAMPLES_KEPT = 16
@@ -60,19 +67,79 @@ class ClassifierTask(Task):
         weights = splits.class_weights(setting, data.class_names, data.class_counts)
         return {"class_weight": dict(enumerate(weights))}
 
-    def classifier_outputs(self, probabilities, class_names):
+    def calibrate(self, model, dataset, echo):
+        """Fits the temperature of the model's probabilities on a split.
+
+        One prediction pass over the split, then the 1-D fit of
+        `calibration.fit_temperature` on the numpy probabilities (a few
+        milliseconds for thousands of examples).
+
+        Args:
+            model: The trained model, with its best weights.
+            dataset: The batched validation split.
+            echo: Prints `Calibration: temperature T on the validation split
+                (NLL a → b, ECE c → d)`, or why it was skipped.
+
+        Returns:
+            A dict: `temperature`, `split`, `examples`, and `val_nll_before`,
+            `val_nll_after`, `val_ece_before`, `val_ece_after`; None (not
+            calibrated) when the model's probabilities are not finite.
+        """
+        labels, probabilities = _predict_all(model, dataset)
+        if not np.all(np.isfinite(probabilities)):
+            echo("Calibration: skipped, the model's validation probabilities are not finite")
+            return None
+        temperature = calibration.fit_temperature(labels, probabilities)
+        figures = calibration.summary(labels, probabilities, temperature)
+        result = {"temperature": temperature, "split": "val", "examples": int(len(labels)),
+                  **{f"val_{name}_{stage}": figures[f"{name}_{stage}"]
+                     for name in ("nll", "ece") for stage in ("before", "after")}}
+        echo(f"Calibration: temperature {temperature:.3g} on the validation split "
+             f"(NLL {result['val_nll_before']:.3f} → {result['val_nll_after']:.3f}, "
+             f"ECE {result['val_ece_before']:.3f} → {result['val_ece_after']:.3f})")
+        return result
+
+    def temperature(self, meta):
+        """The temperature a run's or export's `meta` calibrates with, or None
+        (not calibrated: `training.calibrate = false`, or trained before it)."""
+        return meta.get("temperature")
+
+    def calibrated_model(self, model, meta):
+        """`model` followed by its temperature scaling, for the LiteRT and
+        ONNX exports (`inference_model`); `model` itself when not calibrated.
+
+        Args:
+            model: A functional Keras model (probabilities out).
+            meta: The run's `meta`.
+
+        Returns:
+            A Keras model with the same inputs and layers (shared, not
+            copied) that returns the calibrated probabilities.
+        """
+        temperature = self.temperature(meta)
+        if temperature is None:
+            return model
+        return keras.Model(model.input,
+                           calibration.TemperatureScaling(temperature)(model.output),
+                           name=model.name)
+
+    def classifier_outputs(self, probabilities, class_names, temperature=None):
         """The serving outputs of a classifier.
 
         Args:
             probabilities: Model output, `(n, classes)`.
             class_names: String tensor of the class names, `(classes,)`.
+            temperature: The run's temperature (`temperature(meta)`), applied
+                to the probabilities in the graph; None for none.
 
         Returns:
-            A dict: `probabilities` (float32), `classes` (the class names,
-            `(n, classes)`, in the same order), `label` (top class name,
-            `(n,)`) and `score` (its probability).
+            A dict: `probabilities` (float32, calibrated), `classes` (the
+            class names, `(n, classes)`, in the same order), `label` (top
+            class name, `(n,)`) and `score` (its probability).
         """
         probabilities = tf.cast(probabilities, tf.float32)
+        if temperature is not None:
+            probabilities = calibration.scale(probabilities, temperature)
         count = tf.shape(probabilities)[0]
         return {
             "probabilities": probabilities,
@@ -98,27 +165,34 @@ class ClassifierTask(Task):
     def evaluate_split(self, model, data, split, config, run, echo=None):
         """Loss, accuracy and the per-class report of the model on one split.
 
-        Also writes `predictions-SPLIT.csv` and, when the task
+        Also writes `predictions-SPLIT.csv` (the probabilities the export
+        returns: calibrated when the run is) and, when the task
         `keeps_examples`, the inputs the report shows (`save_examples`). A
         classifier evaluates in seconds: `echo` is not used.
 
         Returns:
-            A dict with `examples`, `loss`, `accuracy` and the rest of
-            `evaluation_report` (`per_class`, `confusion`).
+            A dict with `examples`, `loss` (the model's own loss, before
+            calibration), `accuracy` and the rest of `evaluation_report`
+            (`per_class`, `confusion`), and `calibration`
+            (`calibration.summary`: NLL and ECE before and after).
         """
         training = config["training"]
+        temperature = self.temperature(run.meta)
         keeper = _ExampleKeeper(data.sizes[split], training["seed"]) \
             if self.keeps_examples else None
         dataset = pipeline.batched(data.splits[split], training["batch_size"], training=False)
-        labels, probabilities = _predict_all(model, dataset, keeper)
+        labels, probabilities = _predict_all(model, dataset, keeper, temperature)
         loss = keras.losses.get(model.loss)(labels, probabilities)
         report = self.evaluation_report(labels, probabilities, run.meta)
-        save_predictions(run, split, labels, probabilities, run.meta["class_names"],
+        served = probabilities if temperature is None else \
+            calibration.scaled(probabilities, temperature)
+        save_predictions(run, split, labels, served, run.meta["class_names"],
                          self.readable_inputs(data, split))
         if keeper is not None:
             self.save_examples(run, split, keeper.examples())
         return {"examples": int(len(labels)),
-                "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report}
+                "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report,
+                "calibration": calibration.summary(labels, probabilities, temperature)}
 
     def evaluation_report(self, y_true, probabilities, meta):
         """Accuracy, balanced accuracy, macro F1, per-class figures, confusion matrix.
@@ -204,7 +278,38 @@ class ClassifierTask(Task):
                        f"{c['f1']:.3f}" if "f1" in c else "", str(c["support"])]
                       for c in evaluation["per_class"]]
             sections.append(Section(f"Per class ({split})", table=table))
+        if "calibration" in evaluation:
+            sections.append(self.calibration_section(run, split, evaluation["calibration"]))
         return sections
+
+    def calibration_section(self, run, split, figures):
+        """The report's reliability diagram, before and after calibration.
+
+        Args:
+            run: The `Run`.
+            split: The split evaluated.
+            figures: The evaluation's `calibration` (`calibration.summary`).
+
+        Returns:
+            A `Section` with the figure and the NLL and ECE.
+        """
+        image = run.figure_file("reliability", split)
+        stages = [("before", figures["reliability_before"])]
+        if figures["temperature"] is not None:
+            stages.append((f"after (T = {figures['temperature']:.3g})",
+                           figures["reliability_after"]))
+        plots.reliability_diagram(stages, image)
+        nll, ece = _calibration_figures(figures)
+        if figures["temperature"] is None:
+            text = ("Not calibrated (training.calibrate = false, or no validation split): "
+                    f"NLL {nll}, expected calibration error ({figures['bins']} bins) {ece}.")
+        else:
+            text = (f"Temperature {figures['temperature']:.3g}, fitted on the validation "
+                    "split after training and applied by the exported model: NLL "
+                    f"{nll}, expected calibration error ({figures['bins']} bins) {ece}. "
+                    "Bars: accuracy of the examples in each bin of top-class probability; "
+                    "the diagonal is perfect calibration.")
+        return Section(f"Calibration ({split})", text=text, image=image.name)
 
     def run_facts(self, evaluation):
         """The test split's `test_accuracy` and `test_loss`."""
@@ -223,6 +328,13 @@ class ClassifierTask(Task):
         figures = [("loss", "loss"), ("accuracy", "accuracy"), *_BALANCED]
         lines = [*super().evaluation_lines(result)]
         lines += [f"{label:<18} {result[key]:.4f}" for key, label in figures if key in result]
+        if "calibration" in result:
+            nll, ece = _calibration_figures(result["calibration"])
+            temperature = result["calibration"]["temperature"]
+            lines.append(f"{'NLL':<18} {nll} " + ("(not calibrated)" if temperature is None
+                                                   else f"(temperature {temperature:.3g})"))
+            bins = result["calibration"]["bins"]
+            lines.append(f"{f'ECE ({bins} bins)':<18} {ece}")
         if "per_class" in result:
             width = max(len("class"), *(len(c["name"]) for c in result["per_class"]))
             lines.append(f"{'class':<{width}}  precision  recall      F1  support")
@@ -269,19 +381,35 @@ class ClassifierTask(Task):
 _BALANCED = (("balanced_accuracy", "balanced accuracy"), ("macro_f1", "macro F1"))
 
 
-def _predict_all(model, dataset, keeper=None):
+def _calibration_figures(figures):
+    """The NLL and the ECE of an evaluation's `calibration` as text:
+    `before → after`, or `before` alone when the run is not calibrated."""
+    return tuple(f"{figures[f'{name}_before']:.4f}" + (
+        f" → {figures[f'{name}_after']:.4f}" if figures["temperature"] is not None else "")
+        for name in ("nll", "ece"))
+
+
+def _predict_all(model, dataset, keeper=None, temperature=None):
     """Runs the model on a batched dataset.
+
+    Args:
+        model: The Keras model.
+        dataset: Batches of `(inputs, labels)`.
+        keeper: An `_ExampleKeeper` shown each batch, or None.
+        temperature: The temperature of the probabilities `keeper` sees (the
+            exported model's), or None.
 
     Returns:
         `(labels, probabilities)`: numpy arrays `(n,)` and `(n, classes)`
-        float32. Each batch is shown to `keeper` too, when given.
+        float32, the model's own probabilities.
     """
     labels, probabilities = [], []
     for x, y in dataset:
         labels.append(y.numpy())
         probabilities.append(np.asarray(model(x, training=False), dtype=np.float32))
         if keeper is not None:
-            keeper.add(x, labels[-1], probabilities[-1])
+            keeper.add(x, labels[-1], probabilities[-1] if temperature is None else
+                       calibration.scaled(probabilities[-1], temperature))
     return np.concatenate(labels), np.concatenate(probabilities)
 
 

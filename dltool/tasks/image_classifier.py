@@ -70,7 +70,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
         Returns:
             A `ServingEndpoint` whose function takes a 1-D string tensor of
-            JPEG/PNG/GIF/BMP bytes and returns `classifier_outputs`.
+            JPEG/PNG/GIF/BMP bytes and returns `classifier_outputs` (with the
+            run's temperature, when calibrated).
         """
         image_size = tuple(meta["image_size"])
         class_names = tf.constant(meta["class_names"])
@@ -78,7 +79,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
         def serve(images_bytes):
             pixels = tf.map_fn(lambda b: images.decode_image(b, image_size), images_bytes,
                                fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
-            return self.classifier_outputs(model(pixels, training=False), class_names)
+            return self.classifier_outputs(model(pixels, training=False), class_names,
+                                           self.temperature(meta))
 
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="images")])
@@ -161,15 +163,17 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
         Args:
             model: The trained Keras model (float pixels in, probabilities out).
-            meta: The run's `meta` (unused).
+            meta: The run's `meta` (its temperature).
             export_format: `litert` or `onnx` (the same model for both).
 
         Returns:
-            A Keras model with the same input and output.
+            A Keras model with the same input and output, followed by the
+            run's temperature scaling when calibrated (`calibrated_model`).
         """
-        return keras.models.clone_model(
+        return self.calibrated_model(keras.models.clone_model(
             model, clone_function=lambda layer: (
-                keras.layers.Identity(name=layer.name) if _is_augmentation(layer) else layer))
+                keras.layers.Identity(name=layer.name) if _is_augmentation(layer) else layer)),
+            meta)
 
     def input_spec(self, export_format, meta):
         """The input of an export: image bytes (SavedModel) or pixels.

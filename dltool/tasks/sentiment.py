@@ -58,7 +58,8 @@ class SentimentTask(classifier.ClassifierTask):
 
         Returns:
             A `ServingEndpoint` whose function takes a 1-D string tensor of
-            texts and returns `classifier_outputs`; its resources are the
+            texts and returns `classifier_outputs` (with the run's
+            temperature, when calibrated); its resources are the
             vectorizer, whose vocabulary table the export must save.
         """
         vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
@@ -68,7 +69,8 @@ class SentimentTask(classifier.ClassifierTask):
         def serve(texts):
             features = text.vectorize(vectorizer, texts, meta["subword_buckets"],
                                       meta["subwords_per_word"])
-            return self.classifier_outputs(model(features, training=False), class_names)
+            return self.classifier_outputs(model(features, training=False), class_names,
+                                           self.temperature(meta))
 
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="texts")], resources=[vectorizer])
@@ -100,17 +102,19 @@ class SentimentTask(classifier.ClassifierTask):
         Args:
             model: The trained Keras model (`text.vectorize` features in,
                 probabilities out).
-            meta: The run's `meta` (unused).
+            meta: The run's `meta` (its temperature).
             export_format: `litert` or `onnx` (the same model for both).
 
         Returns:
-            A Keras model with the same inputs, outputs and weights.
+            A Keras model with the same inputs, outputs and weights, followed
+            by the run's temperature scaling when calibrated
+            (`calibrated_model`).
         """
         copy = keras.models.clone_model(
             model, clone_function=lambda layer: type(layer).from_config(
                 _unrolled(layer.get_config())))
         copy.set_weights(model.get_weights())
-        return copy
+        return self.calibrated_model(copy, meta)
 
     def input_spec(self, export_format, meta):
         """The input of an export: raw strings (SavedModel) or token ids.
