@@ -451,12 +451,18 @@ def export(project, run_name, overrides, name, export_format, quantize):
               help="No warning for a SavedModel this project did not export.")
 @click.option("--top-k", type=click.IntRange(min=1), default=None,
               help="Classes to show per input (default: export.top_k).")
+@click.option("--explain", is_flag=True,
+              help="Image classifier: also write each image's Grad-CAM heatmap of the "
+                   "predicted class over it, as NAME.gradcam.png beside it.")
+@click.option("--explain-dir", default=None, metavar="DIR",
+              type=click.Path(file_okay=False, path_type=str),
+              help="Write the --explain pictures to DIR instead (implies --explain).")
 @set_option
 @quiet_option("the top label of each input, one per line")
 @json_option
 @pass_project
 def predict(project, inputs, input_file, column, output_file, skip_bad, model_path, trusted,
-            top_k, overrides, quiet, as_json):
+            top_k, explain, explain_dir, overrides, quiet, as_json):
     """Predict INPUTS (image files, or texts for text templates) with an exported model.
 
     A folder in INPUTS stands for its files, recursively: images for the image
@@ -464,6 +470,11 @@ def predict(project, inputs, input_file, column, output_file, skip_bad, model_pa
     translator, each input is a sentence and its translation is printed.
     Inputs are read and predicted in batches, so their number does not bound
     memory.
+
+    With --explain, the image classifier also writes, for each image
+    DIR/NAME.EXT, DIR/NAME.gradcam.png: the image under the Grad-CAM heatmap
+    of its predicted class (red where the model looked), drawn with the
+    export's model.keras; all of them or, on an error, none.
     """
     _check_output_flags(quiet, as_json)
     if not inputs and input_file is None:
@@ -487,16 +498,26 @@ def predict(project, inputs, input_file, column, output_file, skip_bad, model_pa
             check_writable(Path(output_file).absolute().parent)  # before any prediction
         from dltool.engine.predict import Inputs, predict as run_predict
 
+        items = Inputs(inputs, column=column, lines=lines)
+        explanations = None
+        if explain or explain_dir is not None:  # refused, if at all, before any prediction
+            from dltool.engine.explain import plan_explanations
+
+            explanations = plan_explanations(folder or _folder_if_any(project), items,
+                                             model_path=model_path, out_dir=explain_dir)
+            model_path = explanations.source
         warn = None if trusted else (lambda line: click.echo(line, err=True))
         def on_bad(shown, reason):
             on_bad.count += 1
+            on_bad.skipped.append(shown)
             click.echo(f"Skipped {reason}", err=True)
 
         on_bad.count = 0
+        on_bad.skipped = []
 
         with _progress_bar(quiet) as progress:
             source, task, results = run_predict(
-                folder or _folder_if_any(project), Inputs(inputs, column=column, lines=lines),
+                folder or _folder_if_any(project), items,
                 model_path=model_path, top_k=top_k, warn=warn, skip_bad=skip_bad,
                 on_bad=on_bad, progress=progress)
             with _prediction_writer(task, source, top_k, output_file, quiet, as_json) as write:
@@ -505,6 +526,13 @@ def predict(project, inputs, input_file, column, output_file, skip_bad, model_pa
                     if warning is not None:
                         click.echo(warning, err=True)
                     write(item, prediction)
+                if explanations is not None:  # inside: an error prints and writes nothing
+                    pictures = explanations.write(on_bad.skipped, skip_bad)
+        if explanations is not None and not quiet:
+            where = f"in {explain_dir}" if explain_dir is not None else "beside the inputs"
+            click.echo(f"Wrote {len(pictures)} Grad-CAM picture(s) {where}"
+                       + (f": {pictures[0]}" + (", ..." if len(pictures) > 1 else "")
+                          if pictures else ""), err=True)
     if on_bad.count:
         click.echo(f"Skipped {on_bad.count} unusable input(s) (--skip-bad)", err=True)
     if output_file is not None and not quiet:

@@ -141,11 +141,20 @@ def test_evaluate_saves_predictions_examples_and_figures(evaluated_project):
         assert saved["images"].dtype == np.uint8 and saved["images"].shape[1:] == (32, 32, 3)
         assert saved["in_sample"].sum() == 16
         assert saved["images"].std() > 10  # real pictures, not a blank array
+        # Grad-CAM of each image's predicted class on the one block's ReLU
+        # (32x32 before its pooling), drawn under "What the model looked at".
+        assert saved["heatmaps"].shape == (len(saved["index"]), 32, 32)
+        assert 0 <= saved["heatmaps"].min() and saved["heatmaps"].max() == 1
+        assert str(saved["heatmap_layer"]).startswith("re_lu")
+    for name in ("gradcam-samples-test.png", "gradcam-mistakes-test.png"):
+        assert _png_size(run / name) == _png_size(run / name.removeprefix("gradcam-")), name
     markdown = (run / "report.md").read_text()
     for title in ("Overview", "Learning curves", "Evaluation on the test split",
-                  "Confusion matrix (test)", "Per class (test)", "Sample predictions (test)"):
+                  "Confusion matrix (test)", "Per class (test)", "Calibration (test)",
+                  "Sample predictions (test)"):
         assert f"## {title}" in markdown, title
     assert "| airplane | " in markdown
+    assert "## What the model looked at: sample predictions (test)" in markdown
 
 
 def _chromium():
@@ -184,7 +193,7 @@ def test_report_html_renders_every_figure_in_chromium(evaluated_project, tmp_pat
     run = project / "runs" / first
     page = (run / "report.html").read_text()
     figures = re.findall(r"!\[(.*?)\]\((.*?\.png)\)", (run / "report.md").read_text())
-    assert len(figures) == 4
+    assert len(figures) == 7  # with the two Grad-CAM grids
     # The test copy adds a script that lists the images as the browser
     # decoded them; the report's own policy (images only from data: URLs)
     # stays, with inline scripts allowed for this one.

@@ -27,6 +27,9 @@ from dltool.tasks import task_for
 # always used. What a batch holds outside the graph is its inputs' encoded
 # bytes (256 CIFAR-10 JPEGs: about 0.3 MB) and its outputs.
 BATCH_SIZE = 256
+# What `dltool predict --explain` names the picture of input NAME.EXT
+# (`dltool.engine.explain`); a folder's files named so are not inputs.
+EXPLAIN_SUFFIX = ".gradcam.png"
 
 
 def load_predictor(project_dir, model_path=None, *, warn=None):
@@ -208,9 +211,12 @@ class Inputs:
 
 
 def _folder_inputs(task, folder):
-    """The inputs of a folder: its files with the task's suffixes, sorted by path."""
+    """The inputs of a folder: its files with the task's suffixes, sorted by
+    path, but for the pictures `--explain` wrote (`EXPLAIN_SUFFIX`)."""
     found = False
     for path in _files_under(Path(folder), task.input_suffixes):
+        if path.name.endswith(EXPLAIN_SUFFIX):
+            continue
         found = True
         yield Input(str(path), str(path), text_file=not task.inputs_are_paths)
     if not found:

@@ -232,6 +232,34 @@ class Task:
         """
         raise NotImplementedError
 
+    def explain_refusal(self):
+        """Says why `dltool predict --explain` cannot explain this template's
+        predictions, or None when it can (`explainer`).
+
+        Returns:
+            One line; the default: it applies to the image classifier only.
+        """
+        return f"--explain applies to the image classifier, not to a {self.name} model"
+
+    def explainer(self, model, meta):
+        """Returns what draws `dltool predict --explain`'s pictures.
+
+        Called only when `explain_refusal` is None.
+
+        Args:
+            model: The export's Keras model (`model.keras`).
+            meta: The export's `meta`.
+
+        Returns:
+            A function of a list of `read_input` values that returns, for
+            each, `(picture, None)` (a uint8 RGB array `(h, w, 3)`) or
+            `(None, reason)` for one it cannot draw.
+
+        Raises:
+            ConfigError: the model cannot be explained.
+        """
+        raise NotImplementedError
+
     # ---- exporting to other formats (LiteRT, ONNX) ----
 
     def format_refusal(self, export_format, quantize, meta):

@@ -6,11 +6,11 @@ import numpy as np
 
 from dltool._tf import keras, tf
 from dltool.core import files
-from dltool.core.errors import DataError
+from dltool.core.errors import ConfigError, DataError
 from dltool.data import images
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import classifier
+from dltool.tasks import classifier, gradcam
 from dltool.tasks.base import ServingEndpoint
 
 
@@ -127,6 +127,84 @@ class ImageClassifierTask(classifier.ClassifierTask):
         """
         return images.check_image_bytes(data, self.max_pixels(meta))
 
+    def explain_refusal(self):
+        """None: `dltool predict --explain` draws Grad-CAM heatmaps over images."""
+        return None
+
+    def explainer(self, model, meta):
+        """Returns what draws the Grad-CAM heatmap of the predicted class over
+        each input image, at the image's own size, a small image enlarged
+        to `gradcam.PICTURE_MIN_SIDE` pixels (`gradcam.overlay`).
+
+        Args:
+            model: The export's Keras model (float pixels in, probabilities out).
+            meta: The export's `meta` (`image_size`).
+
+        Returns:
+            A function of a list of image bytes (`read_input`) that returns
+            `(overlay, None)` for each image, or `(None, reason)` for one that
+            does not decode.
+
+        Raises:
+            ConfigError: the model has no feature map Grad-CAM can weigh
+                (`gradcam.feature_tensor`).
+        """
+        explain = gradcam.GradCam(model)
+        image_size = tuple(meta["image_size"])
+
+        def draw(values):
+            decoded = [_decode_original(value) for value in values]
+            usable = [image for image, _ in decoded if image is not None]
+            if not usable:
+                return decoded
+            # The pixels `images.decode_image` gives the model: resized as decoded.
+            pixels = np.stack([tf.image.resize(image, image_size).numpy() for image in usable])
+            heatmaps = iter(explain(pixels)[0])
+            return [(None, reason) if image is None else
+                    (gradcam.overlay(image, next(heatmaps), min_side=gradcam.PICTURE_MIN_SIDE),
+                     None) for image, reason in decoded]
+
+        return draw
+
+    def evaluate_split(self, model, data, split, config, run, echo=None):
+        """The classifier's evaluation (`ClassifierTask.evaluate_split`), then
+        the Grad-CAM heatmaps of the examples it kept (`save_heatmaps`)."""
+        result = super().evaluate_split(model, data, split, config, run, echo)
+        self.save_heatmaps(model, run, split, echo)
+        return result
+
+    def save_heatmaps(self, model, run, split, echo=None):
+        """Adds to `examples-SPLIT.npz` the Grad-CAM heatmaps of its images.
+
+        Each heatmap explains the class the evaluation predicted (its row of
+        `predictions-SPLIT.csv`), on the model's feature map
+        (`gradcam.feature_tensor`). A model without one gets no heatmaps,
+        and a line saying why.
+
+        Args:
+            model: The evaluated Keras model.
+            run: The `Run`.
+            split: The split evaluated.
+            echo: Function that prints a line for the user, or None.
+        """
+        saved = _read_examples(run.examples_file(split))
+        if saved is None:
+            return
+        try:
+            explain = gradcam.GradCam(model)
+        except ConfigError as e:
+            if echo is not None:
+                echo(f"No Grad-CAM heatmaps in the report: {e}")
+            return
+        names = run.meta["class_names"]
+        predicted = {r["index"]: names.index(r["predicted"])
+                     for r in classifier.read_predictions(run, split)}
+        classes = np.asarray([predicted[int(i)] for i in saved["index"]], dtype=np.int64)
+        heatmaps, _ = explain(saved["images"].astype(np.float32), classes)
+        _write_examples(run.examples_file(split), **{
+            **saved, "heatmaps": heatmaps.astype(np.float16), "explained": classes,
+            "heatmap_layer": np.asarray(explain.layer_name)})
+
     def save_examples(self, run, split, examples):
         """Saves the images the report shows as `examples-SPLIT.npz` (uint8).
 
@@ -141,9 +219,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
         indices, pixels, in_sample = examples
         if pixels is None:
             return
-        with files.replacing(run.examples_file(split)) as tmp, open(tmp, "wb") as f:
-            np.savez_compressed(f, index=indices, in_sample=in_sample,
-                                images=np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+        _write_examples(run.examples_file(split), index=indices, in_sample=in_sample,
+                        images=np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
 
     # ---- exporting to LiteRT and ONNX: pixels in, probabilities out ----
 
@@ -212,13 +289,16 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then a grid of sample predictions
-        and one of the most confident mistakes, titled true / predicted."""
+        and one of the most confident mistakes, titled true / predicted, each
+        followed by the same images under their Grad-CAM heatmaps ("What the
+        model looked at") when the evaluation saved them (`save_heatmaps`)."""
         sections = super().report_sections(run, split, evaluation)
         rows = {r["index"]: r for r in classifier.read_predictions(run, split)}
         saved = _read_examples(run.examples_file(split)) if rows else None
         if saved is None:
             return sections
-        indices, pixels, in_sample = saved
+        indices, pixels, in_sample = saved["index"], saved["images"], saved["in_sample"]
+        heatmaps = saved.get("heatmaps")
         position = {int(i): k for k, i in enumerate(indices)}
         sample = [int(i) for i, s in zip(indices, in_sample) if s and int(i) in rows]
         mistakes = [r["index"] for r in classifier.confident_mistakes(rows.values())
@@ -231,18 +311,30 @@ class ImageClassifierTask(classifier.ClassifierTask):
             if not chosen:
                 continue
             image = run.figure_file(kind, split)
-            plots.image_grid(pixels[[position[i] for i in chosen]],
-                             [f"{rows[i]['true']} / {rows[i]['predicted']} "
-                              f"{rows[i]['confidence']:.2f}" for i in chosen],
-                             [rows[i]["true"] == rows[i]["predicted"] for i in chosen],
-                             image)
+            titles = [f"{rows[i]['true']} / {rows[i]['predicted']} {rows[i]['confidence']:.2f}"
+                      for i in chosen]
+            correct = [rows[i]["true"] == rows[i]["predicted"] for i in chosen]
+            plots.image_grid(pixels[[position[i] for i in chosen]], titles, correct, image)
             title = "Sample predictions" if kind == "samples" else "Most confident mistakes"
             sections.append(Section(f"{title} ({split})", text=text, image=image.name))
+            if heatmaps is None:
+                continue
+            image = run.figure_file(f"gradcam-{kind}", split)
+            plots.image_grid([gradcam.overlay(pixels[position[i]], heatmaps[position[i]])
+                              for i in chosen], titles, correct, image)
+            layer, (height, width) = str(saved["heatmap_layer"]), heatmaps.shape[1:]
+            sections.append(Section(
+                f"What the model looked at: {title.lower()} ({split})", image=image.name,
+                text=f"The same images under the Grad-CAM heatmap of the predicted class "
+                     f"(red: the regions that raise its score most, blue: none), from the "
+                     f"{height}x{width} feature map of layer '{layer}'."))
         return sections
 
 
 def _read_examples(path):
-    """Reads `examples-SPLIT.npz`: `(indices, images, in_sample)`, or None if missing.
+    """Reads `examples-SPLIT.npz`: a dict of its arrays (`index`, `images`,
+    `in_sample`; with `save_heatmaps`' `heatmaps`, `explained` and
+    `heatmap_layer`), or None if it is missing.
 
     Raises:
         DataError: naming the file if it cannot be read.
@@ -251,9 +343,28 @@ def _read_examples(path):
         return None
     try:
         with np.load(path, allow_pickle=False) as saved:
-            return saved["index"], saved["images"], saved["in_sample"]
+            arrays = {name: saved[name] for name in saved.files}
+        if not {"index", "images", "in_sample"} <= arrays.keys():
+            raise ValueError("no index, images or in_sample array")
+        return arrays
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: not readable ({e})") from e
+
+
+def _write_examples(path, **arrays):
+    """Writes `examples-SPLIT.npz` (compressed, no pickles) atomically."""
+    with files.replacing(path) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def _decode_original(data):
+    """Decodes image bytes at their own size (as `images.decode_image` does
+    before it resizes): `(uint8 (h, w, 3), None)`, or `(None, reason)`."""
+    try:
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy(), None
+    except tf.errors.InvalidArgumentError as e:
+        lines = [line.strip() for line in e.message.splitlines() if line.strip()]
+        return None, f"cannot be decoded: {(lines[-1] if lines else 'not an image')[:120]}"
 
 
 def _is_augmentation(layer):
