@@ -346,7 +346,8 @@ def test_text_savedmodel_readme_describes_the_input(template, meta):
 
 # The sentiment classifier: token ids in ---------------------------------------
 
-TEXT_FORMATS = [("litert", "none"), ("onnx", "none"), ("litert", "int8"), ("onnx", "dynamic")]
+TEXT_FORMATS = [("litert", "none"), ("onnx", "none"), ("litert", "float16"), ("litert", "dynamic"),
+                ("litert", "int8"), ("onnx", "dynamic")]
 # Texts the client's tokenizer must split as TensorFlow does: punctuation of
 # all of Unicode, accents, upper-case outside ASCII, emoji, symbols dltool
 # strips besides category P, tabs and line breaks, non-breaking spaces (not
@@ -419,6 +420,13 @@ def test_text_exports_agree_with_keras(text_exports, key):
         accuracy = np.mean(probabilities.argmax(-1) == labels)
         float_accuracy = np.mean(keras_probabilities.argmax(-1) == labels)
         assert abs(accuracy - float_accuracy) <= MAX_ACCURACY_DROP, (accuracy, float_accuracy)
+        if key[0] == "litert":  # the weights are stored quantized, not only labelled so
+            from dltool._tf import tf
+
+            interpreter = tf.lite.Interpreter(
+                model_path=str(text_exports["exports"][key] / "model.tflite"))
+            types = {detail["dtype"] for detail in interpreter.get_tensor_details()}
+            assert QUANTIZED_TYPE[key[1]] in types
     metadata = json.loads((text_exports["exports"][key] / "dltool.json").read_text())
     assert metadata["input"]["names"] == ["token_ids", "subword_ids"]
     assert metadata["input"]["subword_ids"]["shape"] == [None, 12, 16]
