@@ -14,7 +14,7 @@ does not change it) and the test split's negative log-likelihood and
 expected calibration error (15 bins) before and after, as a markdown table,
 and writes bench/results/calibration.json.
 
-    python bench/calibration.py [--data-root DIR] [--epochs N] [--only cifar10|sst2]
+    python bench/calibration.py [--data-root DIR] [--epochs [NAME=]N] [--only cifar10|sst2]
     python bench/calibration.py --quick   # a tiny model on a slice: checks the bench runs
 """
 
@@ -133,11 +133,25 @@ def markdown_table(rows):
     return "\n".join(lines)
 
 
+def epochs_by_name(values, default):
+    """`--epochs` values (`N` for every data set, `NAME=N` for one) as a dict."""
+    epochs = {name: default for name in DATA_SETS}
+    for value in values:
+        name, _, count = value.rpartition("=")
+        for key in ([name] if name else DATA_SETS):
+            if key not in DATA_SETS:
+                sys.exit(f"--epochs {value}: no data set {key!r} (choose from "
+                         f"{', '.join(DATA_SETS)})")
+            epochs[key] = int(count)
+    return epochs
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data-root", type=Path, default=DEFAULT_DATA_ROOT)
-    parser.add_argument("--epochs", type=int, default=None,
-                        help="epochs of both trainings (default: each template's own)")
+    parser.add_argument("--epochs", action="append", default=[], metavar="[NAME=]N",
+                        help="epochs of every training, or of one data set's (cifar10=15); "
+                             "repeatable (default: each template's own)")
     parser.add_argument("--only", choices=sorted(DATA_SETS), action="append",
                         help="run only this data set (repeatable)")
     parser.add_argument("--quick", action="store_true",
@@ -148,7 +162,7 @@ def main():
                              "--quick calibration-quick.json in the temporary folder)")
     args = parser.parse_args()
     names = args.only or list(DATA_SETS)
-    epochs = 1 if args.quick and args.epochs is None else args.epochs
+    epochs = epochs_by_name(args.epochs, 1 if args.quick else None)
     out = args.out or (Path(tempfile.gettempdir()) / "calibration-quick.json" if args.quick
                        else REPO / "bench" / "results" / "calibration.json")
     for name in names:
@@ -159,8 +173,8 @@ def main():
         workdir = Path(tmp)
         for name in names:
             data = prepare_data(name, args.data_root.resolve(), workdir, args.quick)
-            record, evaluation, seconds = train_and_evaluate(name, data, workdir, epochs,
-                                                             args.quick)
+            record, evaluation, seconds = train_and_evaluate(name, data, workdir,
+                                                             epochs.get(name), args.quick)
             rows.append(row_of(name, record, evaluation, seconds))
             shutil.rmtree(workdir / name)  # its runs' TensorBoard logs and weights
     print()
