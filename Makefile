@@ -33,10 +33,14 @@ demo: install
 
 # The full suite, as CI runs it, with the optional extras the tests exercise
 # (`onnx`: `dltool export --format onnx` is converted and run in ONNX Runtime;
-# `client`: the exports' README clients run as written).
+# `client`: the exports' README clients run as written), on two processes
+# (`test`: pytest-xdist; each test file runs whole in one of them). Much of
+# the suite waits on child processes (servers, workers, `dltool` commands
+# starting TensorFlow), which a second process fills.
+TEST_PROCESSES ?= 2
 test: install
-	$(BIN)/python -m pip install -q '.[onnx,client]'
-	$(BIN)/pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pip install -q '.[onnx,client,test]'
+	$(BIN)/pytest -q -n $(TEST_PROCESSES) --dist loadfile $(PYTEST_ARGS)
 
 # Everything but the tests that train, export or build a wheel.
 test-fast: install
