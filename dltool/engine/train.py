@@ -354,6 +354,7 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
                                                 cluster=cluster, echo=echo) as (run, backup_dir):
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
                       backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
+            experiment.task.after_fit(model, data, config, run, echo=echo)  # e.g. thresholds
     if cluster is None or cluster.is_chief:
         reporting.write_run_report(project_dir, run, echo=echo)
     return run

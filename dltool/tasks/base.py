@@ -129,6 +129,31 @@ class Task:
                               'template takes only "none"')
         return {}
 
+    def check_config(self, config):
+        """Refuses, when a command opens the project, settings the task cannot
+        use together; does nothing by default.
+
+        Args:
+            config: The project's or run's `Config`.
+
+        Raises:
+            ConfigError: one line naming the key.
+        """
+
+    def after_fit(self, model, data, config, run, echo=None):
+        """What the task decides once training has fitted the model (e.g. a
+        multi-label classifier's decision thresholds, recorded in `run.meta`);
+        nothing by default.
+
+        Args:
+            model: The trained model (its last epoch's weights; the best ones
+                are in `run.weights_file`).
+            data: The opened data.
+            config: The run's config.
+            run: The `Run`.
+            echo: Function that prints a line for the user, or None.
+        """
+
     def batching(self, config):
         """Returns extra `dltool.data.pipeline.batched` arguments (grouping by
         length, ...); `{}` by default."""
@@ -148,6 +173,15 @@ class Task:
             A `ServingEndpoint`.
         """
         raise NotImplementedError
+
+    def for_export(self, meta):
+        """What formats the predictions of an export (`dltool predict`): the task
+        itself by default.
+
+        Args:
+            meta: The export's `meta` (its `dltool.json`).
+        """
+        return self
 
     def read_inputs(self, items, meta):
         """Turns `dltool predict`'s items into what the serving function takes.

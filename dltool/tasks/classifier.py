@@ -5,7 +5,9 @@ support, confusion matrix), with one row per example in
 `predictions-SPLIT.csv`; the exported model returns probabilities, class
 names, the top label and its score; `dltool predict` shows the top-k labels.
 The report shows the metrics, the confusion matrix and the per-class table;
-a subclass adds its own figures after them.
+a subclass adds its own figures after them. Multi-label data
+(`data.multi_label = true`) is evaluated, exported and shown by
+`dltool.tasks.multilabel`, which the methods below hand over to.
 """
 
 import csv
@@ -19,6 +21,7 @@ from dltool.core.errors import DataError
 from dltool.data import pipeline, splits
 from dltool.report import plots
 from dltool.report.reports import Section
+from dltool.tasks import multilabel
 from dltool.tasks.base import Task
 
 SAMPLES_KEPT = 16
@@ -55,10 +58,33 @@ class ClassifierTask(Task):
                 source without class counts.
         """
         setting = config["training"]["class_weight"]
-        if setting == "none":
+        if setting == "none":  # the only setting multi-label data takes (`check_config`)
             return {}
         weights = splits.class_weights(setting, data.class_names, data.class_counts)
         return {"class_weight": dict(enumerate(weights))}
+
+    def check_config(self, config):
+        """Refuses what multi-label data cannot use (`multilabel.check_config`)."""
+        multilabel.check_config(config)
+
+    def after_fit(self, model, data, config, run, echo=None):
+        """Chooses a multi-label run's decision thresholds on the validation
+        split (`multilabel.choose_run_thresholds`); nothing for one label."""
+        if multilabel.is_multi_label(run.meta):
+            multilabel.choose_run_thresholds(model, data, config, run, echo)
+
+    def serving_outputs(self, probabilities, meta):
+        """The serving outputs: `classifier_outputs`, or for multi-label data
+        every label above its threshold (`multilabel.serving_outputs`)."""
+        if multilabel.is_multi_label(meta):
+            return multilabel.serving_outputs(probabilities, meta["class_names"],
+                                              meta["thresholds"])
+        return self.classifier_outputs(probabilities, tf.constant(meta["class_names"]))
+
+    def for_export(self, meta):
+        """The task, or for a multi-label export what shows its predictions
+        (`multilabel.Predictions`)."""
+        return multilabel.Predictions(self, meta) if multilabel.is_multi_label(meta) else self
 
     def classifier_outputs(self, probabilities, class_names):
         """The serving outputs of a classifier.
@@ -106,6 +132,9 @@ class ClassifierTask(Task):
             A dict with `examples`, `loss`, `accuracy` and the rest of
             `evaluation_report` (`per_class`, `confusion`).
         """
+        if multilabel.is_multi_label(run.meta):
+            return multilabel.evaluate_split(model, data, split, config, run,
+                                             self.readable_inputs(data, split))
         training = config["training"]
         keeper = _ExampleKeeper(data.sizes[split], training["seed"]) \
             if self.keeps_examples else None
@@ -188,6 +217,8 @@ class ClassifierTask(Task):
         Returns:
             A list of `Section`s.
         """
+        if evaluation.get("multi_label"):
+            return multilabel.report_sections(run, split, evaluation)
         text = (f"{evaluation['examples']} examples: accuracy {evaluation['accuracy']:.4f}"
                 + "".join(f", {label} {evaluation[key]:.4f}" for key, label in _BALANCED
                           if key in evaluation)
@@ -207,7 +238,10 @@ class ClassifierTask(Task):
         return sections
 
     def run_facts(self, evaluation):
-        """The test split's `test_accuracy` and `test_loss`."""
+        """The test split's `test_accuracy` and `test_loss` (multi-label:
+        `multilabel.run_facts`)."""
+        if evaluation.get("multi_label"):
+            return multilabel.run_facts(evaluation)
         return {"test_accuracy": evaluation.get("accuracy"),
                 "test_loss": evaluation.get("loss")}
 
@@ -220,6 +254,8 @@ class ClassifierTask(Task):
     def evaluation_lines(self, result):
         """The header, loss, accuracy, balanced accuracy and macro F1, then one
         line per class (precision, recall, F1, support)."""
+        if result.get("multi_label"):
+            return multilabel.evaluation_lines(result, super().evaluation_lines(result))
         figures = [("loss", "loss"), ("accuracy", "accuracy"), *_BALANCED]
         lines = [*super().evaluation_lines(result)]
         lines += [f"{label:<18} {result[key]:.4f}" for key, label in figures if key in result]
@@ -232,7 +268,9 @@ class ClassifierTask(Task):
         return lines
 
     def evaluation_summary(self, result):
-        """The accuracy, four decimals."""
+        """The accuracy (multi-label: the micro F1), four decimals."""
+        if result.get("multi_label"):
+            return multilabel.evaluation_summary(result)
         return f"{result['accuracy']:.4f}"
 
     def prediction_line(self, item, prediction):
