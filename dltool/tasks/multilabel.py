@@ -61,7 +61,7 @@ def check_config(config):
             accuracy (which a multi-label model does not log).
     """
     data = config["data"]
-    if not data["multi_label"]:
+    if not data.get("multi_label"):  # a classifier template without the key: single-label
         return
     if not data["label_separator"]:
         raise ConfigError("data.label_separator must be a non-empty string (what separates "
