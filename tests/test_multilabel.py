@@ -34,7 +34,7 @@ MULTI_LABEL = ("--set", "data.multi_label=true", "--set", "training.monitor=val_
 def test_best_f1_threshold_sits_between_the_scores_it_separates():
     targets = np.array([1, 1, 0, 1, 0, 0])
     scores = np.array([0.9, 0.8, 0.7, 0.6, 0.2, 0.1])
-    # F1 at each cut: 0.67, 0.8, 0.67, 0.86 (>= 0.6), 0.75, 0.67 -> between 0.6 and 0.2
+    # F1 at each cut: 0.5, 0.8, 0.67, 0.86 (>= 0.6), 0.75, 0.67 -> between 0.6 and 0.2
     assert multilabel.best_f1_threshold(targets, scores) == pytest.approx(0.4)
     # ties: the highest threshold of equal F1; the lowest score's cut goes halfway to 0
     assert multilabel.best_f1_threshold(np.array([1, 0]), np.array([0.3, 0.3])) == \
