@@ -144,18 +144,21 @@ def _sample_rows(per_class=None):
     return rows
 
 
-@pytest.mark.parametrize("row, message", [
-    (["{img}", "cat;zebra", "test"], "labels.csv:4: label 'zebra' of a test row has no "
-                                     "training rows (labels: animal, cat, dog)"),
-    (["{img}", " ; ", ""], "labels.csv:4: empty label list (data.multi_label = true needs at "
-                           "least one label per example, separated by ';')"),
+@pytest.mark.parametrize("row, labels, message", [
+    (["{img}", "cat;zebra", "test"], "", "labels.csv:4: label 'zebra' of a test row has no "
+                                         "training rows (labels: animal, cat, dog)"),
+    (["{img}", "bird", ""], "cat,dog,animal", "labels.csv:4: label 'bird' is not one of "
+                                              "data.labels (cat, dog, animal)"),
+    (["{img}", " ; ", ""], "", "labels.csv:4: empty label list (data.multi_label = true needs "
+                               "at least one label per example, separated by ';')"),
 ])
-def test_bad_manifest_rows_stop_training_writing_nothing(runner, project, row, message):
+def test_bad_manifest_rows_stop_training_writing_nothing(runner, project, row, labels,
+                                                         message):
     image = next((SAMPLES / "cifar10" / "train" / "cat").glob("*.jpg"))
     rows = [[str(image), "cat;animal", ""], [str(image), "dog;animal", ""]]
     _manifest(project / "labels.csv", [*rows, [c.format(img=image) for c in row]])
     result = invoke(runner, "train", "--project", project, "--set", "data.source=labels.csv",
-                    *MULTI_LABEL, *TINY_MODEL)
+                    "--set", f"data.labels={labels}", *MULTI_LABEL, *TINY_MODEL)
     assert result.exit_code != 0
     assert result.output.strip().splitlines()[-1] == f"Error: {project / message}"
     assert not (project / "runs").exists() or not any((project / "runs").iterdir())

@@ -35,7 +35,7 @@ def is_manifest(path):
     return Path(path).suffix.lower() in SUFFIXES
 
 
-def read_manifest(path, skip_bad=False, report=None, separator=None):
+def read_manifest(path, skip_bad=False, report=None, separator=None, declared=None):
     """Reads a manifest's rows into splits of `(image path, label name)`.
 
     Args:
@@ -45,6 +45,8 @@ def read_manifest(path, skip_bad=False, report=None, separator=None):
         report: A list that gets lines to show (skipped rows).
         separator: For multi-label data, what separates the labels of a
             label cell; None for one label per row.
+        declared: The labels allowed (`data.labels` of multi-label data), or
+            None: those of the training rows.
 
     Returns:
         A dict of split name (`train`, and `val` or `test` when rows name
@@ -110,7 +112,10 @@ def read_manifest(path, skip_bad=False, report=None, separator=None):
     labels = {name for _, label, _ in splits["train"] for name in names(label)}
     for split, entries in splits.items():
         unknown = next(((name, where) for _, label, where in entries for name in names(label)
-                        if name not in labels), None)
+                        if name not in (labels if declared is None else declared)), None)
+        if unknown is not None and declared is not None:
+            raise DataError(f"{unknown[1]}: label {unknown[0]!r} is not one of data.labels "
+                            f"({', '.join(declared)})")
         if unknown is not None:
             raise DataError(f"{unknown[1]}: label {unknown[0]!r} of a {split} row has no "
                             f"training rows (labels: {', '.join(sorted(labels))})")

@@ -11,9 +11,9 @@ An example's label cell holds its labels separated by `data.label_separator`
 
 The images come from a manifest (`dltool.data.manifests`), the texts from a
 delimited file (`dltool.data.text.read_delimited`); class folders and TFDS
-data sets have one label per example and are refused. An empty label list, a
-label outside the declared list (`data.labels` for texts; the training rows'
-labels otherwise) stop with the file and line. The splits' targets are
+data sets have one label per example and are refused. An empty label list or
+a label outside the declared list (`data.labels`; when empty, the training
+rows' labels) stops with the file and line. The splits' targets are
 multi-hot float32 vectors, one 0/1 per label, what a sigmoid output with
 binary cross-entropy trains on.
 """
@@ -95,7 +95,8 @@ def open_image_data(data, root, *, seed, skip_bad=False):
 
     Args:
         data: The config's `data` dict (`source`, `label_separator`,
-            `image_size`, `validation_split`, `max_pixels`, `skip_bad`).
+            `labels`, `image_size`, `validation_split`, `max_pixels`,
+            `skip_bad`).
         root: Folder that a relative `source` is relative to.
         seed: Seed of the validation split when no row names `val`.
         skip_bad: Drop rows whose image is missing or unusable.
@@ -106,7 +107,9 @@ def open_image_data(data, root, *, seed, skip_bad=False):
 
     Raises:
         DataError: a source that is not a manifest, an empty label list or
-            a label no training row has (file and line), unusable images.
+            a label outside `data.labels` (without it: one no training row
+            has; file and line), a label without training rows, unusable
+            images.
     """
     source = data["source"]
     if source.startswith(("tfds:", "builtin:")) or not manifests.is_manifest(source):
@@ -116,18 +119,21 @@ def open_image_data(data, root, *, seed, skip_bad=False):
     skip_bad = skip_bad or data["skip_bad"]
     manifest = images.resolve_path(source, root)
     report = []
-    rows = manifests.read_manifest(manifest, skip_bad, report, data["label_separator"])
+    declared = text._comma_list(data["labels"]) or None
+    rows = manifests.read_manifest(manifest, skip_bad, report, data["label_separator"],
+                                   declared)
     rows = images.drop_bad_images(rows, data["max_pixels"], skip_bad, report)
-    class_names = sorted({label for _, labels in rows["train"] for label in labels})
-    if "val" not in rows and data["validation_split"] > 0:
+    class_names = declared or sorted({label for _, labels in rows["train"] for label in labels})
+    held_out = "val" not in rows and data["validation_split"] > 0
+    if held_out:
         rows["train"], rows["val"] = random_split(rows["train"], data["validation_split"], seed)
         report.append(f"validation: {data['validation_split']:.0%} of the training rows "
                       f"(seed {seed})")
     missing = [name for name, n in zip(class_names, count_labels(
         [labels for _, labels in rows["train"]], class_names)) if n == 0]
     if missing:
-        raise DataError(f"label {missing[0]!r} in {manifest} has no training rows left "
-                        "after the validation split")
+        once = " once the validation rows are held out" if held_out else ""
+        raise DataError(f"label {missing[0]!r} has no training rows in {manifest}{once}")
     lists = {s: [labels for _, labels in entries] for s, entries in rows.items()}
     report[:0] = report_lines(class_names, lists)
     image_size = tuple(data["image_size"])
