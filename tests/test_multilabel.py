@@ -9,8 +9,11 @@ export -> predict, its labels made by a rule from the embedded samples.
 """
 
 import csv
+import importlib.util
 import json
 import runpy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -226,8 +229,6 @@ def test_image_classifier_end_to_end(runner, tmp_path):
     assert [c["name"] for c in evaluation["per_class"]] == sorted({*GROUPS, *GROUPS.values()})
     assert "Per label (test)" in next(project.glob("runs/*/report.html")).read_text()
 
-    result = invoke(runner, "export", "--project", project, "--format", "onnx")
-    assert result.exit_code != 0 and "exports as a SavedModel only" in result.output
     assert invoke(runner, "export", "--project", project).exit_code == 0
     export = project / "saved_models" / "tags" / "1"
     result = invoke(runner, "predict", "--project", project, "--json", project / "samples")
@@ -248,6 +249,19 @@ def test_image_classifier_end_to_end(runner, tmp_path):
         count = int(served["label_count"][i])
         assert [label.decode() for label in served["labels"][i][:count]] == \
             [entry["label"] for entry in record["labels"]] == [label for label, _ in labels[i]]
+
+    # ONNX: the model's sigmoids, thresholded by the README's client from dltool.json
+    if all(importlib.util.find_spec(name) for name in ("tf2onnx", "onnxruntime")):
+        assert invoke(runner, "export", "--project", project, "--format", "onnx").exit_code == 0
+        onnx = project / "exports" / "tags" / "onnx" / "1"
+        code = (onnx / "README.md").read_text().split("```python\n", 1)[1].split("```", 1)[0]
+        (onnx / "client.py").write_text(code)
+        paths = [str(p) for p in sorted((project / "samples").glob("*.jpg"))]
+        printed = subprocess.run([sys.executable, "client.py", *paths], cwd=onnx, check=True,
+                                 capture_output=True, text=True).stdout.splitlines()
+        shown = [[pair.split(" ")[0] for pair in line.split(" ", 1)[1].split(", ")]
+                 if " " in line else [] for line in printed]
+        assert shown == [[entry["label"] for entry in r["labels"]] for r in records]
 
 
 def _text_rows(split, lines):

@@ -149,8 +149,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
     def format_refusal(self, export_format, quantize, meta):
         """None: every format takes the image classifier (LiteRT and ONNX
-        take pixels, the SavedModel image bytes); a multi-label one only the
-        SavedModel (`multilabel.format_refusal`)."""
+        take pixels, the SavedModel image bytes); a multi-label run none
+        until its thresholds are chosen (`multilabel.format_refusal`)."""
         return multilabel.format_refusal(export_format, meta)
 
     def inference_model(self, model, meta, export_format):
@@ -208,7 +208,11 @@ class ImageClassifierTask(classifier.ClassifierTask):
             return multilabel.savedmodel_client("images") if multilabel.is_multi_label(meta) \
                 else _SAVEDMODEL_CLIENT
         runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
-        return _PIXELS_CLIENT.format(height=height, width=width, runtime=runtime)
+        snippet = _PIXELS_CLIENT.format(height=height, width=width, runtime=runtime)
+        if multilabel.is_multi_label(meta):
+            return multilabel.thresholded_client(snippet, "np.stack([preprocess(path) "
+                                                          "for path in items])")
+        return snippet
 
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then a grid of sample predictions

@@ -340,17 +340,14 @@ def serving_outputs(probabilities, class_names, thresholds):
 
 
 def format_refusal(export_format, meta):
-    """Why a multi-label run cannot be exported in a format, or None.
+    """Why a multi-label run cannot be exported, or None.
 
-    Only the SavedModel applies the thresholds in its graph (the LiteRT and
-    ONNX clients would need them too), and a run whose training stopped
-    before its thresholds were chosen has none to apply.
+    A run whose training stopped before its thresholds were chosen has none
+    to apply (the SavedModel applies them in its graph, the LiteRT and ONNX
+    clients from `dltool.json`).
     """
     if not is_multi_label(meta):
         return None
-    if export_format != "savedmodel":
-        return ("a multi-label model exports as a SavedModel only, for now (its signature "
-                "applies the per-label thresholds); --format savedmodel works")
     if "thresholds" not in meta:
         return ("the run has no decision thresholds (its training stopped before they were "
                 "chosen): `dltool evaluate` chooses them")
@@ -418,6 +415,46 @@ def savedmodel_client(input_name):
     return _SAVEDMODEL_CLIENT.format(inputs="texts", usage='"TEXT"', imports="",
                                      instances="list(items)", input_name="texts",
                                      local="list(items)")
+
+
+_THRESHOLDED_CLIENT = '''
+THRESHOLDS = json.load(open("dltool.json", encoding="utf-8"))["meta"]["thresholds"]
+
+
+def classify(items):
+    """Returns each input's [(label, probability), ...]: every label at or above
+    its decision threshold (dltool.json's meta.thresholds), most probable first."""
+    probabilities = run({features})
+    return [sorted(((LABELS[i], float(p)) for i, p in enumerate(row) if p >= THRESHOLDS[i]),
+                   key=lambda pair: -pair[1]) for row in probabilities]
+
+
+if __name__ == "__main__":
+    for item, labels in zip(sys.argv[1:], classify(sys.argv[1:])):
+        print(item, ", ".join(f"{{label}} {{probability:.3f}}" for label, probability in labels))
+'''
+
+
+def thresholded_client(snippet, features):
+    """A LiteRT or ONNX client for a multi-label export, from the single-label one.
+
+    The model file returns the sigmoid probabilities; the single-label
+    client's `classify` (the top class) and `__main__` are replaced by ones
+    that keep every label at or above its threshold.
+
+    Args:
+        snippet: The template's client (its `run(...)` returns the model's
+            probabilities, `LABELS` holds labels.txt).
+        features: The expression of `run`'s input from `items`, e.g.
+            `encode(items)`.
+
+    Returns:
+        The client's code.
+    """
+    head = snippet[:snippet.index("\ndef classify(")].rstrip("\n") + "\n\n"
+    if "import json\n" not in head:
+        head = head.replace("import sys\n", "import json\nimport sys\n", 1)
+    return head + _THRESHOLDED_CLIENT.format(features=features)
 
 
 # ---- dltool predict ----

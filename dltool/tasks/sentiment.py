@@ -86,8 +86,8 @@ class SentimentTask(classifier.ClassifierTask):
 
     def format_refusal(self, export_format, quantize, meta):
         """None: every format takes the sentiment model (LiteRT and ONNX take
-        token ids, the SavedModel raw strings); a multi-label one only the
-        SavedModel (`multilabel.format_refusal`)."""
+        token ids, the SavedModel raw strings); a multi-label run none
+        until its thresholds are chosen (`multilabel.format_refusal`)."""
         return multilabel.format_refusal(export_format, meta)
 
     def inference_model(self, model, meta, export_format):
@@ -164,7 +164,10 @@ class SentimentTask(classifier.ClassifierTask):
             return multilabel.savedmodel_client("texts") if multilabel.is_multi_label(meta) \
                 else _SAVEDMODEL_CLIENT
         runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
-        return _TOKENS_CLIENT.replace("{runtime}", runtime)
+        snippet = _TOKENS_CLIENT.replace("{runtime}", runtime)
+        if multilabel.is_multi_label(meta):
+            return multilabel.thresholded_client(snippet, "encode(items)")
+        return snippet
 
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then the most confidently wrong
