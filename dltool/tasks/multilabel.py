@@ -28,9 +28,11 @@ from dltool.data import multilabel as data_lib
 from dltool.data import pipeline
 from dltool.report.reports import Section
 
-# The metrics the template models log for multi-label data: "accuracy" would
-# be Keras' categorical accuracy (argmax against argmax), meaningless for
-# several labels.
+# The monitor a multi-label config should name: the template models log
+# `pr_auc` (each label's precision-recall AUC, averaged: what the evaluation's
+# mAP measures) and `binary_accuracy`, not "accuracy", which Keras would take
+# for categorical accuracy (argmax against argmax), meaningless for several
+# labels.
 MONITOR = "val_pr_auc"
 
 
