@@ -286,8 +286,8 @@ def validate(raw):
             raise ConfigError(f"[{section}] must be a table of keys")
         for key in given:
             if key not in fields:
-                raise ConfigError(_unknown_message(f"{section}.{key}", fields, "key",
-                                                   prefix=f"{section}."))
+                raise ConfigError(_templates_with(template, section, key) or _unknown_message(
+                    f"{section}.{key}", fields, "key", prefix=f"{section}."))
         sections[section] = {k: _check(f"{section}.{k}", f, given.get(k, f.default))
                              for k, f in fields.items()}
     sections["model"] = _check_model(raw.get("model", {}))
@@ -401,6 +401,22 @@ def _template_field(where, name, attributes, shared):
     except ConfigError as e:
         raise TemplateError(f"{where}: the default of config.{name}: {e}") from e
     return dataclasses.replace(field, default=default)
+
+
+def _templates_with(template, section, key):
+    """The one line for a key this template lacks and others have, or None.
+
+    E.g. `data.multi_label` in a translator project: `unknown config key
+    'data.multi_label' for the translator template (a key of the
+    image-classifier and sentiment templates)`.
+    """
+    others = [name for name, meta in sorted(_templates().items())
+              if name != template and key in template_schema(meta).get(section, {})]
+    if not others:
+        return None
+    names = " and ".join([", ".join(others[:-1]), others[-1]] if len(others) > 1 else others)
+    return (f"unknown config key '{section}.{key}' for the {template} template (a key of the "
+            f"{names} template{'s' if len(others) > 1 else ''})")
 
 
 def _unknown_message(name, allowed, what, prefix=""):

@@ -409,17 +409,7 @@ def _open_files(files, class_names, origin, image_size, validation_split, seed, 
         origin: The train folder or the manifest, for the messages.
         report: Lines already to show (a manifest's skipped rows).
     """
-    bad = find_bad_images([p for split in files.values() for p, _ in split], max_pixels)
-    if bad and not skip_bad:
-        shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
-        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
-        raise DataError(f"{len(bad)} unusable image(s): {shown}{more}; "
-                        "remove them or pass --skip-bad")
-    if bad:
-        bad_paths = {p for p, _ in bad}
-        files = {s: [(p, y) for p, y in f if p not in bad_paths] for s, f in files.items()}
-        report.append(f"skipped {len(bad)} unusable image(s) (--skip-bad)")
-
+    files = drop_bad_images(files, max_pixels, skip_bad, report)
     counts = {s: _count(f, len(class_names)) for s, f in files.items()}
     empty = [class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
     if empty:
@@ -435,6 +425,34 @@ def _open_files(files, class_names, origin, image_size, validation_split, seed, 
     sizes = {s: len(f) for s, f in files.items()}
     return ImageData(class_names, image_size, splits, sizes, report,
                      class_counts=counts["train"])
+
+
+def drop_bad_images(files, max_pixels, skip_bad, report):
+    """The preflight: checks every listed image once (`find_bad_images`).
+
+    Args:
+        files: Dict of split name to a list of `(path string, label)`.
+        max_pixels: The limit on an image's pixels (`data.max_pixels`).
+        skip_bad: Drop the unusable images instead of failing.
+        report: A list that gets the line saying how many were skipped.
+
+    Returns:
+        `files` without the unusable images.
+
+    Raises:
+        DataError: naming the first unusable images, without `skip_bad`.
+    """
+    bad = find_bad_images([p for split in files.values() for p, _ in split], max_pixels)
+    if bad and not skip_bad:
+        shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
+        more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
+        raise DataError(f"{len(bad)} unusable image(s): {shown}{more}; "
+                        "remove them or pass --skip-bad")
+    if bad:
+        bad_paths = {p for p, _ in bad}
+        files = {s: [(p, y) for p, y in f if p not in bad_paths] for s, f in files.items()}
+        report.append(f"skipped {len(bad)} unusable image(s) (--skip-bad)")
+    return files
 
 
 def _list_split(split_dir, class_names):
@@ -459,9 +477,9 @@ def _count(pairs, num_classes):
     return splits_lib.count_labels((label for _, label in pairs), num_classes)
 
 
-def _paths_dataset(pairs, image_size):
+def _paths_dataset(pairs, image_size, label_dtype=tf.int32):
     paths = tf.constant([p for p, _ in pairs])
-    labels = tf.constant([y for _, y in pairs], dtype=tf.int32)
+    labels = tf.constant([y for _, y in pairs], dtype=label_dtype)
     ds = tf.data.Dataset.from_tensor_slices((paths, labels))
     return ds.map(lambda p, y: (decode_image(tf.io.read_file(p), image_size), y),
                   num_parallel_calls=tf.data.AUTOTUNE)

@@ -10,6 +10,10 @@ are training rows, and `data.validation_split` then holds some out as for
 folders). Relative paths are relative to the manifest's folder. The class
 names are the training rows' labels, sorted.
 
+For multi-label data (`data.multi_label = true`) the label cell holds the
+example's labels separated by `data.label_separator` (`cat;dog`), read by
+`dltool.data.splits.parse_labels`.
+
 This module reads the manifest; `dltool.data.images` checks the images (the
 same preflight as for folders) and makes the datasets.
 """
@@ -19,6 +23,7 @@ from pathlib import Path
 
 from dltool.core.errors import DataError
 from dltool.data.lines import read_lines
+from dltool.data.splits import parse_labels
 
 SUFFIXES = (".csv", ".tsv")
 _SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
@@ -30,7 +35,7 @@ def is_manifest(path):
     return Path(path).suffix.lower() in SUFFIXES
 
 
-def read_manifest(path, skip_bad=False, report=None):
+def read_manifest(path, skip_bad=False, report=None, separator=None, declared=None):
     """Reads a manifest's rows into splits of `(image path, label name)`.
 
     Args:
@@ -38,10 +43,15 @@ def read_manifest(path, skip_bad=False, report=None):
         skip_bad: Skip rows whose image file is missing (named in `report`)
             instead of failing.
         report: A list that gets lines to show (skipped rows).
+        separator: For multi-label data, what separates the labels of a
+            label cell; None for one label per row.
+        declared: The labels allowed (`data.labels` of multi-label data), or
+            None: those of the training rows.
 
     Returns:
         A dict of split name (`train`, and `val` or `test` when rows name
-        them) to a list of `(path string, label name)`.
+        them) to a list of `(path string, label name)`; with `separator`,
+        `(path string, tuple of label names)`.
 
     Raises:
         DataError: an unreadable or empty file, a header without `path` or
@@ -75,7 +85,9 @@ def read_manifest(path, skip_bad=False, report=None):
         image, label = row[index["path"]], row[index["label"]]
         given = row[index["split"]].lower() if "split" in index and index["split"] < len(row) \
             else ""
-        if not label:
+        if separator is not None:
+            label = parse_labels(label, separator, where)
+        elif not label:
             raise DataError(f"{where}: empty label")
         if given and given not in _SPLITS:
             raise DataError(f"{where}: split {given!r} is not one of "
@@ -96,11 +108,16 @@ def read_manifest(path, skip_bad=False, report=None):
                       "missing (--skip-bad)")
     if "train" not in splits:
         raise DataError(f"{path} has no training rows (split empty or train)")
-    labels = {label for _, label, _ in splits["train"]}
+    names = (lambda label: label) if separator is not None else (lambda label: (label,))
+    labels = {name for _, label, _ in splits["train"] for name in names(label)}
     for split, entries in splits.items():
-        unknown = next((e for e in entries if e[1] not in labels), None)
+        unknown = next(((name, where) for _, label, where in entries for name in names(label)
+                        if name not in (labels if declared is None else declared)), None)
+        if unknown is not None and declared is not None:
+            raise DataError(f"{unknown[1]}: label {unknown[0]!r} is not one of data.labels "
+                            f"({', '.join(declared)})")
         if unknown is not None:
-            raise DataError(f"{unknown[2]}: label {unknown[1]!r} of a {split} row has no "
+            raise DataError(f"{unknown[1]}: label {unknown[0]!r} of a {split} row has no "
                             f"training rows (labels: {', '.join(sorted(labels))})")
     return {split: [(file, label) for file, label, _ in entries]
             for split, entries in splits.items()}

@@ -5,7 +5,8 @@
   sharing a key (the same source sentence) land in the same split;
 - `count_labels` and `count_table`: the per-class counts a data report shows;
   `balance_line`, how uneven they are; `class_weights`, the loss weights
-  `training.class_weight` asks for.
+  `training.class_weight` asks for;
+- `parse_labels`: the labels of a multi-label cell (`cat;dog`).
 
 This module never imports TensorFlow.
 """
@@ -13,7 +14,29 @@ This module never imports TensorFlow.
 import random
 
 from dltool.core.config import did_you_mean
-from dltool.core.errors import ConfigError
+from dltool.core.errors import ConfigError, DataError
+
+
+def parse_labels(cell, separator, where):
+    """The labels of one label cell.
+
+    Args:
+        cell: The cell's text, e.g. `cat;dog`.
+        separator: What separates the labels (`data.label_separator`).
+        where: `FILE:LINE`, for the message.
+
+    Returns:
+        A tuple of the labels, stripped, each once, in the cell's order.
+
+    Raises:
+        DataError: `FILE:LINE: empty label list ...` when the cell holds none.
+    """
+    labels = tuple(dict.fromkeys(label.strip() for label in cell.split(separator)
+                                 if label.strip()))
+    if not labels:
+        raise DataError(f"{where}: empty label list (data.multi_label = true needs at least "
+                        f"one label per example, separated by {separator!r})")
+    return labels
 
 
 def count_labels(labels, num_classes):

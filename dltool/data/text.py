@@ -77,6 +77,7 @@ class _Split:
     texts: list
     labels: list
     origin: str = ""
+    lines: list = None  # each example's line number in `origin` (delimited files)
 
 
 def standardize(texts):
@@ -189,32 +190,50 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
     report[:0] = [*splits_lib.count_table(class_names, counts),  # as images: a row per class
                   splits_lib.balance_line(class_names, counts["train"])]
 
-    vectorizer = make_vectorizer(data["sequence_length"], data["vocabulary_size"], vocabulary)
-    if vocabulary is None:
-        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(encoded["train"][0])
-                         .batch(_VECTORIZE_BATCH))
-    vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
-    subwords = (f", up to {data['subwords_per_word']} subwords per word in "
-                f"{data['subword_buckets']} buckets" if data["subword_buckets"] else "")
-    report.append(f"vocabulary: {len(vocabulary)} tokens, texts cut or padded to "
-                  f"{data['sequence_length']} tokens{subwords}")
+    vectorizer, vocabulary = adapted_vectorizer(data, encoded["train"][0], vocabulary, report)
     return TextData(
         class_names=class_names, vocabulary=vocabulary, report=report,
-        splits={s: _token_dataset(t, y, vectorizer, data["subword_buckets"],
+        splits={s: token_dataset(t, y, vectorizer, data["subword_buckets"],
                                   data["subwords_per_word"])
                 for s, (t, y) in encoded.items()},
         sizes={s: len(t) for s, (t, _) in encoded.items()},
         texts={s: t for s, (t, _) in encoded.items()}, class_counts=counts["train"])
 
 
+def adapted_vectorizer(data, train_texts, vocabulary, report):
+    """The vectorizer of the texts: with a trained run's vocabulary, or
+    adapted on the training texts.
+
+    Args:
+        data: The config's `data` dict.
+        train_texts: The training texts (a list of strings).
+        vocabulary: A trained run's vocabulary, or None to adapt one.
+        report: A list that gets the vocabulary's line.
+
+    Returns:
+        A tuple `(vectorizer, vocabulary)`, the vocabulary a list of strings.
+    """
+    vectorizer = make_vectorizer(data["sequence_length"], data["vocabulary_size"], vocabulary)
+    if vocabulary is None:
+        vectorizer.adapt(tf.data.Dataset.from_tensor_slices(train_texts)
+                         .batch(_VECTORIZE_BATCH))
+    vocabulary = [str(token) for token in vectorizer.get_vocabulary()]
+    subwords = (f", up to {data['subwords_per_word']} subwords per word in "
+                f"{data['subword_buckets']} buckets" if data["subword_buckets"] else "")
+    report.append(f"vocabulary: {len(vocabulary)} tokens, texts cut or padded to "
+                  f"{data['sequence_length']} tokens{subwords}")
+    return vectorizer, vocabulary
+
+
 def _comma_list(text):
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
-def _token_dataset(texts, labels, vectorizer, subword_buckets, subwords_per_word):
+def token_dataset(texts, labels, vectorizer, subword_buckets, subwords_per_word,
+                  label_dtype=tf.int32):
     """Vectorizes in batches (fast), then yields one example at a time."""
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
-                                             tf.constant(labels, tf.int32)))
+                                             tf.constant(labels, label_dtype)))
     ds = ds.batch(_VECTORIZE_BATCH).map(
         lambda t, y: (vectorize(vectorizer, t, subword_buckets, subwords_per_word), y),
         num_parallel_calls=tf.data.AUTOTUNE)
@@ -346,11 +365,12 @@ def read_delimited(path, data, skip_bad=False, report=None):
     if short:
         report.append(f"skipped {len(short)} line(s) of {path.name} with missing fields "
                       "(--skip-bad)")
-    body = [row for _, row in body if len(row) >= needed]
+    body = [(number, row) for number, row in body if len(row) >= needed]
     if not body:
         raise DataError(f"{path} has a header but no examples")
-    return _Split([row[text_index].strip() for row in body],
-                  [row[label_index].strip() for row in body], str(path))
+    return _Split([row[text_index].strip() for _, row in body],
+                  [row[label_index].strip() for _, row in body], str(path),
+                  [number for number, _ in body])
 
 
 def _delimiter(path, setting):

@@ -42,6 +42,7 @@ class Experiment:
 
     Raises:
         ProjectError: `model.py` is missing or broken.
+        ConfigError: settings the task cannot use together (`Task.check_config`).
     """
 
     def __init__(self, project_dir, config, run=None):
@@ -49,6 +50,7 @@ class Experiment:
         self.config = config
         self.run = run
         self.task = task_for(config.template)
+        self.task.check_config(config)  # e.g. settings multi-label data cannot use
         self.model_module = load_model_module(project_dir)
 
     @classmethod

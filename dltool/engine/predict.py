@@ -306,6 +306,7 @@ def predict(project_dir, items, *, model_path=None, top_k=3, warn=None, skip_bad
             raised while iterating).
     """
     serve, task, source, meta = load_predictor(project_dir, model_path, warn=warn)
+    task = task.for_export(meta)  # e.g. a multi-label export's predictions
     as_list = isinstance(items, (list, tuple))
     inputs = Inputs([], lines=[str(item) for item in items]) if as_list else items
     results = _predict_batches(serve, task, meta, inputs, top_k=top_k, skip_bad=skip_bad,

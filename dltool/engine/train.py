@@ -354,6 +354,7 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
                                                 cluster=cluster, echo=echo) as (run, backup_dir):
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
                       backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
+            experiment.task.after_fit(model, data, config, run, echo=echo)  # e.g. thresholds
             if cluster is None or cluster.is_chief:  # the other workers' runs are deleted
                 calibrate(experiment.task, model, config, run, val_ds, echo)
     if cluster is None or cluster.is_chief:
@@ -399,7 +400,7 @@ def calibrate(task, model, config, run, val_ds, echo):
         echo("Calibration: skipped, no epoch was best (no best weights saved)")
         return
     model.load_weights(str(run.weights_file))
-    calibration = task.calibrate(model, val_ds, echo)
+    calibration = task.calibrate(model, val_ds, echo, meta=run.meta)
     if calibration is not None:
         run.update(calibration=calibration,
                    meta={**run.meta, "temperature": calibration["temperature"]})

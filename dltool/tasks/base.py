@@ -133,8 +133,9 @@ class Task:
                               "template takes only false")
         return {}
 
-    def calibrate(self, model, dataset, echo):
-        """Fits a calibration of the trained model's scores, after training.
+    def calibrate(self, model, dataset, echo, meta=None):
+        """Fits a calibration of the trained model's scores, after training
+        (and after `after_fit`).
 
         Called when `training.calibrate` is on, which the default
         `fit_options` refuses: the default does nothing.
@@ -143,6 +144,7 @@ class Task:
             model: The trained model, with its best weights.
             dataset: The batched validation split.
             echo: Function that prints a line for the user.
+            meta: The run's `meta`.
 
         Returns:
             A JSON-able dict with at least `temperature` (recorded in
@@ -150,6 +152,31 @@ class Task:
             `meta`), or None when there is nothing to record.
         """
         return None
+
+    def check_config(self, config):
+        """Refuses, when a command opens the project, settings the task cannot
+        use together; does nothing by default.
+
+        Args:
+            config: The project's or run's `Config`.
+
+        Raises:
+            ConfigError: one line naming the key.
+        """
+
+    def after_fit(self, model, data, config, run, echo=None):
+        """What the task decides once training has fitted the model (e.g. a
+        multi-label classifier's decision thresholds, recorded in `run.meta`);
+        nothing by default.
+
+        Args:
+            model: The trained model (its last epoch's weights; the best ones
+                are in `run.weights_file`).
+            data: The opened data.
+            config: The run's config.
+            run: The `Run`.
+            echo: Function that prints a line for the user, or None.
+        """
 
     def batching(self, config):
         """Returns extra `dltool.data.pipeline.batched` arguments (grouping by
@@ -170,6 +197,15 @@ class Task:
             A `ServingEndpoint`.
         """
         raise NotImplementedError
+
+    def for_export(self, meta):
+        """What formats the predictions of an export (`dltool predict`): the task
+        itself by default.
+
+        Args:
+            meta: The export's `meta` (its `dltool.json`).
+        """
+        return self
 
     def read_inputs(self, items, meta):
         """Turns `dltool predict`'s items into what the serving function takes.

@@ -12,6 +12,11 @@ With `training.calibrate` the probabilities are temperature-scaled
 the validation split (`calibrate`), kept in the run's `meta` and applied by
 the exported model; the evaluation and the report give the NLL and the
 expected calibration error before and after, and a reliability diagram.
+
+Multi-label data (`data.multi_label = true`) is evaluated, exported and
+shown by `dltool.tasks.multilabel`, which the methods below hand over to;
+its probabilities are not temperature-scaled (its per-label thresholds are
+chosen on the validation split instead).
 """
 
 import csv
@@ -25,7 +30,7 @@ from dltool.core.errors import DataError
 from dltool.data import pipeline, splits
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import calibration
+from dltool.tasks import calibration, multilabel
 from dltool.tasks.base import Task
 
 SAMPLES_KEPT = 16
@@ -62,12 +67,36 @@ class ClassifierTask(Task):
                 source without class counts.
         """
         setting = config["training"]["class_weight"]
-        if setting == "none":
+        if setting == "none":  # the only setting multi-label data takes (`check_config`)
             return {}
         weights = splits.class_weights(setting, data.class_names, data.class_counts)
         return {"class_weight": dict(enumerate(weights))}
 
-    def calibrate(self, model, dataset, echo):
+    def check_config(self, config):
+        """Refuses what multi-label data cannot use (`multilabel.check_config`)."""
+        multilabel.check_config(config)
+
+    def after_fit(self, model, data, config, run, echo=None):
+        """Chooses a multi-label run's decision thresholds on the validation
+        split (`multilabel.choose_run_thresholds`); nothing for one label."""
+        if multilabel.is_multi_label(run.meta):
+            multilabel.choose_run_thresholds(model, data, config, run, echo)
+
+    def serving_outputs(self, probabilities, meta):
+        """The serving outputs: `classifier_outputs`, or for multi-label data
+        every label above its threshold (`multilabel.serving_outputs`)."""
+        if multilabel.is_multi_label(meta):
+            return multilabel.serving_outputs(probabilities, meta["class_names"],
+                                              meta["thresholds"])
+        return self.classifier_outputs(probabilities, tf.constant(meta["class_names"]),
+                                       self.temperature(meta))
+
+    def for_export(self, meta):
+        """The task, or for a multi-label export what shows its predictions
+        (`multilabel.Predictions`)."""
+        return multilabel.Predictions(self, meta) if multilabel.is_multi_label(meta) else self
+
+    def calibrate(self, model, dataset, echo, meta=None):
         """Fits the temperature of the model's probabilities on a split.
 
         One prediction pass over the split, then the 1-D fit of
@@ -79,12 +108,18 @@ class ClassifierTask(Task):
             dataset: The batched validation split.
             echo: Prints `Calibration: temperature T on the validation split
                 (NLL a → b, ECE c → d)`, or why it was skipped.
+            meta: The run's `meta`: multi-label data is not calibrated.
 
         Returns:
             A dict: `temperature`, `split`, `examples`, and `val_nll_before`,
             `val_nll_after`, `val_ece_before`, `val_ece_after`; None (not
-            calibrated) when the model's probabilities are not finite.
+            calibrated) for multi-label data or when the model's
+            probabilities are not finite.
         """
+        if meta is not None and multilabel.is_multi_label(meta):
+            echo("Calibration: skipped for multi-label data (its per-label thresholds are "
+                 "chosen on the validation split instead)")
+            return None
         labels, probabilities = _predict_all(model, dataset)
         if not np.all(np.isfinite(probabilities)):
             echo("Calibration: skipped, the model's validation probabilities are not finite")
@@ -176,6 +211,9 @@ class ClassifierTask(Task):
             (`per_class`, `confusion`), and `calibration`
             (`calibration.summary`: NLL and ECE before and after).
         """
+        if multilabel.is_multi_label(run.meta):
+            return multilabel.evaluate_split(model, data, split, config, run,
+                                             self.readable_inputs(data, split))
         training = config["training"]
         temperature = self.temperature(run.meta)
         keeper = _ExampleKeeper(data.sizes[split], training["seed"]) \
@@ -262,6 +300,8 @@ class ClassifierTask(Task):
         Returns:
             A list of `Section`s.
         """
+        if evaluation.get("multi_label"):
+            return multilabel.report_sections(run, split, evaluation)
         text = (f"{evaluation['examples']} examples: accuracy {evaluation['accuracy']:.4f}"
                 + "".join(f", {label} {evaluation[key]:.4f}" for key, label in _BALANCED
                           if key in evaluation)
@@ -312,7 +352,10 @@ class ClassifierTask(Task):
         return Section(f"Calibration ({split})", text=text, image=image.name)
 
     def run_facts(self, evaluation):
-        """The test split's `test_accuracy` and `test_loss`."""
+        """The test split's `test_accuracy` and `test_loss` (multi-label:
+        `multilabel.run_facts`)."""
+        if evaluation.get("multi_label"):
+            return multilabel.run_facts(evaluation)
         return {"test_accuracy": evaluation.get("accuracy"),
                 "test_loss": evaluation.get("loss")}
 
@@ -325,6 +368,8 @@ class ClassifierTask(Task):
     def evaluation_lines(self, result):
         """The header, loss, accuracy, balanced accuracy and macro F1, then one
         line per class (precision, recall, F1, support)."""
+        if result.get("multi_label"):
+            return multilabel.evaluation_lines(result, super().evaluation_lines(result))
         figures = [("loss", "loss"), ("accuracy", "accuracy"), *_BALANCED]
         lines = [*super().evaluation_lines(result)]
         lines += [f"{label:<18} {result[key]:.4f}" for key, label in figures if key in result]
@@ -344,7 +389,9 @@ class ClassifierTask(Task):
         return lines
 
     def evaluation_summary(self, result):
-        """The accuracy, four decimals."""
+        """The accuracy (multi-label: the micro F1), four decimals."""
+        if result.get("multi_label"):
+            return multilabel.evaluation_summary(result)
         return f"{result['accuracy']:.4f}"
 
     def prediction_line(self, item, prediction):

@@ -8,9 +8,10 @@ from dltool._tf import keras, tf
 from dltool.core import files
 from dltool.core.errors import ConfigError, DataError
 from dltool.data import images
+from dltool.data import multilabel as data_multilabel
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import classifier, gradcam
+from dltool.tasks import classifier, gradcam, multilabel
 from dltool.tasks.base import ServingEndpoint
 
 
@@ -33,10 +34,12 @@ class ImageClassifierTask(classifier.ClassifierTask):
             size, and `max_pixels`, which `read_inputs` applies when the
             export predicts.
         """
-        data = images.open_image_data(config["data"], root, seed=config["training"]["seed"],
-                                      skip_bad=skip_bad)
+        open_data = data_multilabel.open_image_data if config["data"]["multi_label"] \
+            else images.open_image_data
+        data = open_data(config["data"], root, seed=config["training"]["seed"], skip_bad=skip_bad)
         data.meta = {"class_names": data.class_names, "image_size": list(data.image_size),
-                     "max_pixels": config["data"]["max_pixels"]}
+                     "max_pixels": config["data"]["max_pixels"],
+                     **multilabel.data_meta(config["data"])}
         return data
 
     def max_pixels(self, meta):
@@ -59,7 +62,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
     def model_kwargs(self, meta):
         """Returns the data-dependent arguments of `build_model`."""
-        return {"num_classes": len(meta["class_names"])}
+        return {"num_classes": len(meta["class_names"]), **multilabel.model_kwargs(meta)}
 
     def serving_endpoint(self, model, meta):
         """Builds the serving function: encoded image bytes in, class names out.
@@ -70,17 +73,15 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
         Returns:
             A `ServingEndpoint` whose function takes a 1-D string tensor of
-            JPEG/PNG/GIF/BMP bytes and returns `classifier_outputs` (with the
+            JPEG/PNG/GIF/BMP bytes and returns `serving_outputs` (with the
             run's temperature, when calibrated).
         """
         image_size = tuple(meta["image_size"])
-        class_names = tf.constant(meta["class_names"])
 
         def serve(images_bytes):
             pixels = tf.map_fn(lambda b: images.decode_image(b, image_size), images_bytes,
                                fn_output_signature=tf.TensorSpec((*image_size, 3), tf.float32))
-            return self.classifier_outputs(model(pixels, training=False), class_names,
-                                           self.temperature(meta))
+            return self.serving_outputs(model(pixels, training=False), meta)
 
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="images")])
@@ -170,7 +171,8 @@ class ImageClassifierTask(classifier.ClassifierTask):
         """The classifier's evaluation (`ClassifierTask.evaluate_split`), then
         the Grad-CAM heatmaps of the examples it kept (`save_heatmaps`)."""
         result = super().evaluate_split(model, data, split, config, run, echo)
-        self.save_heatmaps(model, run, split, echo)
+        if not multilabel.is_multi_label(run.meta):  # it keeps no example images
+            self.save_heatmaps(model, run, split, echo)
         return result
 
     def save_heatmaps(self, model, run, split, echo=None):
@@ -226,8 +228,9 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
     def format_refusal(self, export_format, quantize, meta):
         """None: every format takes the image classifier (LiteRT and ONNX
-        take pixels, the SavedModel image bytes)."""
-        return None
+        take pixels, the SavedModel image bytes); a multi-label run none
+        until its thresholds are chosen (`multilabel.format_refusal`)."""
+        return multilabel.format_refusal(export_format, meta)
 
     def inference_model(self, model, meta, export_format):
         """Returns the model without its random augmentation layers.
@@ -283,9 +286,14 @@ class ImageClassifierTask(classifier.ClassifierTask):
         """
         height, width = meta["image_size"]
         if export_format == "savedmodel":
-            return _SAVEDMODEL_CLIENT
+            return multilabel.savedmodel_client("images") if multilabel.is_multi_label(meta) \
+                else _SAVEDMODEL_CLIENT
         runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
-        return _PIXELS_CLIENT.format(height=height, width=width, runtime=runtime)
+        snippet = _PIXELS_CLIENT.format(height=height, width=width, runtime=runtime)
+        if multilabel.is_multi_label(meta):
+            return multilabel.thresholded_client(snippet, "np.stack([preprocess(path) "
+                                                          "for path in items])")
+        return snippet
 
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then a grid of sample predictions

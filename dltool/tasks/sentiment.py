@@ -2,10 +2,11 @@
 
 
 from dltool._tf import keras, tf
+from dltool.data import multilabel as data_multilabel
 from dltool.data import text
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import classifier
+from dltool.tasks import classifier, multilabel
 from dltool.tasks.base import ServingEndpoint
 
 
@@ -28,12 +29,15 @@ class SentimentTask(classifier.ClassifierTask):
             sequence length.
         """
         settings = config["data"]
-        data = text.open_text_data(settings, root, seed=config["training"]["seed"],
-                                   skip_bad=skip_bad, vocabulary=(run_meta or {}).get("vocabulary"))
+        open_data = data_multilabel.open_text_data if settings["multi_label"] \
+            else text.open_text_data
+        data = open_data(settings, root, seed=config["training"]["seed"], skip_bad=skip_bad,
+                         vocabulary=(run_meta or {}).get("vocabulary"))
         data.meta = {"class_names": data.class_names, "vocabulary": data.vocabulary,
                      "sequence_length": settings["sequence_length"],
                      "subword_buckets": settings["subword_buckets"],
-                     "subwords_per_word": settings["subwords_per_word"]}
+                     "subwords_per_word": settings["subwords_per_word"],
+                     **multilabel.data_meta(settings)}
         return data
 
     def bytes_per_example(self, config):
@@ -45,7 +49,7 @@ class SentimentTask(classifier.ClassifierTask):
     def model_kwargs(self, meta):
         """Returns the data-dependent arguments of `build_model`."""
         return {"num_classes": len(meta["class_names"]),
-                "vocabulary_size": len(meta["vocabulary"])}
+                "vocabulary_size": len(meta["vocabulary"]), **multilabel.model_kwargs(meta)}
 
     def serving_endpoint(self, model, meta):
         """Builds the serving function: raw UTF-8 strings in, label names out.
@@ -58,19 +62,17 @@ class SentimentTask(classifier.ClassifierTask):
 
         Returns:
             A `ServingEndpoint` whose function takes a 1-D string tensor of
-            texts and returns `classifier_outputs` (with the run's
-            temperature, when calibrated); its resources are the
+            texts and returns `serving_outputs` (with the run's temperature,
+            when calibrated); its resources are the
             vectorizer, whose vocabulary table the export must save.
         """
         vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
         vectorizer.build()  # a built layer can be tracked by the export
-        class_names = tf.constant(meta["class_names"])
 
         def serve(texts):
             features = text.vectorize(vectorizer, texts, meta["subword_buckets"],
                                       meta["subwords_per_word"])
-            return self.classifier_outputs(model(features, training=False), class_names,
-                                           self.temperature(meta))
+            return self.serving_outputs(model(features, training=False), meta)
 
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="texts")], resources=[vectorizer])
@@ -85,8 +87,9 @@ class SentimentTask(classifier.ClassifierTask):
 
     def format_refusal(self, export_format, quantize, meta):
         """None: every format takes the sentiment model (LiteRT and ONNX take
-        token ids, the SavedModel raw strings)."""
-        return None
+        token ids, the SavedModel raw strings); a multi-label run none
+        until its thresholds are chosen (`multilabel.format_refusal`)."""
+        return multilabel.format_refusal(export_format, meta)
 
     def inference_model(self, model, meta, export_format):
         """Returns a copy of the model with every recurrent layer unrolled.
@@ -161,9 +164,13 @@ class SentimentTask(classifier.ClassifierTask):
             `encode(texts)`, the tokenizer, and `run(features)`.
         """
         if export_format == "savedmodel":
-            return _SAVEDMODEL_CLIENT
+            return multilabel.savedmodel_client("texts") if multilabel.is_multi_label(meta) \
+                else _SAVEDMODEL_CLIENT
         runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
-        return _TOKENS_CLIENT.replace("{runtime}", runtime)
+        snippet = _TOKENS_CLIENT.replace("{runtime}", runtime)
+        if multilabel.is_multi_label(meta):
+            return multilabel.thresholded_client(snippet, "encode(items)")
+        return snippet
 
     def report_sections(self, run, split, evaluation):
         """The classifier's report sections, then the most confidently wrong

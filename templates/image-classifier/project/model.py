@@ -1,6 +1,7 @@
 """The image classifier's model: yours to edit.
 
-`build_model(hp, config, num_classes)` returns a compiled Keras model.
+`build_model(hp, config, num_classes, multi_label=False)` returns a compiled
+Keras model.
 keras-tuner calls it directly (`dltool tune`); `dltool train` calls it with a
 fresh `keras_tuner.HyperParameters()`, so every `hp.*` call returns its
 default, read from the `[model]` section of config.toml. Read each
@@ -8,22 +9,29 @@ hyperparameter through `hp` under the same name as its config key.
 
 Images arrive as float32 pixels in [0, 255], shape (height, width, 3); the
 model rescales them itself, so the exported SavedModel takes raw image bytes.
+
+With `data.multi_label = true` an image may have several labels: the targets
+are 0/1 vectors, one entry per label, and the model ends in a sigmoid per
+label trained with binary cross-entropy instead of a softmax over the classes.
 """
 
 import keras
 from keras import layers
 
 
-def build_model(hp, config, num_classes):
+def build_model(hp, config, num_classes, multi_label=False):
     """Builds and compiles a batch-normalized CNN.
 
     Args:
         hp: A `keras_tuner.HyperParameters`.
         config: The project's config (`config["data"]`, `config.model`, ...).
-        num_classes: Number of classes in the data.
+        num_classes: Number of classes (labels) in the data.
+        multi_label: Whether an image may have several labels
+            (`data.multi_label`).
 
     Returns:
-        A compiled `keras.Model` mapping images to class probabilities.
+        A compiled `keras.Model` mapping images to class probabilities (with
+        `multi_label`, one independent probability per label).
     """
     defaults = config.model
     filters = hp.Int("filters", 16, 128, step=8, default=defaults["filters"])
@@ -59,7 +67,8 @@ def build_model(hp, config, num_classes):
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(num_classes)(x)
     # float32 output even under a mixed precision policy.
-    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(x)
+    activation = "sigmoid" if multi_label else "softmax"
+    outputs = layers.Activation(activation, dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="image_classifier")
 
     if optimizer == "sgd":
@@ -67,9 +76,13 @@ def build_model(hp, config, num_classes):
                                          weight_decay=weight_decay)
     else:
         optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=weight_decay)
-    model.compile(
-        optimizer=optimizer,
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    if multi_label:
+        # "accuracy" would compare argmaxes; the precision-recall AUC per label
+        # (averaged) is what the evaluation's mean average precision measures.
+        loss = "binary_crossentropy"
+        metrics = [keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+                   keras.metrics.AUC(curve="PR", multi_label=True, name="pr_auc")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model

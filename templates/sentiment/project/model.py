@@ -1,7 +1,7 @@
 """The sentiment classifier's model: yours to edit.
 
-`build_model(hp, config, num_classes, vocabulary_size)` returns a compiled
-Keras model. keras-tuner calls it directly (`dltool tune`); `dltool train`
+`build_model(hp, config, num_classes, vocabulary_size, multi_label=False)`
+returns a compiled Keras model. keras-tuner calls it directly (`dltool tune`); `dltool train`
 calls it with a fresh `keras_tuner.HyperParameters()`, so every `hp.*` call
 returns its default, read from the `[model]` section of config.toml. Read each
 hyperparameter through `hp` under the same name as its config key.
@@ -12,6 +12,10 @@ Texts arrive as a dict of int32 tensors: `token_ids`, shape
 character 3- to 5-grams of each word, 0 for padding. The data pipeline
 computes them once and caches them, so training runs at the model's speed.
 The exported SavedModel computes them from raw strings itself, the same way.
+
+With `data.multi_label = true` a text may have several labels: the targets are
+0/1 vectors, one entry per label, and the model ends in a sigmoid per label
+trained with binary cross-entropy instead of a softmax over the labels.
 """
 
 import keras
@@ -23,7 +27,7 @@ RECURRENT_LAYERS = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.Simple
 OPTIMIZERS = ("adam", "sgd")
 
 
-def build_model(hp, config, num_classes, vocabulary_size):
+def build_model(hp, config, num_classes, vocabulary_size, multi_label=False):
     """Builds and compiles an embedding + recurrent + max-pooling text classifier.
 
     Args:
@@ -32,9 +36,12 @@ def build_model(hp, config, num_classes, vocabulary_size):
         num_classes: Number of labels in the data.
         vocabulary_size: Tokens in the adapted vocabulary (padding and
             out-of-vocabulary included).
+        multi_label: Whether a text may have several labels
+            (`data.multi_label`).
 
     Returns:
-        A compiled `keras.Model` mapping token ids to label probabilities.
+        A compiled `keras.Model` mapping token ids to label probabilities
+        (with `multi_label`, one independent probability per label).
 
     Raises:
         ConfigError: if `model.cell` or `model.optimizer` is not one of the
@@ -77,15 +84,19 @@ def build_model(hp, config, num_classes, vocabulary_size):
     x = layers.GlobalMaxPooling1D()(x)
     x = layers.Dropout(dropout)(x)
     # float32 output even under a mixed precision policy.
-    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32",
-                           name="probabilities")(x)
+    outputs = layers.Dense(num_classes, activation="sigmoid" if multi_label else "softmax",
+                           dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="sentiment_classifier")
 
-    model.compile(
-        optimizer=_optimizer(optimizer, learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
+    if multi_label:
+        # "accuracy" would compare argmaxes; the precision-recall AUC per label
+        # (averaged) is what the evaluation's mean average precision measures.
+        loss = "binary_crossentropy"
+        metrics = [keras.metrics.BinaryAccuracy(name="binary_accuracy"),
+                   keras.metrics.AUC(curve="PR", multi_label=True, name="pr_auc")]
+    else:
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+    model.compile(optimizer=_optimizer(optimizer, learning_rate), loss=loss, metrics=metrics)
     return model
 
 

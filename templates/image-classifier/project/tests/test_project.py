@@ -38,6 +38,21 @@ def test_model_builds_from_config():
     assert set(config.model) <= set(hp.values)
 
 
+def test_multi_label_model_ends_in_a_sigmoid_per_label():
+    """With data.multi_label = true each label is a yes/no of its own."""
+    config = project_lib.load_config(PROJECT)
+    module = experiment_lib.load_model_module(PROJECT)
+    model, _ = experiment_lib.build_model(module, config,
+                                          {"num_classes": 4, "multi_label": True})
+    assert model.output_shape == (None, 4)
+    assert model.loss == "binary_crossentropy"
+    height, width = config["data"]["image_size"]
+    images = np.random.uniform(0, 255, (2, height, width, 3)).astype("float32")
+    probabilities = np.asarray(model(images, training=False))
+    assert ((probabilities > 0) & (probabilities < 1)).all()
+    assert not np.allclose(probabilities.sum(axis=-1), 1.0)  # independent labels
+
+
 def test_search_space_fits_the_model():
     """Every [search] entry is a hyperparameter build_model reads, of its type."""
     from dltool.tuning import space as search_space
