@@ -216,7 +216,10 @@ def test_report_html_renders_every_figure_in_chromium(evaluated_project, tmp_pat
 
     pixels = imread(screenshot)[..., :3]
     assert pixels.shape[:2] == (1400, 1000)
-    assert (pixels.min(axis=-1) < 0.9).mean() > 0.05  # text and figures, not a blank page
+    # Text and figures, not a blank page: the top 1,400 px of this report had
+    # 4.5% and 5.4% of their pixels inked in two runs (how much depends on the
+    # trained model's confusion matrix); a blank page has none.
+    assert (pixels.min(axis=-1) < 0.9).mean() > 0.02
 
 
 @pytest.mark.slow
