@@ -20,7 +20,7 @@ changes). The full run writes bench/results/multilabel.json; it needs an idle
 machine (about half an hour on 2 cores, estimated from bench/results'
 image and sentiment rates; not yet run):
 
-    python bench/multilabel.py
+    python bench/multilabel.py [--image-epochs N]
 
 A quick check that it works (a few hundred pairs, tiny models: 54 s on 2
 shared cores; its figures mean nothing):
@@ -138,11 +138,15 @@ def main():
     parser.add_argument("--quick", action="store_true",
                         help="a few hundred pairs and tiny models: checks that it runs")
     parser.add_argument("--only", choices=["images", "texts"], default=None)
+    parser.add_argument("--image-epochs", type=int, default=None,
+                        help="epochs of the image project (default: the template's 44)")
     parser.add_argument("--out", type=Path, default=None,
                         help="results file (default: bench/results/multilabel.json for the "
                              "full run, none for --quick)")
     args = parser.parse_args()
-    settings = QUICK if args.quick else FULL
+    settings = dict(QUICK if args.quick else FULL)
+    if args.image_epochs is not None:
+        settings["image_epochs"] = args.image_epochs
     out = args.out or (None if args.quick else REPO / "bench" / "results" / "multilabel.json")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
