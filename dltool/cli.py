@@ -179,7 +179,9 @@ def _complete_templates(ctx, param, incomplete):
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--name", default=None, help="Project name (default: DEST's folder name).")
 @click.option("--data", default=None,
-              help="Data source for the config: a folder, tfds:NAME or builtin:NAME.")
+              help="Data source for the config: a folder, a CSV/TSV manifest (images), "
+                   "tfds:NAME or builtin:NAME; a relative path is from the current "
+                   "folder (written relative to the project).")
 @click.option("--force", is_flag=True,
               help="Replace an existing DEST (it is kept as DEST.dltool-backup-TIME).")
 def new(template, dest, name, data, force):

@@ -107,3 +107,21 @@ def test_train_from_a_manifest(runner, tmp_path):
     assert "airplane        11       1      12" in result.output
     result = invoke(runner, "evaluate", "--project", project)
     assert result.exit_code == 0 and "test split, 36 examples" in result.stdout
+
+
+def test_new_writes_a_relative_data_path_from_the_project(runner, tmp_path, monkeypatch):
+    """`--data` is typed from the current folder; the project reads it from its own."""
+    import tomllib
+
+    (tmp_path / "labels.csv").write_text("path,label\n")
+    (tmp_path / "photos").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for index, (data, written) in enumerate((
+            ("labels.csv", "../labels.csv"), ("photos", "../photos"),
+            (str(tmp_path / "photos"), str(tmp_path / "photos")),
+            ("tfds:cifar10", "tfds:cifar10"), ("missing.csv", "missing.csv"))):
+        project = tmp_path / f"proj{index}"
+        assert invoke(runner, "new", "image-classifier", project.name, "--data",
+                      data).exit_code == 0
+        config = tomllib.loads((project / "config.toml").read_text())
+        assert config["data"]["source"] == written, data

@@ -66,6 +66,24 @@ def validate_project_name(name, what="project name"):
     return name
 
 
+def _data_source(data, dest):
+    """`--data` as the project's config holds it.
+
+    A project reads a relative `data.source` from its own folder, but the
+    user gives `--data` from where they type it (`dltool new proj --data
+    photos/`): a path that exists from there is written relative to the
+    project (`../photos`), so the project still finds its data when both are
+    moved together. A `tfds:`/`builtin:` source, or a path that does not
+    exist, is written as given (`dltool train` then names it).
+    """
+    if ":" in data and not Path(data).exists():  # tfds:NAME, builtin:NAME
+        return data
+    path = Path(data)
+    if path.is_absolute() or not path.exists():
+        return data
+    return os.path.relpath(path.absolute(), dest)
+
+
 def render_project(template_name, dest, *, name=None, data=None, force=False):
     """Renders a template into a new project folder.
 
@@ -105,7 +123,8 @@ def render_project(template_name, dest, *, name=None, data=None, force=False):
         "template": template["name"],
         "dltool_version": dltool.__version__,
         "distribution": dltool.DISTRIBUTION,
-        "data_source": data if data is not None else template["default_data"],
+        "data_source": _data_source(data, dest) if data is not None else
+                       template["default_data"],
         "defaults": config_lib.defaults(config_lib.template_schema(template)),
     }
     files.check_writable(dest.parent)  # e.g. a folder of another user's: one line
