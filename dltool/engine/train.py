@@ -332,7 +332,8 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
     """
     experiment = Experiment.open(project_dir, overrides)
     config = experiment.config
-    if cluster is None or cluster.is_chief:  # the other workers write to temporary folders
+    chief = cluster is None or cluster.is_chief
+    if chief:  # the other workers write to temporary folders
         check_runs_folder(project_dir)
     with runtime.precision_scope(keras.mixed_precision.global_policy().name):
         strategy, description = experiment.prepare_runtime(cluster)
@@ -348,16 +349,18 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
             monitored_metric(config, val_ds is not None,
                              logged_metrics(model, train_ds, val_ds is not None))
             check_optimizer(model.optimizer)
-        if cluster is None or cluster.is_chief:
+        if chief:
             check_room_for_epoch(project_dir, model)
         with worker_failures(cluster), open_run(project_dir, config, strategy, fresh=fresh,
                                                 cluster=cluster, echo=echo) as (run, backup_dir):
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
                       backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
-            experiment.task.after_fit(model, data, config, run, echo=echo)  # e.g. thresholds
-            if cluster is None or cluster.is_chief:  # the other workers' runs are deleted
+            if chief:  # the other workers' runs are deleted
+                if run.has_weights():  # `fit` leaves the last epoch's weights
+                    model.load_weights(str(run.weights_file))
+                experiment.task.after_fit(model, data, config, run, echo=echo)  # e.g. thresholds
                 calibrate(experiment.task, model, config, run, val_ds, echo)
-    if cluster is None or cluster.is_chief:
+    if chief:
         reporting.write_run_report(project_dir, run, echo=echo)
     return run
 
@@ -375,15 +378,15 @@ def calibrate(task, model, config, run, val_ds, echo):
 
     After `fit`: the run is finished, so a process killed here leaves a run
     that exports uncalibrated scores, as with `training.calibrate = false`.
-    The best epoch's weights are loaded into `model` (`fit` leaves it at the
-    last epoch), the task fits its calibration (`Task.calibrate`: for a
+    `model` holds the best epoch's weights (`train` loads them), the task
+    fits its calibration (`Task.calibrate`: for a
     classifier one prediction pass over the split and a temperature) and
     it is recorded in `run.json` as `calibration`, and its `temperature` in
     the run's `meta`, which the export applies and `dltool evaluate` reports.
 
     Args:
         task: The run's `Task`.
-        model: The trained model.
+        model: The trained model, with the run's best weights.
         config: The run's `Config`.
         run: The finished `Run`.
         val_ds: The batched validation split, or None.
@@ -396,10 +399,9 @@ def calibrate(task, model, config, run, val_ds, echo):
                config["training"]["include_validation"] else "the data has none")
         echo(f"Calibration: skipped, no validation split ({why})")
         return
-    if not run.weights_file.is_file():
+    if not run.has_weights():
         echo("Calibration: skipped, no epoch was best (no best weights saved)")
         return
-    model.load_weights(str(run.weights_file))
     calibration = task.calibrate(model, val_ds, echo, meta=run.meta)
     if calibration is not None:
         run.update(calibration=calibration,

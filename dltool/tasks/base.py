@@ -170,8 +170,7 @@ class Task:
         nothing by default.
 
         Args:
-            model: The trained model (its last epoch's weights; the best ones
-                are in `run.weights_file`).
+            model: The trained model, with the run's best weights.
             data: The opened data.
             config: The run's config.
             run: The `Run`.

@@ -204,15 +204,16 @@ def predict_split(model, dataset):
 
 
 def choose_run_thresholds(model, data, config, run, echo=None):
-    """Chooses the run's decision thresholds with its best weights and records
-    them in its `meta` (`thresholds`, `threshold_rule`).
+    """Chooses the run's decision thresholds and records them in its `meta`
+    (`thresholds`, `threshold_rule`).
 
     With `data.thresholds = "best_f1"` and a validation split that training
     did not see, each label's threshold maximises its F1 there
     (`choose_thresholds`); otherwise every label takes `data.threshold`.
 
     Args:
-        model: The trained model; the run's best weights are loaded into it.
+        model: The trained model, with the run's best weights (`train` and
+            `Experiment.load_trained_model` load them).
         data: The opened data (`data.splits["val"]`).
         config: The run's config.
         run: The `Run`.
@@ -226,8 +227,6 @@ def choose_run_thresholds(model, data, config, run, echo=None):
     names = run.meta["class_names"]
     held_out = "val" in data.splits and not training["include_validation"]
     if settings["thresholds"] == "best_f1" and held_out:
-        if run.weights_file.is_file():
-            model.load_weights(str(run.weights_file))
         targets, probabilities = predict_split(model, pipeline.batched(
             data.splits["val"], training["batch_size"], training=False))
         thresholds = choose_thresholds(targets, probabilities, fallback)
