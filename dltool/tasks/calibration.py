@@ -97,7 +97,11 @@ def reliability(labels, probabilities, bins=BINS):
 def expected_calibration_error(labels, probabilities, bins=BINS):
     """The ECE: sum over the confidence bins of (share of the examples) x
     |accuracy - mean confidence| (see `reliability`)."""
-    table = reliability(labels, probabilities, bins)
+    return _ece_of(reliability(labels, probabilities, bins))
+
+
+def _ece_of(table):
+    """The ECE of a `reliability` table."""
     count = np.asarray(table["count"])
     gaps = np.abs(np.asarray(table["accuracy"]) - np.asarray(table["confidence"]))
     return float(np.sum(count * gaps) / max(1, count.sum()))
@@ -173,8 +177,8 @@ def summary(labels, probabilities, temperature, bins=BINS):
         stages.append(("after", scaled(probabilities, temperature)))
     for stage, p in stages:
         result[f"nll_{stage}"] = negative_log_likelihood(labels, p)
-        result[f"ece_{stage}"] = expected_calibration_error(labels, p, bins)
-        result[f"reliability_{stage}"] = reliability(labels, p, bins)
+        table = result[f"reliability_{stage}"] = reliability(labels, p, bins)
+        result[f"ece_{stage}"] = _ece_of(table)
     return result
 
 

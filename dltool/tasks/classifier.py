@@ -91,6 +91,12 @@ class ClassifierTask(Task):
         return self.classifier_outputs(probabilities, tf.constant(meta["class_names"]),
                                        self.temperature(meta))
 
+    def format_refusal(self, export_format, quantize, meta):
+        """None: every format takes both classifiers (LiteRT and ONNX take
+        pixels or token ids, the SavedModel raw input); a multi-label run
+        none until its thresholds are chosen (`multilabel.format_refusal`)."""
+        return multilabel.format_refusal(export_format, meta)
+
     def for_export(self, meta):
         """The task, or for a multi-label export what shows its predictions
         (`multilabel.Predictions`)."""
@@ -227,7 +233,8 @@ class ClassifierTask(Task):
         save_predictions(run, split, labels, served, run.meta["class_names"],
                          self.readable_inputs(data, split))
         if keeper is not None:
-            self.save_examples(run, split, keeper.examples())
+            self.save_examples(run, split, keeper.examples(), model=model,
+                               predicted=np.argmax(probabilities, axis=-1), echo=echo)
         return {"examples": int(len(labels)),
                 "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report,
                 "calibration": calibration.summary(labels, probabilities, temperature)}
@@ -273,7 +280,7 @@ class ClassifierTask(Task):
         (texts), or None (the default: inputs with no readable form)."""
         return None
 
-    def save_examples(self, run, split, examples):
+    def save_examples(self, run, split, examples, model=None, predicted=None, echo=None):
         """Keeps the evaluation inputs the report shows; does nothing by default.
 
         Called only when the task `keeps_examples`.
@@ -285,6 +292,10 @@ class ClassifierTask(Task):
                 split, their inputs (None when there are none) and whether
                 each is in the random sample (the others are confident
                 mistakes).
+            model: The evaluated model (the image classifier explains its
+                predictions on the examples).
+            predicted: The predicted class of every example of the split.
+            echo: Function that prints a line for the user, or None.
         """
 
     # ---- reporting ----

@@ -28,6 +28,8 @@ module is the image classifier's helper (not a task) and imports no dltool
 engine module.
 """
 
+import collections
+
 import numpy as np
 
 from dltool._tf import keras, tf
@@ -123,7 +125,7 @@ def feature_tensor(model):
     """
     for tensor, layer in _walk_back(model.outputs[0]):
         if len(tensor.shape) == 4 and not isinstance(layer, (*_POOLING, keras.layers.InputLayer)):
-            if _convolution_at_or_before(tensor, layer):
+            if any(_holds_convolution(before) for _, before in _walk_back(tensor)):
                 return tensor, layer.name
             break
     raise ConfigError(
@@ -157,9 +159,9 @@ def _producer(tensor):
 
 def _walk_back(output):
     """Yields `(tensor, layer)` of the graph behind `output`, breadth first."""
-    queue, seen = [output], set()
+    queue, seen = collections.deque([output]), set()
     while queue:
-        tensor = queue.pop(0)
+        tensor = queue.popleft()
         if id(tensor) in seen:
             continue
         seen.add(id(tensor))
@@ -169,12 +171,6 @@ def _walk_back(output):
         yield tensor, layer
         if node is not None:
             queue.extend(node.input_tensors)
-
-
-def _convolution_at_or_before(tensor, layer):
-    """Whether a convolution (or a nested model holding one) makes `tensor`
-    or comes before it."""
-    return any(_holds_convolution(ancestor) for _, ancestor in _walk_back(tensor))
 
 
 def _holds_convolution(layer):

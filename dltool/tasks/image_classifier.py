@@ -167,48 +167,12 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
         return draw
 
-    def evaluate_split(self, model, data, split, config, run, echo=None):
-        """The classifier's evaluation (`ClassifierTask.evaluate_split`), then
-        the Grad-CAM heatmaps of the examples it kept (`save_heatmaps`)."""
-        result = super().evaluate_split(model, data, split, config, run, echo)
-        if not multilabel.is_multi_label(run.meta):  # it keeps no example images
-            self.save_heatmaps(model, run, split, echo)
-        return result
+    def save_examples(self, run, split, examples, model=None, predicted=None, echo=None):
+        """Saves the images the report shows as `examples-SPLIT.npz` (uint8),
+        with the Grad-CAM heatmaps of the classes the evaluation predicted.
 
-    def save_heatmaps(self, model, run, split, echo=None):
-        """Adds to `examples-SPLIT.npz` the Grad-CAM heatmaps of its images.
-
-        Each heatmap explains the class the evaluation predicted (its row of
-        `predictions-SPLIT.csv`), on the model's feature map
-        (`gradcam.feature_tensor`). A model without one gets no heatmaps,
-        and a line saying why.
-
-        Args:
-            model: The evaluated Keras model.
-            run: The `Run`.
-            split: The split evaluated.
-            echo: Function that prints a line for the user, or None.
-        """
-        saved = _read_examples(run.examples_file(split))
-        if saved is None:
-            return
-        try:
-            explain = gradcam.GradCam(model)
-        except ConfigError as e:
-            if echo is not None:
-                echo(f"No Grad-CAM heatmaps in the report: {e}")
-            return
-        names = run.meta["class_names"]
-        predicted = {r["index"]: names.index(r["predicted"])
-                     for r in classifier.read_predictions(run, split)}
-        classes = np.asarray([predicted[int(i)] for i in saved["index"]], dtype=np.int64)
-        heatmaps, _ = explain(saved["images"].astype(np.float32), classes)
-        _write_examples(run.examples_file(split), **{
-            **saved, "heatmaps": heatmaps.astype(np.float16), "explained": classes,
-            "heatmap_layer": np.asarray(explain.layer_name)})
-
-    def save_examples(self, run, split, examples):
-        """Saves the images the report shows as `examples-SPLIT.npz` (uint8).
+        Each heatmap is on the model's feature map (`gradcam.feature_tensor`);
+        a model without one gets no heatmaps, and a line saying why.
 
         Args:
             run: The `Run`.
@@ -217,20 +181,20 @@ class ImageClassifierTask(classifier.ClassifierTask):
                 indices in the split, their float pixels `(n, h, w, 3)` in
                 0-255 (None when there are none), and whether each is in the
                 random sample (the others are confident mistakes).
+            model: The evaluated Keras model, or None for no heatmaps.
+            predicted: The predicted class of every example of the split.
+            echo: Function that prints a line for the user, or None.
         """
         indices, pixels, in_sample = examples
         if pixels is None:
             return
-        _write_examples(run.examples_file(split), index=indices, in_sample=in_sample,
-                        images=np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
+        images = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        arrays = {"index": indices, "in_sample": in_sample, "images": images}
+        if model is not None:
+            arrays.update(_heatmaps(model, images, np.asarray(predicted)[indices], echo))
+        _write_examples(run.examples_file(split), **arrays)
 
     # ---- exporting to LiteRT and ONNX: pixels in, probabilities out ----
-
-    def format_refusal(self, export_format, quantize, meta):
-        """None: every format takes the image classifier (LiteRT and ONNX
-        take pixels, the SavedModel image bytes); a multi-label run none
-        until its thresholds are chosen (`multilabel.format_refusal`)."""
-        return multilabel.format_refusal(export_format, meta)
 
     def inference_model(self, model, meta, export_format):
         """Returns the model without its random augmentation layers.
@@ -299,7 +263,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
         """The classifier's report sections, then a grid of sample predictions
         and one of the most confident mistakes, titled true / predicted, each
         followed by the same images under their Grad-CAM heatmaps ("What the
-        model looked at") when the evaluation saved them (`save_heatmaps`)."""
+        model looked at") when the evaluation saved them (`save_examples`)."""
         sections = super().report_sections(run, split, evaluation)
         rows = {r["index"]: r for r in classifier.read_predictions(run, split)}
         saved = _read_examples(run.examples_file(split)) if rows else None
@@ -341,7 +305,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
 
 def _read_examples(path):
     """Reads `examples-SPLIT.npz`: a dict of its arrays (`index`, `images`,
-    `in_sample`; with `save_heatmaps`' `heatmaps`, `explained` and
+    `in_sample`; with `_heatmaps`' `heatmaps`, `explained` and
     `heatmap_layer`), or None if it is missing.
 
     Raises:
@@ -357,6 +321,22 @@ def _read_examples(path):
         return arrays
     except (OSError, ValueError, KeyError) as e:
         raise DataError(f"{path}: not readable ({e})") from e
+
+
+def _heatmaps(model, images, classes, echo=None):
+    """The Grad-CAM arrays `examples-SPLIT.npz` keeps: `heatmaps` (float16),
+    `explained` (the classes) and `heatmap_layer`; `{}` for a model without
+    a feature map (and a line saying why)."""
+    try:
+        explain = gradcam.GradCam(model)
+    except ConfigError as e:
+        if echo is not None:
+            echo(f"No Grad-CAM heatmaps in the report: {e}")
+        return {}
+    classes = classes.astype(np.int64)
+    heatmaps, _ = explain(images.astype(np.float32), classes)
+    return {"heatmaps": heatmaps.astype(np.float16), "explained": classes,
+            "heatmap_layer": np.asarray(explain.layer_name)}
 
 
 def _write_examples(path, **arrays):

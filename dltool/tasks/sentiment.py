@@ -85,12 +85,6 @@ class SentimentTask(classifier.ClassifierTask):
         """Returns the raw texts of `split`, for `predictions-SPLIT.csv`."""
         return data.texts.get(split)
 
-    def format_refusal(self, export_format, quantize, meta):
-        """None: every format takes the sentiment model (LiteRT and ONNX take
-        token ids, the SavedModel raw strings); a multi-label run none
-        until its thresholds are chosen (`multilabel.format_refusal`)."""
-        return multilabel.format_refusal(export_format, meta)
-
     def inference_model(self, model, meta, export_format):
         """Returns a copy of the model with every recurrent layer unrolled.
 
