@@ -25,14 +25,16 @@ from dltool.core.errors import DataError
 from dltool.data.lines import read_lines
 from dltool.data.splits import parse_labels
 
-SUFFIXES = (".csv", ".tsv")
+# A delimited file's delimiter, by suffix: manifests, and the text templates'
+# TSV/CSV sources (`text.DELIMITED_SUFFIXES`).
+DELIMITERS = {".tsv": "\t", ".csv": ","}
 _SPLITS = {"train": "train", "val": "val", "validation": "val", "test": "test"}
 _COLUMNS = ("path", "label")
 
 
 def is_manifest(path):
     """Whether a `data.source` path names a manifest (a .csv or .tsv file)."""
-    return Path(path).suffix.lower() in SUFFIXES
+    return Path(path).suffix.lower() in DELIMITERS
 
 
 def read_manifest(path, skip_bad=False, report=None, separator=None, declared=None):
@@ -63,7 +65,7 @@ def read_manifest(path, skip_bad=False, report=None, separator=None, declared=No
     report = [] if report is None else report
     path = Path(path)
     lines = read_lines(path, skip_bad, report)
-    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    delimiter = DELIMITERS[path.suffix.lower()]
     reader = csv.reader((line for _, line in lines), delimiter=delimiter)
     try:
         rows = [(lines[reader.line_num - 1][0], [f.strip() for f in row]) for row in reader

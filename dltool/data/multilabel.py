@@ -25,7 +25,7 @@ import numpy as np
 from dltool._tf import tf
 from dltool.core.errors import DataError
 from dltool.data import images, manifests, text
-from dltool.data.splits import parse_labels  # noqa: F401  (the label cells' reader)
+from dltool.data.splits import parse_labels
 
 
 def multi_hot(label_lists, class_names):
@@ -129,12 +129,12 @@ def open_image_data(data, root, *, seed, skip_bad=False):
         rows["train"], rows["val"] = random_split(rows["train"], data["validation_split"], seed)
         report.append(f"validation: {data['validation_split']:.0%} of the training rows "
                       f"(seed {seed})")
-    missing = [name for name, n in zip(class_names, count_labels(
-        [labels for _, labels in rows["train"]], class_names)) if n == 0]
+    lists = {s: [labels for _, labels in entries] for s, entries in rows.items()}
+    counts = count_labels(lists["train"], class_names)
+    missing = [name for name, n in zip(class_names, counts) if n == 0]
     if missing:
         once = " once the validation rows are held out" if held_out else ""
         raise DataError(f"label {missing[0]!r} has no training rows in {manifest}{once}")
-    lists = {s: [labels for _, labels in entries] for s, entries in rows.items()}
     report[:0] = report_lines(class_names, lists)
     image_size = tuple(data["image_size"])
     splits = {s: images._paths_dataset(list(zip([p for p, _ in entries],
@@ -143,7 +143,7 @@ def open_image_data(data, root, *, seed, skip_bad=False):
               for s, entries in rows.items()}
     return images.ImageData(class_names, image_size, splits,
                             {s: len(entries) for s, entries in rows.items()}, report,
-                            class_counts=count_labels(lists["train"], class_names))
+                            class_counts=counts)
 
 
 def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
@@ -204,8 +204,9 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
     if len(values) < 2:
         raise DataError(f"the training data has only one label ({values[0]!r}); "
                         "a multi-label classifier needs at least two")
-    report[:0] = report_lines(class_names, {s: [tuple(class_names[values.index(label)]
-                                                      for label in labels) for labels in ls]
+    named = dict(zip(values, class_names))
+    report[:0] = report_lines(class_names, {s: [tuple(named[label] for label in labels)
+                                                for labels in ls]
                                             for s, ls in lists.items()})
     vectorizer, vocabulary = text.adapted_vectorizer(data, raw["train"].texts, vocabulary,
                                                      report)

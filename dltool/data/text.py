@@ -24,13 +24,13 @@ import dataclasses
 from pathlib import Path
 
 from dltool._tf import keras, tf
-from dltool.data import images
+from dltool.data import images, manifests
 from dltool.data.lines import decode_lines, read_lines
 from dltool.data import splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
 from dltool.core.errors import ConfigError, DataError
 
-DELIMITED_SUFFIXES = {".tsv": "\t", ".csv": ","}
+DELIMITED_SUFFIXES = manifests.DELIMITERS
 _DELIMITERS = {"tab": "\t", "comma": ","}
 _VAL_NAMES = ("val", "validation", "dev")
 # Unicode punctuation and the ASCII symbols of `string.punctuation`; other
