@@ -28,7 +28,7 @@ from dltool.core import files
 from dltool.core.errors import ConfigError, DataError, ModelFileError, StorageError
 from dltool.engine import export as export_lib
 from dltool.engine import modelfiles
-from dltool.engine.predict import EXPLAIN_SUFFIX, read_metadata
+from dltool.engine.predict import EXPLAIN_SUFFIX, locate_model
 from dltool.tasks import task_for
 
 # Images drawn per call of the model (decoded at their own size, so at most
@@ -135,13 +135,8 @@ def plan_explanations(project_dir, inputs, *, model_path=None, out_dir=None):
             folder or table of inputs that cannot be read.
         StorageError: a folder the pictures go to cannot be written.
     """
-    if model_path is not None and str(model_path).endswith(".keras"):
-        source = keras_file = Path(model_path)
-        metadata = read_metadata(source.parent)
-    else:
-        source = export_lib.resolve_export(project_dir, model_path)
-        metadata = read_metadata(source)
-        keras_file = source / export_lib.KERAS_FILE
+    source, metadata = locate_model(project_dir, model_path)
+    keras_file = source if source.suffix == ".keras" else source / export_lib.KERAS_FILE
     task = task_for(metadata["template"])  # imports what the model's layers need
     refusal = task.explain_refusal()
     if refusal is not None:

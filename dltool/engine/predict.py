@@ -55,14 +55,12 @@ def load_predictor(project_dir, model_path=None, *, warn=None):
     Raises:
         DltoolError: nothing exported, not a dltool export, unsafe file.
     """
-    if model_path is not None and str(model_path).endswith(".keras"):
-        path = Path(model_path)
-        metadata = read_metadata(path.parent)
+    source, metadata = locate_model(project_dir, model_path)
+    if source.suffix == ".keras":
         task = task_for(metadata["template"])  # imports what the model's layers need
-        model = modelfiles.load_keras_file(path)
-        return task.serving_endpoint(model, metadata["meta"]).fn, task, path, metadata["meta"]
-    version_dir = export_lib.resolve_export(project_dir, model_path)
-    metadata = read_metadata(version_dir)
+        model = modelfiles.load_keras_file(source)
+        return task.serving_endpoint(model, metadata["meta"]).fn, task, source, metadata["meta"]
+    version_dir = source
     warning = None if warn is None else untrusted_model_warning(project_dir, version_dir)
     if warning is not None:
         warn(warning)
@@ -70,6 +68,28 @@ def load_predictor(project_dir, model_path=None, *, warn=None):
     signature_input = next(iter(serve.structured_input_signature[1]))
     return (lambda batch: serve(**{signature_input: batch})), \
         task_for(metadata["template"]), version_dir, metadata["meta"]
+
+
+def locate_model(project_dir, model_path=None):
+    """Finds the model `dltool predict --model` names and reads its export's
+    `dltool.json`.
+
+    Args:
+        project_dir: The project folder, or None.
+        model_path: As `load_predictor` takes it.
+
+    Returns:
+        A tuple `(source, metadata)`: the `.keras` file or the SavedModel
+        version folder, and the `dltool.json` beside it.
+
+    Raises:
+        DltoolError: nothing exported, not a dltool export.
+    """
+    if model_path is not None and str(model_path).endswith(".keras"):
+        path = Path(model_path)
+        return path, read_metadata(path.parent)
+    version_dir = export_lib.resolve_export(project_dir, model_path)
+    return version_dir, read_metadata(version_dir)
 
 
 def untrusted_model_warning(project_dir, version_dir):
