@@ -76,10 +76,8 @@ def _data_source(data, dest):
     moved together. A `tfds:`/`builtin:` source, or a path that does not
     exist, is written as given (`dltool train` then names it).
     """
-    if ":" in data and not Path(data).exists():  # tfds:NAME, builtin:NAME
-        return data
     path = Path(data)
-    if path.is_absolute() or not path.exists():
+    if path.is_absolute() or not path.exists():  # also tfds:NAME, builtin:NAME
         return data
     return os.path.relpath(path.absolute(), dest)
 
