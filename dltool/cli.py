@@ -724,11 +724,10 @@ def runs_command(project, compare, quiet, as_json):
     elif not found:
         click.echo(f"No runs yet in {project.folder / runs.RUNS_DIR}: run `dltool train`")
     else:
-        header = ["name", "template", "date", "status", "epochs", "best", "test acc.",
-                  "exported"]
+        header = ["name", "template", "date", "status", "epochs", "best", "test", "exported"]
         rows = [[f["name"], f["template"], f["date"], f["status"], str(f["epochs"]),
                  f"{f['monitor']} {f['best']:.4f}" if f["best"] is not None else "-",
-                 _cell(score), f["exported"] or "-"] for f, score in zip(found, scores)]
+                 _score_cell(score), f["exported"] or "-"] for f, score in zip(found, scores)]
         _print_table(header, rows)
 
 
@@ -748,6 +747,15 @@ def _print_comparison(comparison, quiet, as_json):
     click.echo("\nMetrics:")
     _print_table(["", name_a, name_b], [[k, _cell(a), _cell(b)]
                                        for k, a, b in comparison["metrics"]])
+
+
+def _score_cell(score):
+    """A run's `table_score`: `[metric, value]`, or a bare test accuracy as
+    runs evaluated before dltool named the metric recorded it."""
+    if score is None:
+        return "-"
+    name, value = score if isinstance(score, list) else ("accuracy", score)
+    return f"{name} {value:.4f}" if abs(value) <= 1 else f"{name} {value:.2f}"
 
 
 def _cell(value):

@@ -249,10 +249,11 @@ def test_runs_lists_newest_first(runner, evaluated_project):
     assert result.exit_code == 0, result.output
     header, newest, oldest = result.output.strip().splitlines()
     assert header.split() == ["name", "template", "date", "status", "epochs", "best",
-                              "test", "acc.", "exported"]
+                              "test", "exported"]
     assert newest.startswith(f"{second}  image-classifier  ")
     assert oldest.split()[0] == first and oldest.split()[-1] == "proj/1"
     assert " finished  2 " in oldest and " val_accuracy 0." in oldest
+    assert " accuracy 0." in oldest.split("val_accuracy", 1)[1]  # its test accuracy
     assert newest.split()[-2:] == ["-", "-"]  # not evaluated, not exported
 
     result = invoke(runner, "runs", "--project", project, "--quiet")

@@ -360,6 +360,10 @@ def test_evaluate_reports_bleu_chrf_and_writes_translations(runner, trained_tran
     sources = [r.split("\t")[0] for r in rows[1:]]
     shown = sum(str(markupsafe.escape(source)) in report for source in sources)
     assert shown >= min(20, len(sources))  # a short source can also match inside a longer one
+    listed = invoke(runner, "runs", "--project", trained_translator).output
+    score = f"BLEU {evaluation['bleu']:.2f}" if evaluation["bleu"] > 1 else \
+        f"BLEU {evaluation['bleu']:.4f}"
+    assert score in listed, listed
 
 
 @pytest.mark.slow

@@ -463,7 +463,8 @@ class Task:
         return {}
 
     def table_score(self, facts):
-        """What `dltool runs` shows in its `test acc.` column, or None (`-`).
+        """What `dltool runs` shows in its `test` column: `[metric name,
+        value]`, or None (`-`).
 
         Args:
             facts: What `run_facts` returned.

@@ -371,8 +371,12 @@ class ClassifierTask(Task):
                 "test_loss": evaluation.get("loss")}
 
     def table_score(self, facts):
-        """The test accuracy, when the run was evaluated."""
-        return facts.get("test_accuracy")
+        """`["accuracy", test accuracy]` (multi-label: `["micro F1", ...]`),
+        when the run was evaluated."""
+        for key, name in (("test_micro_f1", "micro F1"), ("test_accuracy", "accuracy")):
+            if facts.get(key) is not None:
+                return [name, facts[key]]
+        return None
 
     # ---- what the CLI prints ----
 

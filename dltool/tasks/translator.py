@@ -271,6 +271,14 @@ class TranslatorTask(Task):
         """The BLEU score, two decimals."""
         return f"{result['bleu']:.2f}"
 
+    def run_facts(self, evaluation):
+        """The test split's BLEU and chrF."""
+        return {"test_bleu": evaluation.get("bleu"), "test_chrf": evaluation.get("chrf")}
+
+    def table_score(self, facts):
+        """`["BLEU", test BLEU]`, when the run was evaluated."""
+        return ["BLEU", facts["test_bleu"]] if facts.get("test_bleu") is not None else None
+
     def prediction_line(self, item, prediction):
         """`SOURCE -> TRANSLATION`."""
         return f"{item} -> {prediction['translation']}"
