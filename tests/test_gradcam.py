@@ -75,6 +75,9 @@ def test_the_feature_map_rule():
     # The score is the softmax's input: a softmax near 1 has no gradient.
     assert gradcam.class_scores(template_like).shape == (None, 3)
     assert gradcam.class_scores(template_like) is not template_like.outputs[0]
+    # Multi-label: the sigmoid's input, likewise.
+    sigmoid_head = keras.Model(inputs, layers.Activation("sigmoid")(x))
+    assert gradcam.class_scores(sigmoid_head) is gradcam.class_scores(template_like)
 
     # A nested model counts as one layer: its 4-D output is the feature map.
     backbone = keras.Sequential([keras.Input((16, 16, 3)), layers.Conv2D(4, 3, strides=2)],

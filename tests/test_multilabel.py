@@ -27,8 +27,8 @@ from dltool.tasks import multilabel
 SAMPLES = REPO / "dltool" / "data" / "samples"
 # Labels by a rule: an image's class and its group, so every image has two.
 GROUPS = {"airplane": "vehicle", "automobile": "vehicle", "cat": "animal", "dog": "animal"}
-MULTI_LABEL = ("--set", "data.multi_label=true", "--set", "training.monitor=val_pr_auc",
-               "--set", "tune.objective=val_pr_auc")
+# Alone: training.monitor and tune.objective default to "auto" (val_pr_auc).
+MULTI_LABEL = ("--set", "data.multi_label=true")
 
 
 # ---- the metrics and the threshold rule (numpy) ----
@@ -80,6 +80,18 @@ def test_report_agrees_with_scikit_learn():
     assert report["exact_match"] == pytest.approx(np.mean(np.all(predicted == targets, 1)))
 
 
+def test_pr_curves_end_where_every_positive_is_found():
+    targets = np.array([[1, 0], [0, 0], [1, 0], [0, 0]], dtype=np.float32)
+    scores = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.3], [0.1, 0.4]], dtype=np.float32)
+    first, second = multilabel.pr_curves(targets, scores)
+    # Ranked 0.9 (hit), 0.8 (miss), 0.3 (hit), 0.1 (miss).
+    assert first == {"recall": [0.5, 0.5, 1.0, 1.0], "precision": [1.0, 0.5, 0.6667, 0.5]}
+    assert second is None  # no positive example
+    many = multilabel.pr_curves((np.arange(1000) % 3 == 0)[:, None].astype(np.float32),
+                                np.linspace(1, 0, 1000)[:, None], points=11)[0]
+    assert len(many["recall"]) == 11 and many["recall"][-1] == 1.0
+
+
 def test_serving_outputs_list_the_labels_above_their_thresholds():
     outputs = multilabel.serving_outputs(
         np.array([[0.9, 0.2, 0.6], [0.1, 0.2, 0.3]], np.float32), ["a", "b", "c"],
@@ -119,17 +131,38 @@ def _config(template, **changes):
     return config_lib.Config(config_lib.validate(raw))
 
 
+def test_auto_monitor_and_objective_follow_multi_label():
+    for template in ("image-classifier", "sentiment"):
+        multi = _config(template, data__multi_label=True)
+        assert (multi["training"]["monitor"], multi["tune"]["objective"]) == \
+            ("val_pr_auc", "val_pr_auc")
+        single = _config(template)
+        assert (single["training"]["monitor"], single["tune"]["objective"]) == \
+            ("val_accuracy", "val_accuracy")
+        # An explicit metric is kept.
+        assert _config(template, data__multi_label=True,
+                       training__monitor="val_loss")["training"]["monitor"] == "val_loss"
+    translator = _config("translator", training__monitor="auto")
+    assert translator["training"]["monitor"] == "val_accuracy"
+    assert _config("translator")["training"]["monitor"] == "val_loss"  # its own default
+
+
 def test_settings_multi_label_cannot_use_are_refused():
     from dltool.tasks import task_for
 
     task = task_for("sentiment")
     with pytest.raises(ConfigError, match="^training.monitor = 'val_accuracy' is single-label "
-                                          "accuracy.*set training.monitor = \"val_pr_auc\""):
-        task.check_config(_config("sentiment", data__multi_label=True))
+                                          "accuracy.*set training.monitor = \"auto\" "
+                                          "\\(val_pr_auc"):
+        task.check_config(_config("sentiment", data__multi_label=True,
+                                  training__monitor="val_accuracy"))
+    with pytest.raises(ConfigError, match="^tune.objective = 'accuracy' is single-label"):
+        task.check_config(_config("sentiment", data__multi_label=True,
+                                  tune__objective="accuracy"))
     with pytest.raises(ConfigError, match='^training.class_weight applies to single-label'):
         task.check_config(_config("sentiment", data__multi_label=True,
-                                  training__monitor="val_loss", tune__objective="val_loss",
                                   training__class_weight="balanced"))
+    task.check_config(_config("sentiment", data__multi_label=True))  # the defaults
     task.check_config(_config("sentiment"))  # single-label: the defaults
 
 
@@ -227,7 +260,19 @@ def test_image_classifier_end_to_end(runner, tmp_path):
     assert evaluation["examples"] == 80 and evaluation["multi_label"]
     assert {"micro_f1", "macro_f1", "mean_average_precision"} <= set(evaluation)
     assert [c["name"] for c in evaluation["per_class"]] == sorted({*GROUPS, *GROUPS.values()})
-    assert "Per label (test)" in next(project.glob("runs/*/report.html")).read_text()
+    curves = evaluation["pr_curves"]
+    assert len(curves) == 6 and all(len(c["recall"]) == len(c["precision"]) for c in curves)
+    report = next(project.glob("runs/*/report.html")).read_text()
+    for title in ("Per label (test)", "Precision-recall curves (test)",
+                  "Sample predictions (test)", "Most confident mistakes (test)",
+                  "What the model looked at: sample predictions (test)"):
+        assert title in report
+    assert "true labels / predicted labels" in report
+    (run_dir,) = project.glob("runs/*/")
+    for figure in ("precision-recall-test.png", "samples-test.png", "gradcam-samples-test.png"):
+        assert (run_dir / figure).stat().st_size > 1000, figure
+    result = invoke(runner, "runs", "--project", project)
+    assert f"micro F1 {evaluation['micro_f1']:.4f}" in result.output, result.output
 
     assert invoke(runner, "export", "--project", project).exit_code == 0
     export = project / "saved_models" / "tags" / "1"

@@ -100,6 +100,12 @@ MAX_COUNT = 100_000
 MAX_SEED = 2**32 - 1  # NumPy's seeds are 32-bit, and Keras seeds NumPy too
 MAX_WEIGHT = 1e6  # a class weight: far above any ratio of class sizes
 CLASS_WEIGHTS = ("none", "balanced")
+# What `training.monitor = "auto"` and `tune.objective = "auto"` stand for,
+# by `data.multi_label`: a multi-label model logs no single-label accuracy but
+# its labels' mean precision-recall AUC (dltool.tasks.multilabel). Resolved
+# when the config is read: `dltool tune` reads its objective before anything
+# is built, and runs record the metric itself.
+AUTO_METRICS = {False: "val_accuracy", True: "val_pr_auc"}
 
 COMMON_SECTIONS = {
     "project": {
@@ -111,7 +117,7 @@ COMMON_SECTIONS = {
         "batch_size": Field(64, minimum=1, maximum=MAX_BATCH_SIZE),
         "lr_schedule": Field("cosine", choices=("cosine", "constant")),
         "warmup_epochs": Field(0, minimum=0, maximum=MAX_EPOCHS),
-        "monitor": Field("val_accuracy"),
+        "monitor": Field("auto"),
         "time_budget": Field(0.0, duration=True),
         "early_stopping_patience": Field(10, minimum=0, maximum=MAX_EPOCHS),
         "seed": Field(42, minimum=0, maximum=MAX_SEED),
@@ -126,7 +132,7 @@ COMMON_SECTIONS = {
     },
     "tune": {
         "tuner": Field("random", choices=TUNERS),
-        "objective": Field("val_accuracy"),
+        "objective": Field("auto"),
         "direction": Field("auto", choices=("auto", "max", "min")),
         "max_trials": Field(20, minimum=1, maximum=MAX_COUNT),
         "epochs": Field(10, minimum=1, maximum=MAX_EPOCHS),
@@ -290,10 +296,19 @@ def validate(raw):
                     f"{section}.{key}", fields, "key", prefix=f"{section}."))
         sections[section] = {k: _check(f"{section}.{k}", f, given.get(k, f.default))
                              for k, f in fields.items()}
+    _resolve_auto_metrics(sections)
     sections["model"] = _check_model(raw.get("model", {}))
     sections["search"] = raw.get("search", {})
     parse_search_space(sections["search"])
     return sections
+
+
+def _resolve_auto_metrics(sections):
+    """Replaces an `"auto"` monitor or objective by its metric (`AUTO_METRICS`)."""
+    metric = AUTO_METRICS[bool(sections.get("data", {}).get("multi_label"))]
+    for section, key in (("training", "monitor"), ("tune", "objective")):
+        if sections[section][key] == "auto":
+            sections[section][key] = metric
 
 
 def schema_for(template):

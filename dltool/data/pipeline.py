@@ -14,6 +14,8 @@ shard) could not be split by file anyway.
 
 import os
 
+import numpy as np
+
 from dltool._tf import tf
 
 _CACHE_FRACTION_OF_RAM = 0.25
@@ -77,3 +79,25 @@ def batched(ds, batch_size, *, training, seed=None, cache=False, shuffle_buffer=
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def predict_all(model, dataset, on_batch=None):
+    """Runs a model over a batched dataset of `(inputs, targets)`.
+
+    Args:
+        model: The Keras model.
+        dataset: Batches of `(inputs, targets)`.
+        on_batch: Called as `on_batch(inputs, targets, probabilities)` with
+            each batch's numpy arrays, or None.
+
+    Returns:
+        `(targets, probabilities)`: numpy arrays, the targets as the dataset
+        gives them and the model's outputs as float32.
+    """
+    targets, probabilities = [], []
+    for x, y in dataset:
+        targets.append(np.asarray(y))
+        probabilities.append(np.asarray(model(x, training=False), dtype=np.float32))
+        if on_batch is not None:
+            on_batch(x, targets[-1], probabilities[-1])
+    return np.concatenate(targets), np.concatenate(probabilities)

@@ -167,6 +167,33 @@ def reliability_diagram(stages, path):
     figure.savefig(path)
 
 
+def precision_recall_curves(curves, names, path):
+    """Plots each label's precision-recall curve in one panel.
+
+    Args:
+        curves: One entry per label: `{"recall": [...], "precision": [...]}`
+            (`dltool.tasks.multilabel.pr_curves`), or None for a label
+            without positive examples (left out).
+        names: The label names, with their average precision in the legend
+            when given as `(name, ap)` pairs.
+        path: PNG file to write.
+    """
+    figure = _figure(6.4, 4.8)
+    ax = figure.subplots()
+    for curve, name in zip(curves, names):
+        if curve is None:
+            continue
+        label = name if isinstance(name, str) else f"{name[0]} (AP {name[1]:.3f})"
+        ax.step([0.0, *curve["recall"]], [curve["precision"][0], *curve["precision"]],
+                where="post", linewidth=1.2, label=_short(label, 30))
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.legend(loc="lower left", fontsize=7, ncols=2)
+    figure.savefig(path)
+
+
 def _short(text, width):
     """One line of at most `width` characters; `$` escaped (not mathtext)."""
     line = textwrap.shorten(" ".join(str(text).split()), width=width, placeholder="…")

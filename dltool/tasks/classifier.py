@@ -30,7 +30,7 @@ from dltool.core.errors import DataError
 from dltool.data import pipeline, splits
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import calibration, multilabel
+from dltool.tasks import calibration, class_scores, multilabel
 from dltool.tasks.base import Task
 
 SAMPLES_KEPT = 16
@@ -126,7 +126,7 @@ class ClassifierTask(Task):
             echo("Calibration: skipped for multi-label data (its per-label thresholds are "
                  "chosen on the validation split instead)")
             return None
-        labels, probabilities = _predict_all(model, dataset)
+        labels, probabilities = pipeline.predict_all(model, dataset)
         if not np.all(np.isfinite(probabilities)):
             echo("Calibration: skipped, the model's validation probabilities are not finite")
             return None
@@ -217,27 +217,47 @@ class ClassifierTask(Task):
             (`per_class`, `confusion`), and `calibration`
             (`calibration.summary`: NLL and ECE before and after).
         """
-        if multilabel.is_multi_label(run.meta):
-            return multilabel.evaluate_split(model, data, split, config, run,
-                                             self.readable_inputs(data, split))
         training = config["training"]
-        temperature = self.temperature(run.meta)
         keeper = _ExampleKeeper(data.sizes[split], training["seed"]) \
             if self.keeps_examples else None
         dataset = pipeline.batched(data.splits[split], training["batch_size"], training=False)
-        labels, probabilities = _predict_all(model, dataset, keeper, temperature)
+        inputs = self.readable_inputs(data, split)
+        if multilabel.is_multi_label(run.meta):
+            result, probabilities = multilabel.evaluate_split(model, dataset, data, config, run,
+                                                              split, inputs, keeper)
+        else:
+            result, probabilities = self._evaluate_single_label(model, dataset, run, split,
+                                                                inputs, keeper)
+        if keeper is not None:
+            self.save_examples(run, split, keeper.examples(), model=model,
+                               predicted=np.argmax(probabilities, axis=-1), echo=echo)
+        return result
+
+    def _evaluate_single_label(self, model, dataset, run, split, inputs, keeper):
+        """`evaluate_split` of single-label data.
+
+        Returns:
+            `(result, probabilities)`: the evaluation and the model's own
+            probabilities of every example.
+        """
+        temperature = self.temperature(run.meta)
+
+        def keep(x, labels, probabilities):
+            if temperature is not None:
+                probabilities = calibration.scaled(probabilities, temperature)
+            keeper.add(x, *decisions(labels, probabilities))
+
+        labels, probabilities = pipeline.predict_all(model, dataset,
+                                                     keep if keeper is not None else None)
         loss = keras.losses.get(model.loss)(labels, probabilities)
         report = self.evaluation_report(labels, probabilities, run.meta)
         served = probabilities if temperature is None else \
             calibration.scaled(probabilities, temperature)
-        save_predictions(run, split, labels, served, run.meta["class_names"],
-                         self.readable_inputs(data, split))
-        if keeper is not None:
-            self.save_examples(run, split, keeper.examples(), model=model,
-                               predicted=np.argmax(probabilities, axis=-1), echo=echo)
+        save_predictions(run, split, labels, served, run.meta["class_names"], inputs)
         return {"examples": int(len(labels)),
                 "loss": float(np.mean(keras.ops.convert_to_numpy(loss))), **report,
-                "calibration": calibration.summary(labels, probabilities, temperature)}
+                "calibration": calibration.summary(labels, probabilities, temperature)}, \
+            probabilities
 
     def evaluation_report(self, y_true, probabilities, meta):
         """Accuracy, balanced accuracy, macro F1, per-class figures, confusion matrix.
@@ -257,17 +277,9 @@ class ClassifierTask(Task):
         predicted = np.argmax(probabilities, axis=-1)
         confusion = np.zeros((len(names), len(names)), dtype=np.int64)
         np.add.at(confusion, (np.asarray(y_true), predicted), 1)
-        per_class = []
-        for i, name in enumerate(names):
-            predicted_i = confusion[:, i].sum()
-            support = confusion[i].sum()
-            precision = float(confusion[i, i] / predicted_i) if predicted_i else 0.0
-            recall = float(confusion[i, i] / support) if support else 0.0
-            per_class.append({
-                "name": name, "precision": precision, "recall": recall,
-                "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-                "support": int(support),
-            })
+        per_class = [class_scores.class_figures(name, confusion[i, i], confusion[:, i].sum(),
+                                                confusion[i].sum())
+                     for i, name in enumerate(names)]
         present = [c for c in per_class if c["support"]]
         return {"accuracy": float(np.trace(confusion) / max(1, confusion.sum())),
                 "balanced_accuracy": float(np.mean([c["recall"] for c in present]))
@@ -451,28 +463,19 @@ def _calibration_figures(figures):
         for name in ("nll", "ece"))
 
 
-def _predict_all(model, dataset, keeper=None, temperature=None):
-    """Runs the model on a batched dataset.
+def decisions(labels, probabilities):
+    """Which examples are predicted wrong, and the probability of each
+    prediction.
 
     Args:
-        model: The Keras model.
-        dataset: Batches of `(inputs, labels)`.
-        keeper: An `_ExampleKeeper` shown each batch, or None.
-        temperature: The temperature of the probabilities `keeper` sees (the
-            exported model's), or None.
+        labels: True labels, integers `(n,)`.
+        probabilities: Probabilities `(n, classes)`.
 
     Returns:
-        `(labels, probabilities)`: numpy arrays `(n,)` and `(n, classes)`
-        float32, the model's own probabilities.
+        `(wrong, confidence)`: boolean and float arrays `(n,)`.
     """
-    labels, probabilities = [], []
-    for x, y in dataset:
-        labels.append(y.numpy())
-        probabilities.append(np.asarray(model(x, training=False), dtype=np.float32))
-        if keeper is not None:
-            keeper.add(x, labels[-1], probabilities[-1] if temperature is None else
-                       calibration.scaled(probabilities[-1], temperature))
-    return np.concatenate(labels), np.concatenate(probabilities)
+    predicted = np.argmax(probabilities, axis=-1)
+    return predicted != labels, probabilities[np.arange(len(predicted)), predicted]
 
 
 def save_predictions(run, split, labels, probabilities, class_names, inputs=None):
@@ -540,15 +543,22 @@ class _ExampleKeeper:
         self.inputs = {}
         self.seen = 0
 
-    def add(self, x, labels, probabilities):
-        predicted = np.argmax(probabilities, axis=-1)
+    def add(self, x, wrong, confidence):
+        """Shows the keeper one batch.
+
+        Args:
+            x: The batch's inputs.
+            wrong: Whether each example is predicted wrong, `(n,)`.
+            confidence: How sure the model was of each prediction, `(n,)`:
+                the most confident mistakes are kept.
+        """
         x = np.asarray(x)
-        for i, (label, guess) in enumerate(zip(labels, predicted)):
+        for i, (is_wrong, sureness) in enumerate(zip(wrong, confidence)):
             index = self.seen + i
             if index in self.sample:
                 self.inputs[index] = x[i]
-            if guess != label:
-                entry = (float(probabilities[i, guess]), index)
+            if is_wrong:
+                entry = (float(sureness), index)
                 if len(self.mistakes) < MISTAKES_KEPT:
                     heapq.heappush(self.mistakes, entry)
                 elif entry > self.mistakes[0]:
@@ -558,7 +568,7 @@ class _ExampleKeeper:
                 else:
                     continue
                 self.inputs[index] = x[i]
-        self.seen += len(labels)
+        self.seen += len(wrong)
 
     def examples(self):
         """Returns `(indices, inputs, in_sample)`, indices in split order."""

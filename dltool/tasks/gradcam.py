@@ -18,10 +18,10 @@ output. A nested model counts as one layer: one that pools inside itself
 hides its feature map, and the model is refused.
 
 The class score is the input of the model's final softmax (`Activation`
-softmax or a `Softmax` layer, as the template ends), the logit: a softmax
-probability near 1 has gradients near 0. A model whose last layer applies
-its softmax itself (`Dense(activation="softmax")`) is explained on the
-probability.
+softmax or a `Softmax` layer, as the template ends; for multi-label data
+its final `Activation` sigmoid), the logit: a probability near 1 has
+gradients near 0. A model whose last layer applies its softmax itself
+(`Dense(activation="softmax")`) is explained on the probability.
 
 The heatmaps need the trained Keras model and the pixels it takes; this
 module is the image classifier's helper (not a task) and imports no dltool
@@ -136,13 +136,14 @@ def feature_tensor(model):
 
 def class_scores(model):
     """The tensor whose class entries Grad-CAM differentiates: the input of
-    the model's final softmax, or the model's output when it ends otherwise."""
+    the model's final softmax (or sigmoid), or the model's output when it
+    ends otherwise."""
     output = model.outputs[0]
     layer, node = _producer(output)
-    softmax = isinstance(layer, keras.layers.Softmax) or (
+    squashing = isinstance(layer, keras.layers.Softmax) or (
         isinstance(layer, keras.layers.Activation)
-        and layer.activation is keras.activations.softmax)
-    if softmax and node is not None and len(node.input_tensors) == 1:
+        and layer.activation in (keras.activations.softmax, keras.activations.sigmoid))
+    if squashing and node is not None and len(node.input_tensors) == 1:
         return node.input_tensors[0]
     return output
 

@@ -275,9 +275,12 @@ class ImageClassifierTask(classifier.ClassifierTask):
         sample = [int(i) for i, s in zip(indices, in_sample) if s and int(i) in rows]
         mistakes = [r["index"] for r in classifier.confident_mistakes(rows.values())
                     if r["index"] in position]
+        title_rule = ("true labels / predicted labels and the mean probability of the "
+                      "label decisions" if evaluation.get("multi_label") else
+                      "true label / predicted label and its probability")
         for kind, chosen, text in (
-                ("samples", sample, "A random sample (seeded); title: true label / predicted "
-                 "label and its probability, green when right."),
+                ("samples", sample, f"A random sample (seeded); title: {title_rule}, green "
+                 "when right."),
                 ("mistakes", mistakes, "The wrong predictions made with the highest "
                  "probability.")):
             if not chosen:
@@ -298,7 +301,9 @@ class ImageClassifierTask(classifier.ClassifierTask):
             sections.append(Section(
                 f"What the model looked at: {title.lower()} ({split})", image=image.name,
                 text=f"The same images under the Grad-CAM heatmap of the predicted class "
-                     f"(red: the regions that raise its score most, blue: none), from the "
+                     + ("(here the label scored highest) " if evaluation.get("multi_label")
+                        else "")
+                     + f"(red: the regions that raise its score most, blue: none), from the "
                      f"{height}x{width} feature map of layer '{layer}'."))
         return sections
 

@@ -22,18 +22,21 @@ single-label project never reaches them.
 import numpy as np
 
 from dltool._tf import keras, tf
+from dltool.core import config as config_lib
 from dltool.core import tables
 from dltool.core.errors import ConfigError
 from dltool.data import multilabel as data_lib
 from dltool.data import pipeline
+from dltool.report import plots
 from dltool.report.reports import Section
+from dltool.tasks import class_scores
 
-# The monitor a multi-label config should name: the template models log
-# `pr_auc` (each label's precision-recall AUC, averaged: what the evaluation's
-# mAP measures) and `binary_accuracy`, not "accuracy", which Keras would take
-# for categorical accuracy (argmax against argmax), meaningless for several
-# labels.
-MONITOR = "val_pr_auc"
+# The monitor a multi-label config resolves "auto" to: the template models
+# log `pr_auc` (each label's precision-recall AUC, averaged: what the
+# evaluation's mAP measures) and `binary_accuracy`, not "accuracy", which
+# Keras would take for categorical accuracy (argmax against argmax),
+# meaningless for several labels.
+MONITOR = config_lib.AUTO_METRICS[True]
 
 
 def is_multi_label(meta):
@@ -76,8 +79,8 @@ def check_config(config):
         if value.removeprefix("val_") == "accuracy":
             raise ConfigError(f"{key} = {value!r} is single-label accuracy, which a "
                               f"multi-label model does not log (data.multi_label = true); set "
-                              f"{key} = \"{MONITOR}\" (the labels' mean precision-recall AUC) "
-                              "or \"val_loss\"")
+                              f"{key} = \"auto\" ({MONITOR}: the labels' mean precision-recall "
+                              "AUC) or \"val_loss\"")
 
 
 # ---- thresholds and metrics (numpy) ----
@@ -168,16 +171,10 @@ def evaluation_report(targets, probabilities, thresholds, class_names):
     tp = (truth & predicted).sum(axis=0)
     fp = (~truth & predicted).sum(axis=0)
     support = truth.sum(axis=0)
-    per_class = []
-    for i, name in enumerate(class_names):
-        precision = float(tp[i] / (tp[i] + fp[i])) if tp[i] + fp[i] else 0.0
-        recall = float(tp[i] / support[i]) if support[i] else 0.0
-        per_class.append({
-            "name": name, "threshold": float(thresholds[i]), "precision": precision,
-            "recall": recall,
-            "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-            "average_precision": average_precision(truth[:, i], probabilities[:, i]),
-            "support": int(support[i])})
+    per_class = [{**class_scores.class_figures(name, tp[i], tp[i] + fp[i], support[i]),
+                  "threshold": float(thresholds[i]),
+                  "average_precision": average_precision(truth[:, i], probabilities[:, i])}
+                 for i, name in enumerate(class_names)]
     present = [c for c in per_class if c["support"]]
     pooled = 2 * tp.sum() + fp.sum() + (support - tp).sum()
     return {
@@ -192,15 +189,6 @@ def evaluation_report(targets, probabilities, thresholds, class_names):
 
 
 # ---- training and evaluating ----
-
-
-def predict_split(model, dataset):
-    """The targets and probabilities of a batched dataset, numpy `(n, labels)`."""
-    targets, probabilities = [], []
-    for x, y in dataset:
-        targets.append(np.asarray(y))
-        probabilities.append(np.asarray(model(x, training=False), dtype=np.float32))
-    return np.concatenate(targets), np.concatenate(probabilities)
 
 
 def choose_run_thresholds(model, data, config, run, echo=None):
@@ -227,7 +215,7 @@ def choose_run_thresholds(model, data, config, run, echo=None):
     names = run.meta["class_names"]
     held_out = "val" in data.splits and not training["include_validation"]
     if settings["thresholds"] == "best_f1" and held_out:
-        targets, probabilities = predict_split(model, pipeline.batched(
+        targets, probabilities = pipeline.predict_all(model, pipeline.batched(
             data.splits["val"], training["batch_size"], training=False))
         thresholds = choose_thresholds(targets, probabilities, fallback)
         rule = (f"per label, the threshold that maximises its F1 on the validation split "
@@ -245,7 +233,7 @@ def choose_run_thresholds(model, data, config, run, echo=None):
     return thresholds
 
 
-def evaluate_split(model, data, split, config, run, inputs=None):
+def evaluate_split(model, dataset, data, config, run, split, inputs=None, keeper=None):
     """Loss, micro/macro F1, mAP and per-label figures of the model on one split.
 
     Also writes `predictions-SPLIT.csv`. A run whose training stopped before
@@ -253,22 +241,29 @@ def evaluate_split(model, data, split, config, run, inputs=None):
 
     Args:
         model: The trained model.
-        data: The opened data.
-        split: The split's name.
+        dataset: The split, batched.
+        data: The opened data (its validation split, for the thresholds).
         config: The run's config.
         run: The `Run`.
+        split: The split's name.
         inputs: The split's readable inputs (texts), or None.
+        keeper: What keeps the report's examples (`add(x, wrong, confidence)`:
+            an example is wrong when its label set is), or None.
 
     Returns:
-        A dict with `examples`, `loss`, `multi_label` (true) and
-        `evaluation_report`'s figures.
+        `(result, probabilities)`: a dict with `examples`, `loss`,
+        `multi_label` (true), `pr_curves` and `evaluation_report`'s figures;
+        and the model's probabilities of every example.
     """
     thresholds = run.meta.get("thresholds")
     if thresholds is None:
         thresholds = choose_run_thresholds(model, data, config, run)
-    dataset = pipeline.batched(data.splits[split], config["training"]["batch_size"],
-                               training=False)
-    targets, probabilities = predict_split(model, dataset)
+
+    def keep(x, targets, probabilities):
+        keeper.add(x, *decisions(targets, probabilities, thresholds))
+
+    targets, probabilities = pipeline.predict_all(model, dataset,
+                                                  keep if keeper is not None else None)
     loss = keras.losses.get(model.loss)(targets, probabilities)
     names = run.meta["class_names"]
     save_predictions(run, split, targets, probabilities, thresholds, names,
@@ -276,20 +271,69 @@ def evaluate_split(model, data, split, config, run, inputs=None):
     return {"examples": int(len(targets)), "multi_label": True,
             "loss": float(np.mean(keras.ops.convert_to_numpy(loss))),
             "threshold_rule": run.meta.get("threshold_rule", ""),
-            **evaluation_report(targets, probabilities, thresholds, names)}
+            **evaluation_report(targets, probabilities, thresholds, names),
+            "pr_curves": pr_curves(targets, probabilities)}, probabilities
+
+
+def decisions(targets, probabilities, thresholds):
+    """Which examples get a wrong label set, and how sure the model was.
+
+    An example's confidence is the mean, over the labels, of the probability
+    the model gave its decision (p for a predicted label, 1 - p for the
+    others): the report's most confident mistakes are the wrong label sets it
+    was surest of.
+
+    Args:
+        targets: 0/1 array `(n, labels)`.
+        probabilities: `(n, labels)`.
+        thresholds: Each label's decision threshold.
+
+    Returns:
+        `(wrong, confidence)`: boolean and float arrays `(n,)`.
+    """
+    predicted = probabilities >= np.asarray(thresholds, dtype=np.float32)
+    confidence = np.where(predicted, probabilities, 1.0 - probabilities).mean(axis=1)
+    return np.any(predicted != (targets > 0.5), axis=1), confidence
+
+
+# Points kept of each label's precision-recall curve for the report's figure.
+PR_CURVE_POINTS = 101
+
+
+def pr_curves(targets, scores, points=PR_CURVE_POINTS):
+    """Each label's precision-recall curve, at most `points` points.
+
+    Args:
+        targets: 0/1 array `(n, labels)`.
+        scores: Probabilities `(n, labels)`.
+        points: The most points kept per label (evenly spaced in rank).
+
+    Returns:
+        A list (index = label) of `{"recall": [...], "precision": [...]}`
+        from the highest threshold down, or None for a label without
+        positive examples.
+    """
+    curves = []
+    for label in range(targets.shape[1]):
+        positives = targets[:, label] > 0.5
+        if not positives.any():
+            curves.append(None)
+            continue
+        _, true_positives, false_positives = _ranked(positives.astype(np.int64),
+                                                     scores[:, label])
+        keep = np.unique(np.linspace(0, len(true_positives) - 1, points).round().astype(int))
+        tp, fp = true_positives[keep], false_positives[keep]
+        curves.append({"recall": np.round(tp / positives.sum(), 4).tolist(),
+                       "precision": np.round(tp / (tp + fp), 4).tolist()})
+    return curves
 
 
 def save_predictions(run, split, targets, probabilities, thresholds, class_names, separator,
                      inputs=None):
     """Writes `predictions-SPLIT.csv`: per example its true and predicted label
-    sets, a confidence and every label's probability.
-
-    `confidence` is the mean, over the labels, of the probability the model
-    gave its decision (p for a predicted label, 1 - p for the others): the
-    report's most confident mistakes are the wrong label sets it was surest of.
-    """
+    sets, its confidence (`decisions`) and every label's probability."""
     predicted = probabilities >= np.asarray(thresholds, dtype=np.float32)
-    confidence = np.where(predicted, probabilities, 1.0 - probabilities).mean(axis=1)
+    _, confidence = decisions(targets, probabilities, thresholds)
     true_sets = data_lib.label_strings(targets > 0.5, class_names, separator)
     predicted_sets = data_lib.label_strings(predicted, class_names, separator)
     rows = [["index", "true", "predicted", "confidence", "input",
@@ -571,5 +615,17 @@ def report_sections(run, split, evaluation):
     table += [[c["name"], f"{c['threshold']:.3f}", f"{c['precision']:.3f}",
                f"{c['recall']:.3f}", f"{c['f1']:.3f}", _ap(c, 0).strip(), str(c["support"])]
               for c in evaluation["per_class"]]
-    return [Section(f"Evaluation on the {split} split (multi-label)", text=text),
-            Section(f"Per label ({split})", table=table)]
+    sections = [Section(f"Evaluation on the {split} split (multi-label)", text=text),
+                Section(f"Per label ({split})", table=table)]
+    if evaluation.get("pr_curves"):
+        image = run.figure_file("precision-recall", split)
+        plots.precision_recall_curves(
+            evaluation["pr_curves"],
+            [(c["name"], c["average_precision"]) if c["average_precision"] is not None
+             else c["name"] for c in evaluation["per_class"]], image)
+        sections.append(Section(
+            f"Precision-recall curves ({split})", image=image.name,
+            text="Each label's precision and recall as its threshold goes down from the "
+                 "highest probability; AP (its area) in the legend. A label without "
+                 "examples in the split has no curve."))
+    return sections
