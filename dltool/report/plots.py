@@ -178,14 +178,21 @@ def precision_recall_curves(curves, names, path):
             when given as `(name, ap)` pairs.
         path: PNG file to write.
     """
+    from matplotlib import colormaps
+
     figure = _figure(6.4, 4.8)
     ax = figure.subplots()
-    for curve, name in zip(curves, names):
+    # tab10's colours repeat after ten labels: tab20 then, and a dashed
+    # line for every further twenty.
+    palette = colormaps["tab10" if len(curves) <= 10 else "tab20"]
+    for index, (curve, name) in enumerate(zip(curves, names)):
         if curve is None:
             continue
         label = name if isinstance(name, str) else f"{name[0]} (AP {name[1]:.3f})"
         ax.step([0.0, *curve["recall"]], [curve["precision"][0], *curve["precision"]],
-                where="post", linewidth=1.2, label=_short(label, 30))
+                where="post", linewidth=1.2, label=_short(label, 30),
+                color=palette(index % palette.N),
+                linestyle=("-", "--", ":", "-.")[index // palette.N % 4])
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.set_xlabel("recall")
