@@ -521,7 +521,9 @@ def predict(project, inputs, input_file, column, output_file, skip_bad, model_pa
             source, task, results = run_predict(
                 folder or _folder_if_any(project), items,
                 model_path=model_path, top_k=top_k, warn=warn, skip_bad=skip_bad,
-                on_bad=on_bad, progress=progress)
+                on_bad=on_bad, progress=progress,
+                keras_model=explanations.model if explanations is not None and
+                model_path.suffix == ".keras" else None)
             with _prediction_writer(task, source, top_k, output_file, quiet, as_json) as write:
                 for item, prediction in results:
                     warning = task.prediction_warning(item, prediction)

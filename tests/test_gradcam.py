@@ -154,6 +154,23 @@ def test_predict_explain_writes_a_picture_beside_each_image(runner, trained_proj
     assert len(json.loads(again.stdout)) == 2
 
 
+def test_predict_explain_with_a_keras_file_loads_it_once(runner, trained_project, tmp_path,
+                                                        monkeypatch):
+    from dltool.engine import modelfiles
+
+    (keras_file,) = trained_project.glob("saved_models/*/*/model.keras")
+    inputs = _samples(trained_project, tmp_path / "in")
+    loaded = []
+    real = modelfiles.load_keras_file
+    monkeypatch.setattr(modelfiles, "load_keras_file",
+                        lambda path, *a, **k: loaded.append(path) or real(path, *a, **k))
+    result = invoke(runner, "predict", "--model", keras_file, "--explain", *inputs)
+    assert result.exit_code == 0, result.output
+    assert len(result.stdout.splitlines()) == 3  # "Model: ...", then one line per image
+    assert "Wrote 2 Grad-CAM picture(s)" in result.stderr
+    assert loaded == [keras_file]
+
+
 @pytest.mark.slow
 def test_predict_explain_refuses_in_one_line_and_writes_nothing(runner, trained_project,
                                                                tmp_path):

@@ -66,7 +66,7 @@ def wait_for_epochs(project, epochs, processes, timeout=TIMEOUT):
             try:
                 if json.loads(path.read_text()).get("epochs_done", 0) >= epochs:
                     return
-            except ValueError:
+            except (FileNotFoundError, ValueError):  # a `.tmp-*` folder renamed, or replaced
                 pass
         if any(p.poll() is not None for p in processes):
             pytest.fail("a training process ended before it could be interrupted")

@@ -105,6 +105,13 @@ def test_skip_bad_drops_lines_and_counts_them(tmp_path):
     assert "skipped 1 line(s) of train.tsv with missing fields (--skip-bad)" in data.report
 
 
+def test_a_missing_data_file_is_named_as_a_file(tmp_path):
+    with pytest.raises(DataError, match=f"^data file {tmp_path}/reviews.csv does not exist$"):
+        _open("reviews.csv", tmp_path)
+    with pytest.raises(DataError, match=f"^data folder {tmp_path}/reviews does not exist$"):
+        _open("reviews", tmp_path)
+
+
 def test_label_names_must_match_the_labels(tmp_path):
     path = _write_tsv(tmp_path / "train.tsv", _rows(4))
     with pytest.raises(ConfigError, match="data.label_names has 3 names for 2 labels"):

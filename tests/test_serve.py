@@ -311,6 +311,10 @@ def _bad_requests(jpeg):
          "not valid base64"),
         ("not an image", "POST", predict, {"instances": [_b64(b"hello, world")]}, 400,
          "instance 0: not a JPEG, PNG, GIF or BMP image"),
+        # A JPEG header over cut-off data: refused by the model's decoding,
+        # in the op's own words (not "Graph execution error:").
+        ("a corrupt JPEG", "POST", predict, {"instances": [_b64(jpeg[:300])]}, 400,
+         "the model refused the input: jpeg::Uncompress failed"),
         ("over max_pixels", "POST", predict,
          {"instances": one + [_b64(_png_header(30000, 30000))]}, 400,
          "instance 1: 30000x30000, 900000000 pixels, over data.max_pixels"),

@@ -5,6 +5,8 @@ them into `click.ClickException` so they print as one line with a non-zero
 exit code and no traceback.
 """
 
+import re
+
 
 class DltoolError(Exception):
     """Base class of every user-facing dltool error."""
@@ -49,3 +51,25 @@ class ReportedError(DltoolError):
     def __init__(self, exit_code):
         super().__init__(f"a child process exited with code {exit_code}")
         self.exit_code = exit_code
+
+
+def op_message(message, default="not accepted"):
+    """The op's own words in a TensorFlow error message, one line.
+
+    An eager op's error reads `{{function_node NAME}} WORDS [Op:NAME]`; a
+    graph's starts with `Graph execution error:` and the node's stack and
+    ends with the op's words, then `[[{{node NAME}}]]`. Both give WORDS
+    (`jpeg::Uncompress failed. Invalid JPEG data or crop window.`), at most
+    120 characters.
+
+    Args:
+        message: The error's message (`tf.errors.OpError.message`).
+        default: What to return when there are no words.
+    """
+    lines = [line.strip() for line in str(message).splitlines()]
+    words = [line for line in lines if line and not line.startswith(("[[", "<"))]
+    text = words[-1] if words else ""
+    if text.startswith("{{function_node"):
+        text = text.split("}}", 1)[-1].strip()
+    text = re.sub(r"\s*\[Op:[^\]]*\]$", "", text).strip()
+    return (text or default)[:120]

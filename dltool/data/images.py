@@ -26,7 +26,7 @@ from dltool._tf import tf
 from dltool.data import manifests
 from dltool.data import splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
-from dltool.core.errors import DataError
+from dltool.core.errors import DataError, op_message
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp"}
 SAMPLES_ROOT = Path(__file__).resolve().parent / "samples"
@@ -279,11 +279,21 @@ def check_image_file(path, max_pixels):
             data = f.read()
     except OSError as e:
         return f"unreadable: {e.strerror}"
+    return decode_original(data)[1]
+
+
+def decode_original(data):
+    """Decodes image bytes at their own size, RGB (as `decode_image` does
+    before it resizes).
+
+    Returns:
+        `(uint8 array (height, width, 3), None)`, or `(None, reason)` when
+        the bytes do not decode (`cannot be decoded: ...`).
+    """
     try:
-        tf.io.decode_image(data, channels=3, expand_animations=False)
+        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy(), None
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        return "cannot be decoded: " + e.message.splitlines()[0][:120]
-    return None
+        return None, "cannot be decoded: " + op_message(e.message, "not an image")
 
 
 def find_bad_images(paths, max_pixels):
@@ -370,16 +380,9 @@ def resolve_folder(source, root):
 
 
 def resolve_path(source, root):
-    """`source` as a path, relative ones under `root`.
-
-    Raises:
-        DataError: a manifest (`.csv`, `.tsv`) that is not a file.
-    """
+    """`source` as a path, relative ones under `root`."""
     path = Path(source).expanduser()
-    path = path if path.is_absolute() else Path(root) / path
-    if manifests.is_manifest(path) and not path.is_file():
-        raise DataError(f"data manifest {path} does not exist")
-    return path
+    return path if path.is_absolute() else Path(root) / path
 
 
 def _open_folder(folder, image_size, validation_split, seed, skip_bad, max_pixels):

@@ -56,7 +56,7 @@ def read_manifest(path, skip_bad=False, report=None, separator=None, declared=No
         `(path string, tuple of label names)`.
 
     Raises:
-        DataError: an unreadable or empty file, a header without `path` or
+        DataError: a missing, unreadable or empty file, a header without `path` or
             `label` (the columns found are listed), a row with too few
             fields, an empty label, an unknown split, a missing image or a
             label no training row has (file and line each), or no training
@@ -64,6 +64,8 @@ def read_manifest(path, skip_bad=False, report=None, separator=None, declared=No
     """
     report = [] if report is None else report
     path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data manifest {path} does not exist")
     lines = read_lines(path, skip_bad, report)
     delimiter = DELIMITERS[path.suffix.lower()]
     reader = csv.reader((line for _, line in lines), delimiter=delimiter)

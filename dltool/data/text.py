@@ -293,7 +293,9 @@ def _read_source(data, root, declared, skip_bad):
     source = data["source"]
     if source.startswith("tfds:"):
         return _read_tfds(source[len("tfds:"):])
-    path = None if source.startswith("builtin:") else Path(root) / Path(source).expanduser()
+    path = None if source.startswith("builtin:") else images.resolve_path(source, root)
+    if path is not None and path.suffix.lower() in DELIMITED_SUFFIXES and not path.is_file():
+        raise DataError(f"data file {path} does not exist")
     if path is None or not path.is_file():
         path = images.resolve_folder(source, root)
     report = []

@@ -59,6 +59,8 @@ class Explanations:
         targets: `(input, picture path)` of each input, in order, each input
             once.
         out_dir: The output folder, or None (beside the inputs).
+        model: The Keras model the pictures are drawn with (for `predict`'s
+            `keras_model` when `source` is that `.keras` file: loaded once).
     """
 
     source: Path
@@ -67,6 +69,7 @@ class Explanations:
     draw: object
     targets: list
     out_dir: Path = None
+    model: object = None
 
     def write(self, skipped=(), skip_bad=False, batch_size=BATCH_SIZE):
         """Draws and writes the picture of every input, all or none.
@@ -162,8 +165,9 @@ def plan_explanations(project_dir, inputs, *, model_path=None, out_dir=None):
     if not keras_file.is_file():
         raise ModelFileError(f"{source}: no {export_lib.KERAS_FILE} beside the SavedModel: "
                              "--explain needs the Keras model; export the run again")
-    draw = task.explainer(modelfiles.load_keras_file(keras_file), metadata["meta"])
-    return Explanations(source, task, metadata["meta"], draw, targets, out_dir)
+    model = modelfiles.load_keras_file(keras_file)
+    return Explanations(source, task, metadata["meta"], task.explainer(model, metadata["meta"]),
+                        targets, out_dir, model)
 
 
 def _write_png(picture, path):

@@ -19,7 +19,7 @@ from dltool.engine import export as export_lib
 from dltool.engine import modelfiles
 from dltool._tf import tf
 from dltool.core import runs
-from dltool.core.errors import DataError, ModelFileError
+from dltool.core.errors import DataError, ModelFileError, op_message
 from dltool.data import text as text_lib
 from dltool.tasks import task_for
 
@@ -32,7 +32,7 @@ BATCH_SIZE = 256
 EXPLAIN_SUFFIX = ".gradcam.png"
 
 
-def load_predictor(project_dir, model_path=None, *, warn=None):
+def load_predictor(project_dir, model_path=None, *, warn=None, keras_model=None):
     """Loads an exported model for prediction.
 
     Args:
@@ -45,6 +45,8 @@ def load_predictor(project_dir, model_path=None, *, warn=None):
             (`untrusted_model_warning`); None for no warning (`--trusted`).
             A `.keras` file gets none: `modelfiles.check_keras_file` vets
             everything it holds.
+        keras_model: The model already loaded from the `.keras` file
+            `model_path` names (`predict --explain` loads it first), or None.
 
     Returns:
         A tuple `(serve, task, source, meta)`: `serve` maps a batch of raw
@@ -58,7 +60,7 @@ def load_predictor(project_dir, model_path=None, *, warn=None):
     source, metadata = locate_model(project_dir, model_path)
     if source.suffix == ".keras":
         task = task_for(metadata["template"])  # imports what the model's layers need
-        model = modelfiles.load_keras_file(source)
+        model = keras_model if keras_model is not None else modelfiles.load_keras_file(source)
         return task.serving_endpoint(model, metadata["meta"]).fn, task, source, metadata["meta"]
     version_dir = source
     warning = None if warn is None else untrusted_model_warning(project_dir, version_dir)
@@ -292,7 +294,7 @@ def _files_under(folder, suffixes):
 
 
 def predict(project_dir, items, *, model_path=None, top_k=3, warn=None, skip_bad=False,
-            on_bad=None, progress=None, batch_size=BATCH_SIZE):
+            on_bad=None, progress=None, batch_size=BATCH_SIZE, keras_model=None):
     """Predicts every input with an exported model, batch by batch.
 
     Args:
@@ -310,6 +312,7 @@ def predict(project_dir, items, *, model_path=None, top_k=3, warn=None, skip_bad
         progress: Function called with `(done, total)` after each batch, or
             None. `total` is counted first (a pass over the names only).
         batch_size: Inputs per call of the serving signature.
+        keras_model: See `load_predictor`.
 
     Returns:
         A tuple `(source, task, results)`: the model path used, the
@@ -325,7 +328,8 @@ def predict(project_dir, items, *, model_path=None, top_k=3, warn=None, skip_bad
             `DataError` naming the first unusable input (for an iterator:
             raised while iterating).
     """
-    serve, task, source, meta = load_predictor(project_dir, model_path, warn=warn)
+    serve, task, source, meta = load_predictor(project_dir, model_path, warn=warn,
+                                               keras_model=keras_model)
     task = task.for_export(meta)  # e.g. a multi-label export's predictions
     as_list = isinstance(items, (list, tuple))
     inputs = Inputs([], lines=[str(item) for item in items]) if as_list else items
@@ -414,22 +418,11 @@ def _serve_batch(serve, readable, skip_bad, on_bad):
                 yield from _serve_batch(serve, [pair], skip_bad, on_bad)
         else:
             item = readable[0][0]
-            _refuse(item, f"{item.value}: cannot be decoded: {_op_error(e)}", skip_bad, on_bad)
+            _refuse(item, f"{item.value}: cannot be decoded: "
+                          f"{op_message(e.message, 'the model refused it')}", skip_bad, on_bad)
         return
     for index, (item, _) in enumerate(readable):
         yield item, outputs, index
-
-
-def _op_error(error):
-    """The op's own words in a graph's error (`jpeg::Uncompress failed. ...`).
-
-    A signature's error starts with `Graph execution error:` and the node's
-    stack, and ends with the node's name; the op's message is the last line
-    before that name.
-    """
-    lines = [line.strip() for line in error.message.splitlines()]
-    words = [line for line in lines if line and not line.startswith(("[[", "<"))]
-    return (words[-1] if words else "the model refused it")[:120]
 
 
 def _call(serve, values):

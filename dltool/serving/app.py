@@ -35,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from dltool._tf import tf
+from dltool.core.errors import op_message
 from dltool.serving import models
 from dltool.serving.batcher import Batcher
 
@@ -230,7 +231,8 @@ async def _predict(served, version, request):
     try:
         outputs = await version.batcher.submit(examples)
     except (tf.errors.InvalidArgumentError, ValueError) as e:  # e.g. corrupt image data
-        raise RequestError(400, f"the model refused the input: {_first_line(e)}") from None
+        raise RequestError(400, "the model refused the input: "
+                                f"{op_message(getattr(e, 'message', str(e)))}") from None
     return _response(outputs, row_format, len(examples))
 
 

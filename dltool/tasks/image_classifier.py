@@ -154,7 +154,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
         image_size = tuple(meta["image_size"])
 
         def draw(values):
-            decoded = [_decode_original(value) for value in values]
+            decoded = [images.decode_original(value) for value in values]
             usable = [image for image, _ in decoded if image is not None]
             if not usable:
                 return decoded
@@ -348,16 +348,6 @@ def _write_examples(path, **arrays):
     """Writes `examples-SPLIT.npz` (compressed, no pickles) atomically."""
     with files.replacing(path) as tmp, open(tmp, "wb") as f:
         np.savez_compressed(f, **arrays)
-
-
-def _decode_original(data):
-    """Decodes image bytes at their own size (as `images.decode_image` does
-    before it resizes): `(uint8 (h, w, 3), None)`, or `(None, reason)`."""
-    try:
-        return tf.io.decode_image(data, channels=3, expand_animations=False).numpy(), None
-    except tf.errors.InvalidArgumentError as e:
-        lines = [line.strip() for line in e.message.splitlines() if line.strip()]
-        return None, f"cannot be decoded: {(lines[-1] if lines else 'not an image')[:120]}"
 
 
 def _is_augmentation(layer):
