@@ -115,21 +115,69 @@ def create_app(served, token=None):
             await version.batcher.stop()
 
     async def endpoint(request):
-        try:
-            return await _handle(served, request)
-        except RequestError as e:
-            return _json(e.status, {"error": e.message})
-        except Exception as e:  # a bug or the model failing: one line, never a traceback
-            message = _first_line(e)
-            logger.error("%s %s: %s", request.method, request.url.path, message)
-            return _json(500, {"error": message})
+        status, content = await _answer(
+            served, request.method, request.url.path,
+            lambda: _read_body(request.headers.get("content-length", ""), request.stream(),
+                               served.max_body_bytes))
+        return _json(status, content)
 
     async def http_error(request, exc):
         return _json(exc.status_code, {"error": exc.detail})
 
     app = Starlette(routes=[Route("/v1/models/{rest:path}", endpoint, methods=["GET", "POST"])],
                     exception_handlers={HTTPException: http_error}, lifespan=lifespan)
+    app = _predict_first(app, served)
     return app if token is None else _require_token(app, token)
+
+
+def _predict_first(app, served):
+    """`app` with `POST ...:predict` answered before Starlette's layers.
+
+    The predict requests are the load; every other request goes through
+    Starlette (routing, 404 and 405, lifespan). The answer is the same
+    `_answer` either way: only Starlette's per-request objects (its
+    middleware, `Request`, routing and `Response`) are skipped. They took
+    about half the CPU time of a predict request: 193 us against 104 us
+    without them (the app called in process, 32 requests at a time, the
+    model replaced by constant outputs; medians of 5 rounds side by side,
+    on a loaded 2-core machine). Under load, the event loop's work on one
+    batch's requests is time the model waits for the next batch.
+    """
+    async def asgi(scope, receive, send):
+        if scope["type"] != "http" or scope["method"] != "POST" \
+                or not scope["path"].endswith(":predict"):
+            await app(scope, receive, send)
+            return
+        declared = next((value.decode("latin-1") for name, value in scope["headers"]
+                         if name == b"content-length"), "")
+        try:
+            status, content = await _answer(
+                served, "POST", scope["path"],
+                lambda: _read_body(declared, _chunks(receive), served.max_body_bytes))
+        except _Disconnected:  # the client is gone: no one to answer
+            return
+        body = _dumps(content)
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-length", str(len(body)).encode("ascii")),
+                                (b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": body})
+
+    return asgi
+
+
+class _Disconnected(Exception):
+    """The client went away before its request body was read."""
+
+
+async def _chunks(receive):
+    """The request body's chunks, from ASGI `http.request` messages."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise _Disconnected()
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 def _require_token(app, token):
@@ -154,43 +202,74 @@ def _require_token(app, token):
     return checked
 
 
-async def _handle(served, request):
-    """Answers one request (see the module's docstring)."""
-    match = _PATH.fullmatch(request.url.path)
+async def _answer(served, method, path, read_body):
+    """Answers one request: `(status, JSON content)`, an error as
+    `{"error": "..."}` (one line logged for a 500, never a traceback).
+
+    Args:
+        served: The `ServedModel`.
+        method: The HTTP method.
+        path: The URL path.
+        read_body: Returns (a coroutine of) the request's body, refused past
+            the limit (`_read_body`).
+    """
+    try:
+        return 200, await _handle(served, method, path, read_body)
+    except RequestError as e:
+        return e.status, {"error": e.message}
+    except _Disconnected:
+        raise
+    except Exception as e:  # a bug or the model failing: one line, never a traceback
+        message = _first_line(e)
+        logger.error("%s %s: %s", method, path, message)
+        return 500, {"error": message}
+
+
+async def _handle(served, method, path, read_body):
+    """The content of the answer to one request (see the module's docstring).
+
+    Raises:
+        RequestError: the request is refused.
+    """
+    match = _PATH.fullmatch(path)
     if match is None:
-        raise RequestError(404, f"Malformed request: {request.method} {request.url.path}")
+        raise RequestError(404, f"Malformed request: {method} {path}")
     verb = match["verb"]
-    if (verb == ":predict") != (request.method == "POST"):
-        raise RequestError(405, f"Method not allowed: {request.method} {request.url.path}")
+    if (verb == ":predict") != (method == "POST"):
+        raise RequestError(405, f"Method not allowed: {method} {path}")
     version = served.find(match["name"], match["version"])
     if verb == ":predict":
-        body = await _read_body(request, served.max_body_bytes)
-        return _json(200, await _predict(served, version, _parse_json(body)))
+        return await _predict(served, version, _parse_json(await read_body()))
     if verb == "/metadata":
-        return _json(200, _metadata(served, version))
+        return _metadata(served, version)
     shown = served.versions.values() if match["version"] is None else [version]
-    return _json(200, {"model_version_status": [
+    return {"model_version_status": [
         {"version": str(v.number), "state": "AVAILABLE",
-         "status": {"error_code": "OK", "error_message": ""}} for v in shown]})
+         "status": {"error_code": "OK", "error_message": ""}} for v in shown]}
 
 
-async def _read_body(request, limit):
-    """The request's body, refused past `limit` bytes without reading it all."""
-    declared = request.headers.get("content-length", "")
+async def _read_body(declared, chunks, limit):
+    """The request's body, refused past `limit` bytes without reading it all.
+
+    Args:
+        declared: Its `Content-Length` header, or "".
+        chunks: An async iterator of the body's chunks.
+        limit: The most bytes accepted.
+    """
     if declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"request body of {declared} bytes is over the limit of "
                                 f"{limit} (--max-body-bytes)")
-    chunks, size = [], 0
-    async for chunk in request.stream():
+    size, parts = 0, []
+    async for chunk in chunks:
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"request body is over the limit of {limit} bytes "
                                     "(--max-body-bytes)")
-        chunks.append(chunk)
+        parts.append(chunk)
     if not size:
         raise RequestError(400, "empty request body: send JSON with \"instances\" or "
                                 "\"inputs\"")
-    return b"".join(chunks)
+    return b"".join(parts)
 
 
 def _parse_json(body):
@@ -322,8 +401,12 @@ def _metadata(served, version):
 
 
 def _json(status, content):
-    return Response(json.dumps(content, ensure_ascii=False, allow_nan=True), status,
-                    media_type="application/json")
+    return Response(_dumps(content), status, media_type="application/json")
+
+
+def _dumps(content):
+    """A response's JSON body, UTF-8 (NaN and infinities as JavaScript writes them)."""
+    return json.dumps(content, ensure_ascii=False, allow_nan=True).encode("utf-8")
 
 
 def _first_line(error):
