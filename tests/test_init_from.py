@@ -230,3 +230,93 @@ def test_only_the_same_start_resumes_a_run(project):
     assert runs.find_resumable(project, config) is None  # from scratch: a new run
     assert runs.find_resumable(project, config, "/other/run") is None
     assert runs.find_resumable(project, config, "/elsewhere/run").name == started.name
+
+
+def _refuse_keras(config):
+    """Makes the first Conv2D a class of a module dltool's templates never use."""
+    layer = next(layer for layer in config["config"]["layers"]
+                 if layer["class_name"] == "Conv2D")
+    layer.update(module="os", class_name="system", registered_name=None)
+
+
+def _rewrite_config(source, target, edit):
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as rewritten:
+        for info in original.infolist():
+            data = original.read(info.filename)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            rewritten.writestr(info, data)
+    return target
+
+
+@pytest.mark.parametrize("case", [
+    "other template", "no such run", "not a model", "not a zip", "refused layer",
+    "other filters", "other blocks", "model folder", "remote", "missing path",
+    "text without vocabulary"])
+def test_bad_sources_are_one_line_and_write_nothing(runner, trained_project,
+                                                    trained_text_project, copy_project,
+                                                    tmp_path, case):
+    project = copy_project(trained_project)
+    run = _source_run(project)
+    export = project / "saved_models" / "proj" / "1"
+    (text_run,) = runs.list_runs(trained_text_project)
+    args = TINY_MODEL
+    if case == "text without vocabulary":
+        project = copy_project(trained_text_project)
+        args = TEXT_MODEL
+        source = shutil.copy(project / "saved_models" / "reviews" / "1" / "model.keras",
+                             tmp_path / "reviews.keras")
+        message = (f"--init-from: keras file reviews.keras has no vocabulary (a .keras file "
+                   "without its dltool.json): give the run or the exported version folder")
+    elif case == "other template":
+        source = text_run.dir
+        message = (f"--init-from: run {text_run.name} was trained with the sentiment "
+                   "template; this project's is image-classifier: start from a run or "
+                   "export of the same template")
+    elif case == "no such run":
+        source = run.name[:-1]
+        message = (f"--init-from: no run named '{run.name[:-1]}' in {project / 'runs'}; "
+                   f"did you mean {run.name}?")
+    elif case == "not a model":
+        source = project / "config.toml"
+        message = (f"--init-from: {source}: not a model (give a run, a run folder, an "
+                   "exported version folder or a .keras file)")
+    elif case == "not a zip":
+        source = tmp_path / "fake.keras"
+        source.write_text("not a model")
+        message = f"{source}: corrupt .keras file (not a zip archive)"
+    elif case == "refused layer":
+        source = _rewrite_config(export / "model.keras", tmp_path / "evil.keras",
+                                 _refuse_keras)
+        message = "uses os.system, which dltool's templates never produce"
+    elif case == "other filters":
+        source, args = run.name, ("--set", "model.filters=16", "--set", "model.blocks=1")
+        message = (f"--init-from: run {run.name} does not fit this project's model: layer "
+                   "conv2d (Conv2D) has weights (3, 3, 3, 8), (8,) there and (3, 3, 3, 16), "
+                   "(16,) here (compare its [model] settings with these)")
+    elif case == "other blocks":
+        source, args = run.name, ("--set", "model.filters=8", "--set", "model.blocks=2")
+        message = (f"--init-from: run {run.name} does not fit this project's model: it has "
+                   "no layer conv2d_2 (Conv2D)")
+    elif case == "model folder":
+        source = export.parent
+        message = (f"--init-from: {source} holds exported versions: give one of them, e.g. "
+                   f"{export}")
+    elif case == "remote":
+        source = "gs://bucket/run"
+        message = "--init-from: gs://bucket/run: remote sources are refused; download it first"
+    else:
+        source = tmp_path / "gone" / "model.keras"
+        message = f"--init-from: {source}: no such file or folder"
+    before = _run_names(project)
+    result = invoke(runner, "train", "--project", project, "--epochs", 1, *args,
+                    "--init-from", source)
+    assert result.exit_code == 1
+    # Errors found once the data is open (the model must fit its classes)
+    # follow the data's report: the error is the last line, and the only one.
+    lines = result.output.strip().splitlines()
+    assert [line for line in lines if "Error" in line or "Traceback" in line] == [lines[-1]]
+    assert lines[-1].startswith("Error: ") and message in lines[-1], result.output
+    assert _run_names(project) == before

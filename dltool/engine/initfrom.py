@@ -181,8 +181,9 @@ def _export_metadata(folder):
 
 def _check_template(found, template, label):
     if found is not None and found != template:
-        raise ProjectError(f"--init-from: {label} is a {found} model; this project is a "
-                           f"{template}: start from a run or export of the same template")
+        raise ProjectError(f"--init-from: {label} was trained with the {found} template; "
+                           f"this project's is {template}: start from a run or export of "
+                           "the same template")
 
 
 def data_meta(source):
