@@ -36,7 +36,7 @@ import re
 from pathlib import Path
 
 from dltool.core import files, runs
-from dltool.core.errors import ModelFileError, ProjectError
+from dltool.core.errors import ConfigError, ModelFileError, ProjectError
 from dltool.engine import callbacks as dl_callbacks
 from dltool.engine import export as export_lib
 from dltool.engine import modelfiles
@@ -112,8 +112,10 @@ def open_source(project_dir, text, template):
         _check_template(run.template, template, f"run {run.name}")
         if not run.has_weights():
             raise ProjectError(f"--init-from: run {run.name} has no trained weights yet")
-        experiment = Experiment.for_run(project_dir, run)
-        model = experiment.load_trained_model(run)
+        try:  # its own resolved config: another project's [model] settings
+            model = Experiment.for_run(project_dir, run).load_trained_model(run)
+        except (ConfigError, ProjectError) as e:
+            raise ProjectError(f"--init-from: run {run.name}: {e}") from e
         return Source(path, "run", run.name, run.template, run.meta, layer_weights(model))
     metadata = _export_metadata(path if kind == "export" else path.parent)
     template_of = metadata.get("template") if metadata else None
