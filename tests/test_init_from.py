@@ -254,7 +254,7 @@ def _rewrite_config(source, target, edit):
 @pytest.mark.parametrize("case", [
     "other template", "no such run", "not a model", "not a zip", "refused layer",
     "other filters", "other blocks", "model folder", "remote", "missing path",
-    "text without vocabulary"])
+    "text without vocabulary", "run without meta"])
 def test_bad_sources_are_one_line_and_write_nothing(runner, trained_project,
                                                     trained_text_project, copy_project,
                                                     tmp_path, case):
@@ -270,6 +270,13 @@ def test_bad_sources_are_one_line_and_write_nothing(runner, trained_project,
                              tmp_path / "reviews.keras")
         message = (f"--init-from: keras file reviews.keras has no vocabulary (a .keras file "
                    "without its dltool.json): give the run or the exported version folder")
+    elif case == "run without meta":
+        source = shutil.copytree(run.dir, tmp_path / "copied-run")
+        record = json.loads((source / "run.json").read_text())
+        del record["meta"]
+        (source / "run.json").write_text(json.dumps(record))
+        message = (f"--init-from: run {run.name}: its run.json does not describe its data "
+                   "(meta: 'class_names')")
     elif case == "other template":
         source = text_run.dir
         message = (f"--init-from: run {text_run.name} was trained with the sentiment "

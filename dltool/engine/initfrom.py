@@ -113,7 +113,16 @@ def open_source(project_dir, text, template):
         if not run.has_weights():
             raise ProjectError(f"--init-from: run {run.name} has no trained weights yet")
         try:  # its own resolved config: another project's [model] settings
-            model = Experiment.for_run(project_dir, run).load_trained_model(run)
+            experiment = Experiment.for_run(project_dir, run)
+        except (ConfigError, ProjectError) as e:
+            raise ProjectError(f"--init-from: run {run.name}: {e}") from e
+        try:  # what the model's size follows (classes, vocabularies)
+            experiment.task.model_kwargs(run.meta)
+        except (KeyError, TypeError, ValueError) as e:
+            raise ProjectError(f"--init-from: run {run.name}: its {runs.Run.RECORD_FILE} "
+                               f"does not describe its data (meta: {e})") from e
+        try:
+            model = experiment.load_trained_model(run)
         except (ConfigError, ProjectError) as e:
             raise ProjectError(f"--init-from: run {run.name}: {e}") from e
         return Source(path, "run", run.name, run.template, run.meta, layer_weights(model))
