@@ -327,3 +327,25 @@ def test_bad_sources_are_one_line_and_write_nothing(runner, trained_project,
     assert [line for line in lines if "Error" in line or "Traceback" in line] == [lines[-1]]
     assert lines[-1].startswith("Error: ") and message in lines[-1], result.output
     assert _run_names(project) == before
+
+
+def test_translator_takes_the_source_vocabularies_and_loads_every_layer(runner, tmp_path):
+    small = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
+             "--set", "decoding.beam_width=2", "--set", "training.verbose=0")
+    first, second = tmp_path / "first.tsv", tmp_path / "second.tsv"
+    first.write_text("".join(f"I see {i} cats.\tJe vois {i} chats.\n" for i in range(40)))
+    second.write_text("".join(f"You have {i} dogs.\tTu as {i} chiens.\n" for i in range(40)))
+    project = tmp_path / "fr"
+    assert invoke(runner, "new", "translator", project).exit_code == 0
+    assert invoke(runner, "train", "--project", project, "--epochs", 1,
+                  "--set", f"data.source={first}", *small).exit_code == 0
+    (source,) = runs.list_runs(project)
+    result = invoke(runner, "train", "--project", project, "--epochs", 1,
+                    "--set", f"data.source={second}", *small, "--init-from", source.name)
+    assert result.exit_code == 0, result.output
+    (run,) = [r for r in runs.list_runs(project) if r.name != source.name]
+    for key in ("source_vocabulary", "target_vocabulary"):
+        assert run.meta[key] == source.meta[key]
+    assert "chiens" not in run.meta["target_vocabulary"]  # the source's, not adapted again
+    assert run["init_from"]["new"] == [] and run["init_from"]["head"] is None
+    assert len(run["init_from"]["loaded"]) >= 4
