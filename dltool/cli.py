@@ -264,10 +264,15 @@ def _runtime_section(project, overrides):
 @click.option("--hparams", default=None, metavar="best|SEARCH",
               help="Use the best hyperparameters of the newest search (best) or of the "
                    "search named SEARCH (see dltool tune).")
+@click.option("--init-from", default=None, metavar="RUN|FOLDER|FILE.keras",
+              shell_complete=_complete_runs,
+              help="Start from the weights of a run of this project, a run folder, an "
+                   "exported version folder (saved_models/NAME/N) or a .keras file of the "
+                   "same template; the head is rebuilt when the classes differ.")
 @skip_bad_option
 @pass_project
 def train(project, overrides, epochs, batch_size, strategy, precision, seed,
-          deterministic, worker_hosts, task_index, fresh, hparams, skip_bad):
+          deterministic, worker_hosts, task_index, fresh, hparams, init_from, skip_bad):
     """Train the project's model; run it again to resume an interrupted run.
 
     SIGTERM saves a checkpoint after the current batch (multi-worker: within
@@ -294,7 +299,7 @@ def train(project, overrides, epochs, batch_size, strategy, precision, seed,
         from dltool.engine.train import train as run_training
 
         run_training(folder, overrides, skip_bad=skip_bad, fresh=fresh, cluster=cluster,
-                     echo=click.echo)
+                     init_from=init_from, echo=click.echo)
 
 
 def _flag_overrides(flags):

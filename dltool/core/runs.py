@@ -216,7 +216,7 @@ class Run:
         return cls(folder, record)
 
     @classmethod
-    def create(cls, project_dir, config, name=None):
+    def create(cls, project_dir, config, name=None, init_from=None):
         """Creates a new run folder holding the resolved config.
 
         Args:
@@ -224,6 +224,9 @@ class Run:
             config: The resolved `Config`.
             name: The run's name; the current time when None (with a suffix
                 if taken).
+            init_from: What its weights start from (`dltool train
+                --init-from`, `dltool.engine.initfrom`), recorded from the
+                start so that only the same start resumes it; None.
 
         Returns:
             The `Run`.
@@ -237,6 +240,8 @@ class Run:
         record = {"name": folder.name, "template": config.template, "status": "created",
                   "config_digest": config.digest(),
                   "started": time.strftime("%Y-%m-%d %H:%M:%S"), "epochs_done": 0}
+        if init_from is not None:
+            record["init_from"] = init_from
         # Staged, so a full disk or a kill leaves no run folder without its
         # config and record.
         with files.staging_folder(folder) as staging:
@@ -253,15 +258,22 @@ def list_runs(project_dir):
     return [r for r in found if r is not None]
 
 
-def find_resumable(project_dir, config):
-    """Returns the newest unfinished run with the same config, or None.
+def find_resumable(project_dir, config, init_source=None):
+    """Returns the newest unfinished run with the same config and start, or None.
+
+    Args:
+        project_dir: The project folder.
+        config: The resolved `Config`.
+        init_source: The `source` of the run's `init_from` (`--init-from`),
+            or None for a run trained from scratch.
 
     Raises:
         ProjectError: if that run is still being trained by a live process.
     """
     for run in list_runs(project_dir):
         if run.get("status") in ("created", "running") and \
-                run.get("config_digest") == config.digest():
+                run.get("config_digest") == config.digest() and \
+                (run.get("init_from") or {}).get("source") == init_source:
             if files.process_alive(run.get("pid")):
                 raise ProjectError(
                     f"run {run.name} is being trained by process {run['pid']}; "
@@ -320,7 +332,33 @@ def summary(run):
             "date": run.get("started", ""), "status": status,
             "epochs": run.get("epochs_done", 0), "monitor": run.get("monitor"),
             "best": run.get("best_value"), "exported": run.get("exported_version"),
-            **run.get("facts", {})}
+            "init_from": describe_start(run.get("init_from")), **run.get("facts", {})}
+
+
+def describe_start(init_from):
+    """One line saying what a run's weights started from (`run.json`'s
+    `init_from`), or None for a run trained from scratch.
+
+    E.g. `run 20261201-101500 (image-classifier, 8 classes): 7 layers
+    loaded, 1 new (dense: the classes differ)`.
+    """
+    if not init_from:
+        return None
+    classes = init_from.get("class_names")
+    about = ", ".join(part for part in (
+        init_from.get("template"),
+        f"{len(classes)} classes" if classes else None,
+        "multi-label" if init_from.get("multi_label") else None) if part)
+    new = init_from.get("new") or []
+    line = (f"{init_from.get('kind')} {init_from.get('name')}"
+            + (f" ({about})" if about else "")
+            + f": {len(init_from.get('loaded') or [])} layers loaded, {len(new)} new")
+    if new:
+        head = f": {init_from['head']}" if init_from.get("head") else ""
+        line += f" ({', '.join(new)}{head})"
+    if init_from.get("vocabulary"):
+        line += f"; vocabulary: {init_from['vocabulary']}"
+    return line
 
 
 def compare(project_dir, name_a, name_b):
@@ -360,6 +398,7 @@ def compare(project_dir, name_a, name_b):
                 for k in sorted(last[0].keys() | last[1].keys())]
     extra = [run.get("facts", {}) for run in runs]
     metrics += [(k, extra[0].get(k), extra[1].get(k)) for k in {**extra[0], **extra[1]}]
+    metrics.append(("init from", facts[0]["init_from"], facts[1]["init_from"]))
     metrics.append(("exported", facts[0]["exported"], facts[1]["exported"]))
     return {"runs": [r.name for r in runs], "config": config, "metrics": metrics}
 

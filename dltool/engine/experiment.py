@@ -99,11 +99,15 @@ class Experiment:
                             f"({role})")
         return made, description
 
-    def open_data(self, skip_bad=False):
+    def open_data(self, skip_bad=False, run_meta=None):
         """Opens the config's data through the task (see `Task.open_data`),
-        prepared as the run's training prepared it when opened `for_run`."""
+        prepared as the run's training prepared it when opened `for_run`,
+        or as `run_meta` says (the vocabulary of the weights training starts
+        from, `dltool.engine.initfrom.data_meta`)."""
+        if run_meta is None and self.run is not None:
+            run_meta = self.run.meta
         return self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad,
-                                   run_meta=self.run.meta if self.run is not None else None)
+                                   run_meta=run_meta)
 
     def datasets(self, data, config=None):
         """Returns batched `(train, val)` datasets; `val` is None without a split.

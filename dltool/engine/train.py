@@ -25,7 +25,7 @@ from dltool.core import config as config_lib
 from dltool.core import files, metrics, runs
 from dltool.core.errors import ConfigError, DltoolError, StorageError
 from dltool.engine import callbacks as dl_callbacks
-from dltool.engine import reporting, runtime
+from dltool.engine import initfrom, reporting, runtime
 from dltool.engine.experiment import Experiment
 
 
@@ -177,11 +177,12 @@ def check_room_for_epoch(project_dir, model):
 
 
 @contextlib.contextmanager
-def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
+def open_run(project_dir, config, strategy, *, fresh, cluster, echo, init_from=None):
     """Picks the run to train and the folder this process writes to.
 
     The chief (or a single process) resumes the newest unfinished run with
-    the same config, or creates one. In a multi-worker run the chief sends
+    the same config and the same `init_from` record (`source`), or creates
+    one that records it. In a multi-worker run the chief sends
     the run's name to the other workers, which write into a temporary
     folder, deleted when the block ends.
 
@@ -197,11 +198,12 @@ def open_run(project_dir, config, strategy, *, fresh, cluster, echo):
         StorageError: naming the folder and the operating system's reason.
     """
     if cluster is None or cluster.is_chief:
-        run = None if fresh else runs.find_resumable(project_dir, config)
+        source = (init_from or {}).get("source")
+        run = None if fresh else runs.find_resumable(project_dir, config, source)
         created = run is None
         if created:
             with files.storage_errors(Path(project_dir) / runs.RUNS_DIR):
-                run = runs.Run.create(project_dir, config)
+                run = runs.Run.create(project_dir, config, init_from=init_from)
             echo(f"Run: {run.dir}")
         else:
             echo(f"Run: {run.dir} (resuming an unfinished run with the same config, "
@@ -311,7 +313,7 @@ _NOT_A_REASON = ("Graph execution error:", "Detected at node", "File ", "Traceba
 
 
 def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=None,
-          echo=print):
+          init_from=None, echo=print):
     """Trains the project's model.
 
     Args:
@@ -320,6 +322,9 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         skip_bad: Drop unusable data files instead of failing.
         fresh: Start a new run even if an unfinished one could be resumed.
         cluster: The `dltool.engine.cluster.Cluster` of a multi-worker run, or None.
+        init_from: A run name, run folder, exported version folder or
+            `.keras` file whose weights training starts from
+            (`dltool.engine.initfrom`); None to start from scratch.
         echo: Function that prints a line for the user.
 
     Returns:
@@ -338,7 +343,9 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
     with runtime.precision_scope(keras.mixed_precision.global_policy().name):
         strategy, description = experiment.prepare_runtime(cluster)
         runtime.set_seed(config["training"]["seed"], config["training"]["deterministic"])
-        data = experiment.open_data(skip_bad=skip_bad)
+        source = None if init_from is None else \
+            initfrom.open_source(project_dir, init_from, config.template)
+        data = experiment.open_data(skip_bad=skip_bad, run_meta=initfrom.data_meta(source))
         for line in [description, *data.report]:
             echo(line)
         train_ds, val_ds = experiment.datasets(data)
@@ -349,10 +356,15 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
             monitored_metric(config, val_ds is not None,
                              logged_metrics(model, train_ds, val_ds is not None))
             check_optimizer(model.optimizer)
+        # Before a run folder exists, so a source that does not fit leaves none.
+        start = None if source is None else initfrom.match(source, model, data.meta)
         if chief:
             check_room_for_epoch(project_dir, model)
-        with worker_failures(cluster), open_run(project_dir, config, strategy, fresh=fresh,
-                                                cluster=cluster, echo=echo) as (run, backup_dir):
+        with worker_failures(cluster), open_run(
+                project_dir, config, strategy, fresh=fresh, cluster=cluster, echo=echo,
+                init_from=start.record if start else None) as (run, backup_dir):
+            if start is not None:
+                initfrom.apply(start, backup_dir, echo)
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
                       backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
             if chief:  # the other workers' runs are deleted

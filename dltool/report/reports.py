@@ -25,6 +25,7 @@ import html
 from pathlib import Path
 
 import dltool
+from dltool.core import runs
 from dltool.report import plots
 
 
@@ -86,6 +87,8 @@ def overview_section(run):
         rows.append(["parameters", f"{run['parameters']:,}"])
     for split, size in sorted(run.get("sizes", {}).items()):
         rows.append([f"{split} examples", str(size)])
+    if run.get("init_from"):
+        rows.append(["initial weights", runs.describe_start(run["init_from"])])
     rows.append(["exported as", run.get("exported_version") or "not exported"])
     return Section("Overview", table=[["", ""], *rows])
 
