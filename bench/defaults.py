@@ -23,6 +23,7 @@ validation included) and the wall time of the `dltool train` command, and
 writes them to bench/results/defaults.json.
 
     python bench/defaults.py [--data DIR] [--per-class 50 200 800] [--skip-demo]
+    python bench/defaults.py --image-cost 32 64 96 128   # the image size cap's reason
 """
 
 import argparse
@@ -85,6 +86,41 @@ def train_and_evaluate(project, data, overrides, epochs=None, predict=False):
     return row
 
 
+def image_cost(sizes, images=384, batch_size=64):
+    """Seconds per 1,000 images of one training epoch of the template's
+    model (its defaults, batchnorm momentum 0.9) at each square size, on
+    random pixels: the cost `data.image_size = "auto"` is capped by."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import importlib.util
+
+    import dltool._tf  # noqa: F401  (TensorFlow's environment first)
+    import keras_tuner
+    import numpy as np
+
+    spec = importlib.util.spec_from_file_location(
+        "model", REPO / "templates" / "image-classifier" / "project" / "model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    class Config(dict):
+        model = dict(filters=24, blocks=4, dropout=0.3, augment=True, optimizer="adamw",
+                     learning_rate=0.002, weight_decay=0.05, batchnorm_momentum=0.9)
+
+    rows = []
+    for size in sizes:
+        model = module.build_model(keras_tuner.HyperParameters(),
+                                   Config(data={"image_size": [size, size]}), 10)
+        x = np.random.uniform(0, 255, (images, size, size, 3)).astype("float32")
+        y = np.random.randint(0, 10, images)
+        model.fit(x[:2 * batch_size], y[:2 * batch_size], batch_size=batch_size, verbose=0)
+        started = time.perf_counter()
+        model.fit(x, y, batch_size=batch_size, verbose=0)
+        seconds = (time.perf_counter() - started) / images * 1000
+        rows.append({"image_size": size, "seconds_per_1000_images": round(seconds, 1)})
+        print(f"{size}x{size}: {seconds:.1f} s per 1,000 images", flush=True)
+    return rows
+
+
 def subset(data, per_class, root):
     """A folder of the first `per_class` train images of each class (links)
     and the whole test folder."""
@@ -101,7 +137,8 @@ def subset(data, per_class, root):
 def compare(name, tmp, data, today, epochs=None, predict=False, always_both=False):
     """The `auto` row, then today's (the same run when the values agree)."""
     rows = []
-    auto = train_and_evaluate(tmp / f"{name}-auto", data, [], epochs, predict)
+    slug = "".join(c if c.isalnum() else "-" for c in name)  # a project name
+    auto = train_and_evaluate(tmp / f"{slug}-auto", data, [], epochs, predict)
     rows.append({"setting": name, "defaults": "auto", **auto})
     today_values = {o.split("=")[0]: json.loads(o.split("=", 1)[1]) for o in today}
     same = all(auto["values"][k] == v for k, v in today_values.items())
@@ -110,7 +147,7 @@ def compare(name, tmp, data, today, epochs=None, predict=False, always_both=Fals
                      "note": "auto chose today's values: the same run"})
     else:
         rows.append({"setting": name, "defaults": "today",
-                     **train_and_evaluate(tmp / f"{name}-today", data, today, epochs, predict)})
+                     **train_and_evaluate(tmp / f"{slug}-today", data, today, epochs, predict)})
     return rows
 
 
@@ -121,9 +158,16 @@ def main():
     parser.add_argument("--skip-demo", action="store_true")
     parser.add_argument("--always-both", action="store_true",
                         help="train today's values even when auto chose the same")
+    parser.add_argument("--image-cost", type=int, nargs="*", default=None, metavar="SIZE",
+                        help="only measure the training cost per image at these sizes "
+                             "(e.g. 32 64 96 128), into bench/results/image_cost.json")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" /
                         "defaults.json")
     args = parser.parse_args()
+    if args.image_cost:
+        rows = image_cost(args.image_cost)
+        write(REPO / "bench" / "results" / "image_cost.json", rows)
+        return
     if args.per_class and not (args.data / "train").is_dir():
         sys.exit(f"no CIFAR-10 folder at {args.data}")
     rows = []
@@ -132,10 +176,12 @@ def main():
         if not args.skip_demo:
             rows += compare("demo", tmp, None, DEMO_TODAY, epochs=15, predict=True,
                             always_both=True)
+            write(args.out, rows)
         for per_class in args.per_class:
             folder = subset(args.data, per_class, tmp)
             rows += compare(f"cifar10 {per_class}/class", tmp, folder, TEMPLATE_TODAY,
                             always_both=args.always_both)
+            write(args.out, rows)
     print(f"\n{'setting':<20} {'defaults':<8} {'train':>5} {'image':>7} {'epochs':>6} "
           f"{'bn mom.':>7} {'test acc':>8} {'train s':>8} {'command s':>9} {'samples':>7}")
     for row in rows:
@@ -147,11 +193,15 @@ def main():
               f"{values['model.batchnorm_momentum']:>7} {row['test_accuracy']:>8.4f} "
               f"{row['train_seconds']:>8.1f} {row['train_command_wall_seconds']:>9.1f} "
               f"{samples:>7}{'  (' + row['note'] + ')' if 'note' in row else ''}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    print(f"written to {args.out}")
+
+
+def write(path, rows):
+    """Writes the rows measured so far (a stopped run keeps them)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
               "command": "python bench/defaults.py " + " ".join(sys.argv[1:]), "rows": rows}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"written to {args.out}")
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":
