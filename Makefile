@@ -24,7 +24,7 @@ demo: install
 	mkdir -p $(dir $(DEMO_DIR))
 	$(BIN)/dltool new image-classifier $(DEMO_DIR)
 	cd $(DEMO_DIR) && $(BIN)/dltool info
-	cd $(DEMO_DIR) && $(BIN)/dltool train --epochs 15 --set model.batchnorm_momentum=0.9
+	cd $(DEMO_DIR) && $(BIN)/dltool train --epochs 15
 	cd $(DEMO_DIR) && $(BIN)/dltool evaluate
 	cd $(DEMO_DIR) && $(BIN)/dltool export
 	cd $(DEMO_DIR) && $(BIN)/dltool predict samples/cat.jpg samples/horse.jpg samples/ship.jpg

@@ -210,7 +210,11 @@ def new(template, dest, name, data, force):
 @json_option
 @pass_project
 def info(project, overrides, quiet, as_json):
-    """Show versions, devices, and the strategy and precision a run would use."""
+    """Show versions, devices, and the strategy and precision a run would use.
+
+    In a project whose config has "auto" values (e.g. data.image_size), the
+    data is read, and what each would be set to is shown, with why.
+    """
     _check_output_flags(quiet, as_json)
     with user_errors():
         runtime_section = _runtime_section(project, overrides)
@@ -218,6 +222,8 @@ def info(project, overrides, quiet, as_json):
 
         facts = {"dltool": dltool.__version__, "python": platform.python_version(),
                  **runtime.describe(runtime_section)}
+        if not quiet:
+            facts.update(_auto_facts(project, overrides))
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -229,6 +235,29 @@ def info(project, overrides, quiet, as_json):
         click.echo(f"{key + ':':<12} {lines[0]}")
         for line in lines[1:]:
             click.echo(f"{'':<12} {line}")
+
+
+def _auto_facts(project, overrides):
+    """`{"auto": lines}`: what the project's "auto" config values would be
+    set to for its data, one line each (the data report's lines); `{}`
+    outside a project or without any. Data that cannot be read gives one
+    line saying so instead."""
+    from dltool.core import auto
+    from dltool.core.config import CONFIG_FILE
+
+    if not project.given and not Path(CONFIG_FILE).is_file():
+        return {}
+    if not auto.unresolved(project.config(overrides)):
+        return {}
+    from dltool.core.errors import DataError
+    from dltool.engine.experiment import Experiment
+
+    experiment = Experiment.open(project.folder, overrides)
+    try:
+        experiment.open_data()
+    except DataError as e:
+        return {"auto": f"decided when the data can be read ({e})"}
+    return {"auto": [choice.line() for choice in experiment.auto_choices]}
 
 
 def _runtime_section(project, overrides):

@@ -39,10 +39,14 @@ def test_integer_accepted_for_float(project):
     ("runtime.strategy=mirored",
      "runtime.strategy must be one of auto, default, mirrored, multi-worker, tpu; got 'mirored'"),
     ("runtime.precision=fp16", "runtime.precision must be one of auto, float32, mixed_float16"),
-    ("training.epochs=0", "training.epochs must be an integer from 1 to 1000000; got 0"),
-    ("training.epochs=ten", "training.epochs must be an integer from 1 to 1000000; got 'ten'"),
-    ("training.epochs=true", "training.epochs must be an integer from 1 to 1000000; got True"),
-    ("data.image_size=[32]", "data.image_size must be a list of 2 integers from 16 to 4096"),
+    ("training.epochs=0",
+     'training.epochs must be "auto" or an integer from 1 to 1000000; got 0'),
+    ("training.epochs=ten",
+     'training.epochs must be "auto" or an integer from 1 to 1000000; got \'ten\''),
+    ("training.epochs=true",
+     'training.epochs must be "auto" or an integer from 1 to 1000000; got True'),
+    ("data.image_size=[32]",
+     'data.image_size must be "auto" or a list of 2 integers from 16 to 4096'),
     ("data.validation_split=1.5", "data.validation_split must be a number from 0.0 to 0.9"),
     ("data.cache=yes", "data.cache must be one of auto, memory, off; got 'yes'"),
     ("model.filters=[1, 2]", "model.filters must be an integer like its value in config.toml"),
@@ -114,10 +118,13 @@ def test_unknown_template_message_lists_the_templates(project):
 
 def test_template_schema_comes_from_template_toml():
     image = config_lib.schema_for("image-classifier")
-    assert image["data"]["image_size"] == config_lib.Field([32, 32], length=2, minimum=16,
-                                                         maximum=4096)
-    assert image["training"]["epochs"].default == 44  # the template's own default
+    assert image["data"]["image_size"] == config_lib.Field("auto", length=2, minimum=16,
+                                                         maximum=4096, auto=True)
+    assert image["data"]["image_size"].kind is list  # its values other than "auto"
+    assert image["training"]["epochs"].default == "auto"  # the template's own default
+    assert image["training"]["epochs"].auto and image["training"]["epochs"].kind is int
     assert image["training"]["epochs"].minimum == 1  # the rest from COMMON_SECTIONS
+    assert not config_lib.schema_for("sentiment")["training"]["epochs"].auto
     assert config_lib.COMMON_SECTIONS["training"]["epochs"].default == 10
     translator = config_lib.schema_for("translator")
     assert list(translator) == [*config_lib.COMMON_SECTIONS, "data", "decoding"]

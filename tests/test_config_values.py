@@ -26,7 +26,8 @@ def _assert_refused(result, project, *expected):
 # Refused when the config is read: nothing is loaded or built.
 @pytest.mark.parametrize("override, expected", [
     ("training.epochs=100000000000000000000",
-     "training.epochs must be an integer from 1 to 1000000; got 100000000000000000000"),
+     'training.epochs must be "auto" or an integer from 1 to 1000000; '
+     "got 100000000000000000000"),
     ("training.batch_size=10000000000", "training.batch_size must be an integer from 1 to"),
     ("training.seed=-1", "training.seed must be an integer from 0 to 4294967295; got -1"),
     ("training.calibrate=yes", "training.calibrate must be true or false; got 'yes'"),
@@ -34,9 +35,11 @@ def _assert_refused(result, project, *expected):
     ("data.validation_split=nan",
      "data.validation_split must be a number from 0.0 to 0.9; got nan"),
     ("data.image_size=[1, 1]",
-     "data.image_size must be a list of 2 integers from 16 to 4096; got [1, 1]"),
-    ("data.image_size=[15, 32]", "data.image_size must be a list of 2 integers from 16"),
-    ("data.image_size=[100000, 100000]", "data.image_size must be a list of 2 integers"),
+     'data.image_size must be "auto" or a list of 2 integers from 16 to 4096; got [1, 1]'),
+    ("data.image_size=[15, 32]",
+     'data.image_size must be "auto" or a list of 2 integers from 16'),
+    ("data.image_size=[100000, 100000]",
+     'data.image_size must be "auto" or a list of 2 integers'),
     ("model.learning_rate=nan", "model.learning_rate must be a finite number; got nan"),
     ("model.learning_rate=inf", "model.learning_rate must be a finite number; got inf"),
     ("model.dropout=-inf", "model.dropout must be a finite number; got -inf"),

@@ -224,7 +224,7 @@ def test_preflight_checks_at_most_its_workers_at_once(tmp_path, monkeypatch):
     for i in range(60):
         paths.append(str(tmp_path / "data" / f"{i}.jpg"))
         (tmp_path / "data" / f"{i}.jpg").write_bytes(_jpeg(i))
-    check = images.check_image_file
+    check = images.inspect_image_file
     lock = threading.Lock()
     counts = {"submitted": 0, "finished": 0, "running": 0, "most_pending": 0, "most_running": 0}
 
@@ -249,7 +249,7 @@ def test_preflight_checks_at_most_its_workers_at_once(tmp_path, monkeypatch):
                                          counts["submitted"] - counts["finished"])
         return submit(pool, fn, *args, **kwargs)
 
-    monkeypatch.setattr(images, "check_image_file", counted_check)
+    monkeypatch.setattr(images, "inspect_image_file", counted_check)
     monkeypatch.setattr(images.concurrent.futures.ThreadPoolExecutor, "submit", counted_submit)
     assert images.find_bad_images(paths, LIMIT) == []
     assert counts["finished"] == len(paths)

@@ -225,7 +225,7 @@ def test_rendered_config_has_every_shared_key(tmp_path, template):
 
 
 def test_template_defaults_of_shared_keys(tmp_path):
-    assert _rendered_config(tmp_path, "image-classifier")["training"]["epochs"] == 44
+    assert _rendered_config(tmp_path, "image-classifier")["training"]["epochs"] == "auto"
     translator = _rendered_config(tmp_path, "translator")
     assert translator["training"]["monitor"] == "val_loss"
     assert translator["runtime"]["cpu_devices"] == 1

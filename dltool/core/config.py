@@ -50,6 +50,11 @@ class Field:
         weights: Besides its choices, the key takes a table of names to
             weights: numbers above 0, at most `MAX_WEIGHT` (e.g.
             `training.class_weight = {cat = 2.0}`).
+        auto: Besides values of its kind, the key takes "auto": derived
+            from the data when it is read (`dltool.core.auto`).
+        kind: The type of its values other than "auto": the type of the
+            default unless that is "auto" (then a list when `length` is
+            set).
     """
 
     default: object
@@ -59,8 +64,17 @@ class Field:
     length: int = None
     duration: bool = False
     weights: bool = False
+    auto: bool = False
+    kind: type = None
+
+    def __post_init__(self):
+        if self.kind is None:  # frozen: set once, here
+            auto_list = self.default == "auto" and self.length is not None
+            object.__setattr__(self, "kind", list if auto_list else type(self.default))
 
     def describe(self):
+        if self.auto:
+            return '"auto" or ' + dataclasses.replace(self, auto=False).describe()
         if self.duration:
             return _DURATION_FORMS
         if self.weights:
@@ -68,8 +82,8 @@ class Field:
                     f", or a table of class names to weights above 0 (at most {MAX_WEIGHT:g})")
         if self.choices:
             return "one of " + ", ".join(str(c) for c in self.choices)
-        kind = _KIND_NAMES[type(self.default)]
-        if isinstance(self.default, list):
+        kind = _KIND_NAMES[self.kind]
+        if self.kind is list:
             kind = f"a list of {self.length} integers"
             if self.minimum is None:
                 kind = f"a list of {self.length} positive integers"
@@ -157,7 +171,7 @@ COMMON_SECTIONS = {
 
 # What a template's `template.toml` may say about a key of its `[config]`
 # table: a `Field`'s attributes.
-_TEMPLATE_FIELD_KEYS = ("default", "choices", "minimum", "maximum", "length")
+_TEMPLATE_FIELD_KEYS = ("default", "choices", "minimum", "maximum", "length", "auto")
 
 
 @dataclasses.dataclass
@@ -393,12 +407,14 @@ def _template_field(where, name, attributes, shared):
         raise TemplateError(f"{where}: config.{name} must be a table with a default")
     section, key = name.split(".", 1)
     if shared is not None:
-        if key not in shared or set(attributes) != {"default"}:
+        if key not in shared or not {"default"} <= set(attributes) <= {"default", "auto"}:
             raise TemplateError(
                 f"{where}: config.{name}: [{section}] is shared by every template "
                 "(dltool/core/config.py); a template may only set the default of "
-                f"one of its keys ({', '.join(shared)})")
-        field = shared[key]  # the template's default is checked against it
+                f"one of its keys ({', '.join(shared)}), and whether it takes \"auto\"")
+        # The template's default is checked against it; `auto = true` lets
+        # this template's config say "auto" (its rule: dltool.core.auto).
+        field = dataclasses.replace(shared[key], auto=attributes.get("auto", False))
     else:
         unknown = sorted(set(attributes) - set(_TEMPLATE_FIELD_KEYS))
         if unknown or type(attributes["default"]) not in _KIND_NAMES or \
@@ -455,7 +471,9 @@ def did_you_mean(name, allowed, prefix=""):
 def _check(name, field, value):
     if field.weights and isinstance(value, dict):
         return _check_weights(name, field, value)
-    expected = type(field.default)
+    if field.auto and value == "auto":
+        return value
+    expected = field.kind
     if field.duration:
         parse_duration(value, name)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -532,6 +550,8 @@ def _override_model_key(model, key, value):
     if not isinstance(model, dict) or key not in model:
         return value  # a new key: check_model_keys tells whether the model reads it
     default = model[key]
+    if default == "auto":
+        return value  # its rule checks what it takes (dltool.core.auto.check)
     kind = bool if isinstance(default, bool) else type(default)
     if kind is float and _is_number(value):
         return float(value)

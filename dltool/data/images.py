@@ -23,6 +23,7 @@ import typing
 from pathlib import Path
 
 from dltool._tf import tf
+from dltool.core import auto
 from dltool.data import manifests
 from dltool.data import splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
@@ -58,6 +59,8 @@ class ImageData:
         run_files: Dict of file name to text the run folder keeps (none).
         class_counts: Training examples per class, or None when the source
             does not give them (TFDS).
+        auto_choices: The `dltool.core.auto.Choice` of `data.image_size`
+            when the config says "auto"; empty otherwise.
     """
 
     class_names: list
@@ -68,6 +71,7 @@ class ImageData:
     meta: dict = dataclasses.field(default_factory=dict)
     run_files: dict = dataclasses.field(default_factory=dict)
     class_counts: list = None
+    auto_choices: list = dataclasses.field(default_factory=list)
 
 
 def decode_image(data, image_size):
@@ -262,6 +266,14 @@ def check_image_bytes(data, max_pixels):
 def check_image_file(path, max_pixels):
     """Returns why `path` is not a usable image, or None if it is one.
 
+    See `inspect_image_file`, which also returns the image's size.
+    """
+    return inspect_image_file(path, max_pixels)[0]
+
+
+def inspect_image_file(path, max_pixels):
+    """Checks an image file and reads its size from its header.
+
     The header is checked first (`check_image_bytes`' checks), so an image
     over the limit is never decoded; a usable-looking one is then decoded
     once, to find corrupt data.
@@ -269,17 +281,23 @@ def check_image_file(path, max_pixels):
     Args:
         path: The image file.
         max_pixels: The limit on its pixels (`data.max_pixels`).
+
+    Returns:
+        A tuple `(reason, size)`: why it is not a usable image (None if it
+        is one), and the `ImageSize` its header states (None if it has none).
     """
+    size = None
     try:
         with open(path, "rb") as f:
             reason = _check_header(f, max_pixels)
             if reason is not None:
-                return reason
+                return reason, size
+            size = read_image_size(f)
             f.seek(0)
             data = f.read()
     except OSError as e:
-        return f"unreadable: {e.strerror}"
-    return decode_original(data)[1]
+        return f"unreadable: {e.strerror}", size
+    return decode_original(data)[1], size
 
 
 def decode_original(data):
@@ -296,19 +314,27 @@ def decode_original(data):
         return None, "cannot be decoded: " + op_message(e.message, "not an image")
 
 
-def find_bad_images(paths, max_pixels):
-    """Checks every image once (`check_image_file`), `PREFLIGHT_WORKERS` at a time.
+def find_bad_images(paths, max_pixels, sizes=None):
+    """Checks every image once (`inspect_image_file`), `PREFLIGHT_WORKERS` at a time.
 
     Args:
         paths: The image files.
         max_pixels: The limit on an image's pixels (`data.max_pixels`).
+        sizes: A dict that gets the `ImageSize` of each usable image, by
+            path; or None.
 
     Returns:
         A list of `(path, reason)` for the files that are not usable images.
     """
-    reasons = _map_in_order(lambda path: check_image_file(path, max_pixels), paths,
-                            PREFLIGHT_WORKERS)
-    return [(p, r) for p, r in zip(paths, reasons) if r is not None]
+    found = _map_in_order(lambda path: inspect_image_file(path, max_pixels), paths,
+                          PREFLIGHT_WORKERS)
+    bad = []
+    for path, (reason, size) in zip(paths, found):
+        if reason is not None:
+            bad.append((path, reason))
+        elif sizes is not None:
+            sizes[path] = size
+    return bad
 
 
 def _map_in_order(fn, items, workers):
@@ -346,7 +372,7 @@ def open_image_data(data, root, *, seed, skip_bad=False):
             images over `data["max_pixels"]`.
     """
     source = data["source"]
-    image_size = tuple(data["image_size"])
+    image_size = data["image_size"]  # a list, or "auto" (decided by the preflight)
     if source.startswith("tfds:"):
         return _open_tfds(source[len("tfds:"):], image_size, data["validation_split"])
     skip_bad = skip_bad or data["skip_bad"]
@@ -410,9 +436,12 @@ def _open_files(files, class_names, origin, image_size, validation_split, seed, 
         files: Dict of split name to a list of `(path string, label)`.
         class_names: Class names, index = label.
         origin: The train folder or the manifest, for the messages.
+        image_size: `[height, width]`, or "auto": from the sizes of the
+            training images the preflight reads (`auto.choose_image_size`).
         report: Lines already to show (a manifest's skipped rows).
     """
-    files = drop_bad_images(files, max_pixels, skip_bad, report)
+    sizes = {}
+    files = drop_bad_images(files, max_pixels, skip_bad, report, sizes=sizes)
     counts = {s: _count(f, len(class_names)) for s, f in files.items()}
     empty = [class_names[i] for i, n in enumerate(counts["train"]) if n == 0]
     if empty:
@@ -424,13 +453,18 @@ def _open_files(files, class_names, origin, image_size, validation_split, seed, 
     counts = {s: _count(f, len(class_names)) for s, f in files.items()}
     report[:0] = [*splits_lib.count_table(class_names, counts),
                   splits_lib.balance_line(class_names, counts["train"])]
+    choices = []
+    if auto.is_auto(image_size):
+        choices.append(auto.choose_image_size([(sizes[p].width, sizes[p].height)
+                                               for p, _ in files["train"]]))
+        image_size = choices[-1].value
+    image_size = tuple(image_size)
     splits = {s: _paths_dataset(f, image_size) for s, f in files.items()}
-    sizes = {s: len(f) for s, f in files.items()}
-    return ImageData(class_names, image_size, splits, sizes, report,
-                     class_counts=counts["train"])
+    return ImageData(class_names, image_size, splits, {s: len(f) for s, f in files.items()},
+                     report, class_counts=counts["train"], auto_choices=choices)
 
 
-def drop_bad_images(files, max_pixels, skip_bad, report):
+def drop_bad_images(files, max_pixels, skip_bad, report, sizes=None):
     """The preflight: checks every listed image once (`find_bad_images`).
 
     Args:
@@ -438,6 +472,8 @@ def drop_bad_images(files, max_pixels, skip_bad, report):
         max_pixels: The limit on an image's pixels (`data.max_pixels`).
         skip_bad: Drop the unusable images instead of failing.
         report: A list that gets the line saying how many were skipped.
+        sizes: A dict that gets each usable image's `ImageSize` by path
+            (its header's, read by the same check), or None.
 
     Returns:
         `files` without the unusable images.
@@ -445,7 +481,8 @@ def drop_bad_images(files, max_pixels, skip_bad, report):
     Raises:
         DataError: naming the first unusable images, without `skip_bad`.
     """
-    bad = find_bad_images([p for split in files.values() for p, _ in split], max_pixels)
+    bad = find_bad_images([p for split in files.values() for p, _ in split], max_pixels,
+                          sizes)
     if bad and not skip_bad:
         shown = "; ".join(f"{p} ({r})" for p, r in bad[:3])
         more = f" and {len(bad) - 3} more" if len(bad) > 3 else ""
@@ -492,6 +529,11 @@ def _open_tfds(name, image_size, validation_split):
     builder = prepared_builder(name)
     info = builder.info
     label_feature = info.features["label"]
+    choices = []
+    if auto.is_auto(image_size):
+        choices.append(_tfds_image_size(name, info))
+        image_size = choices[-1].value
+    image_size = tuple(image_size)
     available = set(info.splits.keys())
     wanted = {"train": "train"}
     if "validation" in available:
@@ -510,4 +552,20 @@ def _open_tfds(name, image_size, validation_split):
                                           else x, image_size), tf.cast(y, tf.int32)),
             num_parallel_calls=tf.data.AUTOTUNE)
     report = [f"TFDS {name}: " + ", ".join(f"{s} {n}" for s, n in sizes.items())]
-    return ImageData(list(label_feature.names), image_size, splits, sizes, report)
+    return ImageData(list(label_feature.names), image_size, splits, sizes, report,
+                     auto_choices=choices)
+
+
+def _tfds_image_size(name, info):
+    """The `auto` image size of a TFDS data set: from the size its features
+    declare (`tfds:cifar10`: 32x32), which every image has.
+
+    Raises:
+        DataError: its images have no declared size (they vary).
+    """
+    shape = info.features["image"].shape if "image" in info.features else None
+    if not shape or shape[0] is None or shape[1] is None:
+        raise DataError(f'data.image_size = "auto" needs images of one declared size; '
+                        f"tfds:{name}'s images vary: set data.image_size = [height, width]")
+    height, width = shape[:2]
+    return auto.choose_image_size([(width, height)] * info.splits["train"].num_examples)

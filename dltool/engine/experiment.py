@@ -5,7 +5,9 @@
 `section.key=value` overrides), the template's task, the project's
 `model.py`, then, as each command needs them, the strategy and precision,
 the data and its batched datasets, and the model (fresh, or a run's best
-weights).
+weights). Opening the data decides the config's `auto` values
+(`dltool.core.auto`): the experiment's config holds them from then on, so
+the model is built, and the run folder written, with the values chosen.
 """
 
 import importlib.util
@@ -15,9 +17,10 @@ from pathlib import Path
 import dltool._tf  # noqa: F401  (first: TensorFlow's environment, before keras_tuner loads it)
 import keras_tuner  # noqa: E402
 
+from dltool.core import auto
 from dltool.core import config as config_lib
 from dltool.core import project as project_lib
-from dltool.core.errors import ProjectError
+from dltool.core.errors import ConfigError, ProjectError
 from dltool.data import pipeline
 from dltool.engine import runtime
 from dltool.tasks import task_for
@@ -39,6 +42,8 @@ class Experiment:
     Attributes:
         task: The template's `dltool.tasks.Task`.
         model_module: The project's imported `model.py`.
+        auto_choices: The `dltool.core.auto.Choice`s `open_data` made for
+            the config's `auto` values (empty before, or without any).
 
     Raises:
         ProjectError: `model.py` is missing or broken.
@@ -51,7 +56,10 @@ class Experiment:
         self.run = run
         self.task = task_for(config.template)
         self.task.check_config(config)  # e.g. settings multi-label data cannot use
+        auto.check(config)  # e.g. model.batchnorm_momentum = "fast"
         self.model_module = load_model_module(project_dir)
+        self.auto_choices = []
+        self._data_facts = None
 
     @classmethod
     def open(cls, project_dir, overrides=()):
@@ -103,11 +111,47 @@ class Experiment:
         """Opens the config's data through the task (see `Task.open_data`),
         prepared as the run's training prepared it when opened `for_run`,
         or as `run_meta` says (the vocabulary of the weights training starts
-        from, `dltool.engine.initfrom.data_meta`)."""
+        from, `dltool.engine.initfrom.data_meta`).
+
+        Then decides the config's `auto` values (`resolve`): the
+        experiment's `config` holds them from then on, `auto_choices` says
+        what was chosen, and the data's report ends with one line per choice.
+
+        Raises:
+            DataError: missing or unusable data.
+            ConfigError: an `auto` value this data cannot decide.
+        """
         if run_meta is None and self.run is not None:
             run_meta = self.run.meta
-        return self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad,
+        data = self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad,
                                    run_meta=run_meta)
+        self._data_facts = (data.sizes, getattr(data, "auto_choices", []))
+        self.config, self.auto_choices = self.resolve(self.config)
+        data.report = [*data.report, *(choice.line() for choice in self.auto_choices)]
+        return data
+
+    def resolve(self, config):
+        """Decides the `auto` values of `config` for the data `open_data` opened.
+
+        Args:
+            config: This experiment's config, or another for the same data
+                (a search's trial config: its own epochs).
+
+        Returns:
+            A tuple `(config, choices)`: the resolved `Config` (`config`
+            itself when nothing is `auto`) and the `Choice`s made.
+
+        Raises:
+            ConfigError: an `auto` value the data cannot decide.
+        """
+        if self._data_facts is None:
+            raise ConfigError("internal: the auto values are decided once the data is open")
+        sizes, chosen = self._data_facts
+        examples = sizes["train"]
+        if config["training"]["include_validation"]:
+            examples += sizes.get("val", 0)
+        resolved, choices = auto.resolve(config, examples, chosen)
+        return (resolved if choices else config), choices
 
     def datasets(self, data, config=None):
         """Returns batched `(train, val)` datasets; `val` is None without a split.
@@ -150,8 +194,13 @@ class Experiment:
             A tuple `(model, hp)`.
 
         Raises:
-            ConfigError: if a `[model]` key is not read by the model.
+            ConfigError: if a `[model]` key is not read by the model, or a
+                config value is still "auto" (the data is not open).
         """
+        left = auto.unresolved(self.config)
+        if left:
+            raise ConfigError(f'{left[0]} is "auto": it is decided when the data is read '
+                              "(a run's config holds the value chosen)")
         return build_model(self.model_module, self.config, self.task.model_kwargs(meta), hp)
 
     def load_trained_model(self, run):

@@ -346,6 +346,7 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
         source = None if init_from is None else \
             initfrom.open_source(project_dir, init_from, config.template)
         data = experiment.open_data(skip_bad=skip_bad, run_meta=initfrom.data_meta(source))
+        config = experiment.config  # its "auto" values decided by the data
         for line in [description, *data.report]:
             echo(line)
         train_ds, val_ds = experiment.datasets(data)
@@ -366,7 +367,8 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
             if start is not None:
                 initfrom.apply(start, backup_dir, echo)
             run = fit(model, config, run, data, train_ds, val_ds, strategy=strategy,
-                      backup_dir=backup_dir, cluster=cluster, echo=echo, **fit_options)
+                      backup_dir=backup_dir, cluster=cluster, echo=echo,
+                      auto_choices=experiment.auto_choices, **fit_options)
             if chief:  # the other workers' runs are deleted
                 if run.has_weights():  # `fit` leaves the last epoch's weights
                     model.load_weights(str(run.weights_file))
@@ -421,11 +423,12 @@ def calibrate(task, model, config, run, val_ds, echo):
 
 
 def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, cluster, echo,
-        **fit_options):
+        auto_choices=(), **fit_options):
     """Fits `model`, resuming from `backup_dir`, and records the run.
 
     `fit_options` (the task's `fit_options`, e.g. `class_weight`) go to
-    `model.fit`.
+    `model.fit`; `auto_choices` (the experiment's) are recorded in
+    `run.json` as `auto`: each `auto` key's value and reason.
 
     Returns:
         The `Run`.
@@ -433,6 +436,7 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
     for name, content in data.run_files.items():  # e.g. the test pairs
         run.write_text(name, content)
     run.update(status="running", pid=os.getpid(), meta=data.meta, sizes=data.sizes,
+               auto={c.key: c.record() for c in auto_choices},
                parameters=int(model.count_params()),
                precision=keras.mixed_precision.global_policy().name,
                replicas=strategy.num_replicas_in_sync)

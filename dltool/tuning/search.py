@@ -388,6 +388,7 @@ class Search:
         data = experiment.open_data(skip_bad=self.skip_bad)
         for line in [description, *data.report]:
             self.preamble(line)
+        trial_config, _ = experiment.resolve(trial_config)  # e.g. data.image_size = "auto"
         train_ds, val_ds = experiment.datasets(data, trial_config)
         fit_options = experiment.task.fit_options(config, data)  # e.g. class weights
         space = search_space.search_hyperparameters(config)

@@ -5,7 +5,10 @@ Keras model.
 keras-tuner calls it directly (`dltool tune`); `dltool train` calls it with a
 fresh `keras_tuner.HyperParameters()`, so every `hp.*` call returns its
 default, read from the `[model]` section of config.toml. Read each
-hyperparameter through `hp` under the same name as its config key.
+hyperparameter through `hp` under the same name as its config key. The
+config's "auto" values (`data.image_size`, `model.batchnorm_momentum`) are
+decided from the data before `build_model` is called, so `config` holds
+numbers here.
 
 Images arrive as float32 pixels in [0, 255], shape (height, width, 3); the
 model rescales them itself, so the exported SavedModel takes raw image bytes.

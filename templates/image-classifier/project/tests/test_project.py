@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from dltool.core import auto
 from dltool.core import project as project_lib
 from dltool.engine import experiment as experiment_lib
 from dltool.cli import cli
@@ -24,8 +25,17 @@ def test_config_is_valid():
     assert config.template == "image-classifier"
 
 
-def test_model_builds_from_config():
+def _config():
+    """The project's config, its "auto" values (e.g. data.image_size) decided
+    as `dltool train` decides them for the built-in sample: 450 training
+    images of 32x32."""
     config = project_lib.load_config(PROJECT)
+    config, _ = auto.resolve(config, 450, [auto.choose_image_size([(32, 32)] * 450)])
+    return config
+
+
+def test_model_builds_from_config():
+    config = _config()
     module = experiment_lib.load_model_module(PROJECT)
     model, hp = experiment_lib.build_model(module, config, {"num_classes": 4})
     height, width = config["data"]["image_size"]
@@ -40,7 +50,7 @@ def test_model_builds_from_config():
 
 def test_multi_label_model_ends_in_a_sigmoid_per_label():
     """With data.multi_label = true each label is a yes/no of its own."""
-    config = project_lib.load_config(PROJECT)
+    config = _config()
     module = experiment_lib.load_model_module(PROJECT)
     model, _ = experiment_lib.build_model(module, config,
                                           {"num_classes": 4, "multi_label": True})
@@ -57,7 +67,7 @@ def test_search_space_fits_the_model():
     """Every [search] entry is a hyperparameter build_model reads, of its type."""
     from dltool.tuning import space as search_space
 
-    config = project_lib.load_config(PROJECT)
+    config = _config()
     module = experiment_lib.load_model_module(PROJECT)
     data_kwargs = {"num_classes": 4}
     _, declared = experiment_lib.build_model(module, config, data_kwargs)
