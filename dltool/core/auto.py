@@ -33,20 +33,21 @@ AUTO = "auto"
 IMAGE_SIZE_STEP = 16
 IMAGE_SIZE_MIN = 16
 # The cap is the CPU's training cost, which grows with the pixels: one epoch
-# (forward and backward, batch 64) of the template's model took 3.8 s per
-# 1,000 images at 32x32, 29.4 s at 64x64, 53.6 s at 96x96 and 110.9 s at
-# 128x128 (2 AMD EPYC cores shared with other jobs, so the ratios count:
-# 1 : 7.7 : 14 : 29). At the cap, 1,000 images cost about what CIFAR-10's
-# 7,200 cost at 32x32 (44 epochs: 1,294 s against 1,204 s at these rates).
+# (forward and backward, batch 64) of the template's model took 7.3 s per
+# 1,000 images at 32x32, 41.8 s at 64x64, 86.4 s at 96x96 and 183.7 s at
+# 128x128 (`bench/defaults.py --image-cost 32 64 96 128`, 2 AMD EPYC cores
+# shared with other jobs, so the ratios count: 1 : 5.7 : 12 : 25; an earlier
+# run gave 1 : 7.7 : 14 : 29). At the cap, an epoch of 1,000 images costs
+# about one of CIFAR-10's 7,200 at 32x32 (0.8 and 1.07 times in the two runs).
 IMAGE_SIZE_CAP = 64
 
 # training.epochs: as many epochs as make TARGET_STEPS optimizer steps,
 # between MIN_EPOCHS and MAX_EPOCHS. MAX_EPOCHS is the image template's
 # former default (44), which CIFAR-10's 7,200 training images (113 steps
-# of 64 a epoch, 4,972 steps in all) were measured with: test accuracy 0.772
+# of 64 an epoch, 4,972 steps in all) were measured with: test accuracy 0.772
 # in 489 s. A smaller set keeps the 44 epochs (their steps are short); a
 # larger one gets fewer, so that its training time stays near CIFAR-10's
-# instead of growing with the data (a 50,000-image set: 782 steps a epoch,
+# instead of growing with the data (a 50,000-image set: 782 steps an epoch,
 # 10 epochs).
 TARGET_STEPS = 5_000
 MIN_EPOCHS = 10
@@ -61,8 +62,11 @@ MAX_EPOCHS = 44
 # 120 steps), test accuracy: 0.16 with 0.99 (nearly one class predicted; its
 # start still weighs 0.99 ** 120 = 0.30), 0.335 with 0.9, 0.35 with 0.8 and
 # 0.375 with 0.95, which this rule gives (200 test images: +-0.03 is noise).
-# On CIFAR-10's 7,200 (4,972 steps) 0.99 gave 0.772 against 0.760 with 0.9,
-# and this rule gives 0.99 from 600 steps on.
+# On 450 CIFAR-10 images for 44 epochs (352 steps) this rule's 0.983 gave
+# 0.3925 against 0.2010 with 0.99; on CIFAR-10's 7,200 (4,972 steps) 0.99
+# gave 0.772 against 0.760 with 0.9 (bench/defaults.py, README). The rule
+# gives 0.99 from 600 steps on, which is not the best everywhere: at 1,800
+# images (1,276 steps) 0.99 gave 0.5835, 0.96 gave 0.6100 and 0.9 0.6165.
 MOMENTUM_RUN_FRACTION = 6
 MOMENTUM_MIN = 0.9
 MOMENTUM_MAX = 0.99
