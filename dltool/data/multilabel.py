@@ -23,6 +23,7 @@ import random
 import numpy as np
 
 from dltool._tf import tf
+from dltool.core import auto
 from dltool.core.errors import DataError
 from dltool.data import images, manifests, text
 from dltool.data.splits import parse_labels
@@ -122,7 +123,8 @@ def open_image_data(data, root, *, seed, skip_bad=False):
     declared = text._comma_list(data["labels"]) or None
     rows = manifests.read_manifest(manifest, skip_bad, report, data["label_separator"],
                                    declared)
-    rows = images.drop_bad_images(rows, data["max_pixels"], skip_bad, report)
+    sizes = {}
+    rows = images.drop_bad_images(rows, data["max_pixels"], skip_bad, report, sizes=sizes)
     class_names = declared or sorted({label for _, labels in rows["train"] for label in labels})
     held_out = "val" not in rows and data["validation_split"] > 0
     if held_out:
@@ -136,14 +138,19 @@ def open_image_data(data, root, *, seed, skip_bad=False):
         once = " once the validation rows are held out" if held_out else ""
         raise DataError(f"label {missing[0]!r} has no training rows in {manifest}{once}")
     report[:0] = report_lines(class_names, lists)
-    image_size = tuple(data["image_size"])
+    image_size, choices = data["image_size"], []
+    if auto.is_auto(image_size):
+        choices.append(auto.choose_image_size([(sizes[p].width, sizes[p].height)
+                                               for p, _ in rows["train"]]))
+        image_size = choices[-1].value
+    image_size = tuple(image_size)
     splits = {s: images._paths_dataset(list(zip([p for p, _ in entries],
                                                 multi_hot(lists[s], class_names).tolist())),
                                        image_size, tf.float32)
               for s, entries in rows.items()}
     return images.ImageData(class_names, image_size, splits,
                             {s: len(entries) for s, entries in rows.items()}, report,
-                            class_counts=counts)
+                            class_counts=counts, auto_choices=choices)
 
 
 def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from dltool._tf import keras, tf
-from dltool.core import auto, files
+from dltool.core import files
 from dltool.core.errors import ConfigError, DataError
 from dltool.data import images
 from dltool.data import multilabel as data_multilabel
@@ -13,9 +13,6 @@ from dltool.report import plots
 from dltool.report.reports import Section
 from dltool.tasks import classifier, gradcam, multilabel
 from dltool.tasks.base import ServingEndpoint
-
-# `data.image_size = "auto"` of multi-label data (see `open_data`).
-MULTI_LABEL_IMAGE_SIZE = (32, 32)
 
 
 class ImageClassifierTask(classifier.ClassifierTask):
@@ -38,17 +35,10 @@ class ImageClassifierTask(classifier.ClassifierTask):
             export predicts; its `auto_choices` hold the image size chosen
             for `data.image_size = "auto"`.
         """
-        settings, choices = config["data"], []
-        if settings["multi_label"] and auto.is_auto(settings["image_size"]):
-            # dltool.data.multilabel reads its manifest's images without
-            # their sizes: its "auto" is the size the template had before.
-            choices.append(auto.Choice("data.image_size", list(MULTI_LABEL_IMAGE_SIZE),
-                                       "multi-label data: the images' sizes are not read"))
-            settings = {**settings, "image_size": choices[0].value}
+        settings = config["data"]
         open_data = data_multilabel.open_image_data if settings["multi_label"] \
             else images.open_image_data
         data = open_data(settings, root, seed=config["training"]["seed"], skip_bad=skip_bad)
-        data.auto_choices = [*choices, *data.auto_choices]
         data.meta = {"class_names": data.class_names, "image_size": list(data.image_size),
                      "max_pixels": config["data"]["max_pixels"],
                      **multilabel.data_meta(config["data"])}
