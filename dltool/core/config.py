@@ -41,7 +41,8 @@ class Field:
 
     Args:
         default: Value used when the key is absent; its type is the key's type.
-        choices: If set, the only values allowed.
+        choices: If set, the only values allowed; for a list key, words it
+            takes besides a list (`data.image_size = "auto"`).
         minimum: If set, the smallest number allowed (of a list: of each item).
         maximum: If set, the largest number allowed (of a list: of each item).
         length: For list values, the required number of items.
@@ -66,7 +67,7 @@ class Field:
         if self.weights:
             return ("one of " + ", ".join(str(c) for c in self.choices) +
                     f", or a table of class names to weights above 0 (at most {MAX_WEIGHT:g})")
-        if self.choices:
+        if self.choices and not isinstance(self.default, list):
             return "one of " + ", ".join(str(c) for c in self.choices)
         kind = _KIND_NAMES[type(self.default)]
         if isinstance(self.default, list):
@@ -79,6 +80,8 @@ class Field:
             kind += f" >= {self.minimum}"
         elif self.maximum is not None:
             kind += f" <= {self.maximum}"
+        if self.choices:  # a list that also takes a word, e.g. data.image_size = "auto"
+            kind += ", or " + " or ".join(f'"{c}"' for c in self.choices)
         return kind
 
 
@@ -123,6 +126,12 @@ COMMON_SECTIONS = {
         # (dltool.tasks.calibration): the classifier templates' default is
         # true; a template without classes refuses true (`Task.fit_options`).
         "calibrate": Field(False),
+        # The two phases of a model with a pretrained backbone
+        # (`model.backbone` a KerasHub preset; dltool.engine.phases): the
+        # head alone for these epochs, then every layer at this fraction of
+        # the learning rate. Without a pretrained backbone both are unused.
+        "freeze_backbone_epochs": Field(5, minimum=0, maximum=MAX_EPOCHS),
+        "fine_tune_lr_factor": Field(0.01, minimum=1e-6, maximum=1.0),
     },
     "tune": {
         "tuner": Field("random", choices=TUNERS),
@@ -441,6 +450,8 @@ def _check(name, field, value):
     if field.weights and isinstance(value, dict):
         return _check_weights(name, field, value)
     expected = type(field.default)
+    if expected is list and field.choices and value in field.choices:
+        return value
     if field.duration:
         parse_duration(value, name)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
@@ -448,7 +459,7 @@ def _check(name, field, value):
     if field.duration:
         return value  # as written (a number of minutes, or e.g. "30m"): digests stay
     ok = isinstance(value, expected) and not (expected is not bool and isinstance(value, bool))
-    if ok and field.choices:
+    if ok and field.choices and expected is not list:
         ok = value in field.choices
     if ok and _is_number(value):
         ok = _in_range(field, value)

@@ -20,7 +20,7 @@ from dltool.core import project as project_lib
 from dltool.core.errors import ProjectError
 from dltool.data import pipeline
 from dltool.engine import runtime
-from dltool.tasks import task_for
+from dltool.tasks import phases, task_for
 
 MODEL_FILE = "model.py"
 
@@ -162,7 +162,7 @@ class Experiment:
             model, _ = self.build_model(run.meta)
         model.optimizer.build(model.trainable_variables)  # so its saved state loads too
         try:
-            model.load_weights(str(run.weights_file))
+            phases.load_best_weights(model, run.weights_file)
         except (ValueError, OSError) as e:
             raise ProjectError(f"the weights of run {run.name} do not fit model.py as it "
                                f"is now: {str(e).splitlines()[0]}") from e
