@@ -213,11 +213,18 @@ def info(project, overrides, quiet, as_json):
     """Show versions, devices, and the strategy and precision a run would use."""
     _check_output_flags(quiet, as_json)
     with user_errors():
-        runtime_section = _runtime_section(project, overrides)
+        config = _project_config(project, overrides)
+        from dltool.core.config import COMMON_SECTIONS
         from dltool.engine import runtime
 
+        runtime_section = config["runtime"] if config is not None else \
+            {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
         facts = {"dltool": dltool.__version__, "python": platform.python_version(),
                  **runtime.describe(runtime_section)}
+        if config is not None:
+            from dltool.tasks import task_for
+
+            facts.update(task_for(config.template).model_facts(config))
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -231,13 +238,13 @@ def info(project, overrides, quiet, as_json):
             click.echo(f"{'':<12} {line}")
 
 
-def _runtime_section(project, overrides):
-    """The project's runtime settings; the defaults outside a project."""
-    from dltool.core.config import COMMON_SECTIONS, CONFIG_FILE
+def _project_config(project, overrides):
+    """The project's config; None outside a project."""
+    from dltool.core.config import CONFIG_FILE
 
     if not project.given and not Path(CONFIG_FILE).is_file():
-        return {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
-    return project.config(overrides)["runtime"]
+        return None
+    return project.config(overrides)
 
 
 @cli.command()

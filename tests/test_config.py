@@ -93,8 +93,8 @@ def test_cli_reports_config_error_in_one_line(runner, project):
     assert result.output.strip() == (
         "Error: unknown config key 'training.batchsize'; did you mean training.batch_size? "
         "(allowed: batch_size, calibrate, class_weight, deterministic, early_stopping_patience, "
-        "epochs, include_validation, lr_schedule, monitor, seed, time_budget, verbose, "
-        "warmup_epochs)")
+        "epochs, fine_tune_lr_factor, freeze_backbone_epochs, include_validation, lr_schedule, "
+        "monitor, seed, time_budget, verbose, warmup_epochs)")
 
 
 def test_model_key_not_read_by_build_model(runner, project):
@@ -115,7 +115,7 @@ def test_unknown_template_message_lists_the_templates(project):
 def test_template_schema_comes_from_template_toml():
     image = config_lib.schema_for("image-classifier")
     assert image["data"]["image_size"] == config_lib.Field([32, 32], length=2, minimum=16,
-                                                         maximum=4096)
+                                                         maximum=4096, choices=("auto",))
     assert image["training"]["epochs"].default == 44  # the template's own default
     assert image["training"]["epochs"].minimum == 1  # the rest from COMMON_SECTIONS
     assert config_lib.COMMON_SECTIONS["training"]["epochs"].default == 10

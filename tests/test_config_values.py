@@ -34,7 +34,7 @@ def _assert_refused(result, project, *expected):
     ("data.validation_split=nan",
      "data.validation_split must be a number from 0.0 to 0.9; got nan"),
     ("data.image_size=[1, 1]",
-     "data.image_size must be a list of 2 integers from 16 to 4096; got [1, 1]"),
+     'data.image_size must be a list of 2 integers from 16 to 4096, or "auto"; got [1, 1]'),
     ("data.image_size=[15, 32]", "data.image_size must be a list of 2 integers from 16"),
     ("data.image_size=[100000, 100000]", "data.image_size must be a list of 2 integers"),
     ("model.learning_rate=nan", "model.learning_rate must be a finite number; got nan"),

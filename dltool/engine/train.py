@@ -388,7 +388,7 @@ def _phases_to_run(model, config, run, backup, strategy, echo):
     phases = phases_lib.plan(config, model)
     described = phases_lib.describe(model, phases)
     if described:
-        run.update(phases=described)
+        run.update(backbone=config.model.get("backbone"), phases=described)
         for line in phases_lib.phase_lines(described):
             echo(line)
     compile_config = model.get_compile_config()

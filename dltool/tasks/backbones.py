@@ -27,6 +27,7 @@ import keras_hub  # noqa: E402
 
 from dltool.core.config import did_you_mean
 from dltool.core.errors import ConfigError
+from dltool.tasks import phases
 
 SCRATCH = "scratch"
 KINDS = ("image", "text")
@@ -134,7 +135,7 @@ def _check_folder(name, folder, kind):
 
     Reads only its `config.json` (JSON) and the registered class it names.
     """
-    where = f"model.backbone: {name!r} ({folder})"
+    where = f"model.backbone: {name!r}" + (f" ({folder})" if str(folder) != name else "")
     if not folder.is_dir():
         raise ConfigError(f"{where}: no such folder (and no KerasHub preset of that name)")
     config_file = folder / "config.json"
@@ -256,3 +257,41 @@ def check_image_size(backbone, preset, image_size):
     if any(dim == 0 for dim in features.shape[1:]):
         raise ConfigError(f"data.image_size {list(image_size)} is too small for the backbone "
                           f"of preset {preset.name!r} (its feature map would be empty)")
+
+
+def info_facts(config, kind):
+    """What `dltool info` says of the project's backbone and its phases.
+
+    Args:
+        config: The project's `Config`, checked (`Task.check_config`).
+        kind: `image` or `text`.
+
+    Returns:
+        A dict: `backbone` (a line) and, for a pretrained one, `phases` (a
+        line per phase: its epochs, what trains, the backbone's parameters
+        that do; the head's size depends on the data's classes, and the run
+        report gives the whole count).
+
+    Raises:
+        ConfigError: see `find_preset`.
+    """
+    preset = find_preset(config, kind)
+    if preset is None:
+        return {"backbone": "scratch (the template's own model, from random weights)"}
+    backbone = load_architecture(preset)
+    total = backbone.count_params()
+    phases.set_backbone_trainable(backbone, True)
+    tuned = phases.trainable_parameters(backbone)
+    where = f"local preset folder {preset.handle}" if preset.local else "KerasHub preset"
+    lines = []
+    for phase in phases.pretrained_plan(config):
+        epochs = f"phase {phase.number}, epochs {phase.first_epoch + 1}-{phase.end_epoch}"
+        if phase.backbone_trainable:
+            lines.append(f"{epochs}: every layer, at {phase.rate_factor:g} x the learning "
+                         f"rate: the backbone's {tuned:,} trainable parameters (its "
+                         f"BatchNormalization's {total - tuned:,} frozen) and the head")
+        else:
+            lines.append(f"{epochs}: the head only (the backbone's {total:,} parameters "
+                         "frozen)")
+    return {"backbone": f"{preset.name} ({where}), {type(backbone).__name__}, {total:,} "
+                        "parameters", "phases": lines}

@@ -65,6 +65,12 @@ class ImageClassifierTask(classifier.ClassifierTask):
             size = config.sections["data"]["image_size"] = backbones.preset_image_size(preset)
         backbones.check_image_size(backbones.load_architecture(preset), preset, size)
 
+    def model_facts(self, config):
+        """The backbone, scratch or pretrained, and what each phase trains
+        (`backbones.info_facts`), once the config is checked."""
+        self.check_config(config)
+        return backbones.info_facts(config, "image")
+
     def max_pixels(self, meta):
         """Returns the limit on an input image's pixels a model applies.
 

@@ -80,10 +80,15 @@ def plan(config, model):
         a phase of no epochs is left out (`freeze_backbone_epochs = 0`: phase
         2 only, at the lower rate).
     """
+    if not backbone_layers(model):
+        return [Phase(0, 0, config["training"]["epochs"], True, 1.0)]
+    return pretrained_plan(config)
+
+
+def pretrained_plan(config):
+    """The phases of a run with a pretrained backbone (see `plan`)."""
     training = config["training"]
     epochs = training["epochs"]
-    if not backbone_layers(model):
-        return [Phase(0, 0, epochs, True, 1.0)]
     frozen = min(training["freeze_backbone_epochs"], epochs)
     phases = [Phase(1, 0, frozen, False, 1.0),
               Phase(2, frozen, epochs, True, training["fine_tune_lr_factor"])]
@@ -98,11 +103,18 @@ def phase_of(phases, epoch):
 def set_trainable(model, phase):
     """Sets which layers train in `phase` (see the module's docstring)."""
     for backbone in backbone_layers(model):
-        backbone.trainable = phase.backbone_trainable
-        if phase.backbone_trainable:
-            for layer in backbone._flatten_layers(include_self=False):
-                if isinstance(layer, keras.layers.BatchNormalization):
-                    layer.trainable = False  # inference mode, pretrained statistics
+        set_backbone_trainable(backbone, phase.backbone_trainable)
+
+
+def set_backbone_trainable(backbone, trainable):
+    """Freezes a backbone, or unfreezes every layer of it but its
+    BatchNormalization layers (kept in inference mode, with their pretrained
+    statistics)."""
+    backbone.trainable = trainable
+    if trainable:
+        for layer in backbone._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = False
 
 
 def enter(model, phase, compile_config):
