@@ -22,8 +22,17 @@ import dataclasses
 import json
 from pathlib import Path
 
-from dltool._tf import keras  # first: TensorFlow's environment, before keras_hub
+from dltool._tf import keras, tf  # first: TensorFlow's environment, before keras_hub
 import keras_hub  # noqa: E402
+
+try:
+    # The ops of a text preset's tokenizer (WordPiece: RegexSplitWithOffsets,
+    # ...), registered before a SavedModel holding them loads: without them
+    # `tf.saved_model.load` fails with "Op type not registered". KerasHub
+    # depends on TensorFlow Text except on Windows.
+    import tensorflow_text  # noqa: F401, E402
+except ImportError:  # pragma: no cover
+    tensorflow_text = None
 
 from dltool.core.config import did_you_mean
 from dltool.core.errors import ConfigError
@@ -259,6 +268,41 @@ def check_image_size(backbone, preset, image_size):
                           f"of preset {preset.name!r} (its feature map would be empty)")
 
 
+def text_preprocessor(preset, sequence_length):
+    """The preset's text preprocessor (its tokenizer and packer: KerasHub's
+    `TextClassifierPreprocessor.from_preset`), cutting or padding every text
+    to `sequence_length` tokens.
+
+    Raises:
+        ConfigError: see `loading_errors`.
+    """
+    with loading_errors(preset):
+        preprocessor = keras_hub.models.TextClassifierPreprocessor.from_preset(
+            preset.handle, sequence_length=sequence_length)
+    preprocessor.build(None)  # a built layer can be tracked by the export
+    return preprocessor
+
+
+def text_features(preprocessor, texts):
+    """The backbone's inputs of a 1-D string tensor (`text_preprocessor`'s
+    output, e.g. BERT's `token_ids`, `segment_ids` and `padding_mask`), all
+    int32: the training pipeline and the exported model both use it."""
+    return {name: tf.cast(value, tf.int32) for name, value in preprocessor(texts).items()}
+
+
+def check_sequence_length(backbone, preset, sequence_length):
+    """Refuses a `data.sequence_length` above what the backbone's position
+    embedding holds (its `max_sequence_length`, when it has one).
+
+    Raises:
+        ConfigError: naming `data.sequence_length` and the most it takes.
+    """
+    most = getattr(backbone, "max_sequence_length", None)
+    if most is not None and sequence_length > most:
+        raise ConfigError(f"data.sequence_length {sequence_length}: the backbone of preset "
+                          f"{preset.name!r} takes at most {most} tokens")
+
+
 def info_facts(config, kind):
     """What `dltool info` says of the project's backbone and its phases.
 
@@ -287,9 +331,11 @@ def info_facts(config, kind):
     for phase in phases.pretrained_plan(config):
         epochs = f"phase {phase.number}, epochs {phase.first_epoch + 1}-{phase.end_epoch}"
         if phase.backbone_trainable:
+            frozen = f" (its BatchNormalization's {total - tuned:,} frozen)" \
+                if total != tuned else ""
             lines.append(f"{epochs}: every layer, at {phase.rate_factor:g} x the learning "
-                         f"rate: the backbone's {tuned:,} trainable parameters (its "
-                         f"BatchNormalization's {total - tuned:,} frozen) and the head")
+                         f"rate: the backbone's {tuned:,} trainable parameters{frozen} and "
+                         "the head")
         else:
             lines.append(f"{epochs}: the head only (the backbone's {total:,} parameters "
                          "frozen)")

@@ -179,12 +179,21 @@ def describe(model, phases):
         set_trainable(model, phase)
         described.append({
             "phase": phase.number, "epochs": [phase.first_epoch + 1, phase.end_epoch],
-            "trains": "the head (backbone frozen)" if not phase.backbone_trainable else
-                      "every layer (the backbone's BatchNormalization frozen)",
+            "trains": _trains(model, phase),
             "learning_rate_factor": phase.rate_factor,
             "trainable_parameters": trainable_parameters(model)})
     set_trainable(model, phases[0])
     return described
+
+
+def _trains(model, phase):
+    """What `phase` trains, in words."""
+    if not phase.backbone_trainable:
+        return "the head (backbone frozen)"
+    batchnorm = any(isinstance(layer, keras.layers.BatchNormalization)
+                    for backbone in backbone_layers(model)
+                    for layer in backbone._flatten_layers(include_self=False))
+    return "every layer" + (" (the backbone's BatchNormalization frozen)" if batchnorm else "")
 
 
 def phase_lines(described):
