@@ -289,3 +289,79 @@ def test_scratch_is_unchanged(runner, project):
     assert hp.values["backbone"] == "scratch" and not phases.backbone_layers(model)
     assert phases.plan(experiment.config, model) == [phases.Phase(0, 0, 44, True, 1.0)]
     assert phases.describe(model, phases.plan(experiment.config, model)) == []
+
+
+@pytest.fixture(scope="module")
+def trained_text_project(tmp_path_factory, text_preset):
+    """A sentiment project on the tiny BERT preset, trained 2 epochs (one per
+    phase) on the embedded sentences cut to 16 tokens, and exported."""
+    from click.testing import CliRunner
+
+    project = tmp_path_factory.mktemp("backbone") / "reviews"
+    runner = CliRunner()
+    assert invoke(runner, "new", "sentiment", project).exit_code == 0
+    _set_backbone(project, str(text_preset))
+    for args in (("train", "--project", project, "--epochs", 2, *FAST,
+                  "--set", "data.sequence_length=16"),
+                 ("export", "--project", project)):
+        result = invoke(runner, *args)
+        assert result.exit_code == 0, result.output
+    return project
+
+
+def test_text_backbone_trains_exports_and_predicts(runner, trained_text_project,
+                                                   monkeypatch):
+    run = runs.find_trained(trained_text_project)
+    assert [p["trains"] for p in run["phases"]] == ["the head (backbone frozen)",
+                                                    "every layer"]  # BERT: no BatchNorm
+    assert run["phases"][0]["trainable_parameters"] == 16 * 2 + 2  # pooled output to 2
+    assert run["meta"]["backbone"].endswith("tiny_bert") and run["meta"]["vocabulary"][:2] \
+        == ["[PAD]", "[UNK]"]
+    texts = ["a good movie", "the film is not bad", "bad"]
+    model = Experiment.for_run(trained_text_project, run).load_trained_model(run)
+    preprocessor = backbones.text_preprocessor(
+        backbones.Preset("tiny", run["meta"]["preset"], local=True), 16)
+    expected = calibration.scaled(np.asarray(model(backbones.text_features(
+        preprocessor, tf.constant(texts)), training=False)), run["meta"]["temperature"])
+    version = trained_text_project / "saved_models" / "reviews" / "1"
+    outputs = tf.saved_model.load(str(version)).signatures["serving_default"](
+        texts=tf.constant(texts))  # raw strings in: the tokenizer is in the graph
+    np.testing.assert_allclose(outputs["probabilities"].numpy(), expected, atol=1e-4)
+    names = run["meta"]["class_names"]
+    labels = [c.decode() for c in outputs["label"].numpy()]
+    assert labels == [names[i] for i in expected.argmax(-1)]
+
+    monkeypatch.chdir(trained_text_project)
+    result = invoke(runner, "predict", texts[0])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines()[-1].startswith(f"{texts[0]}: {labels[0]} ")
+    result = invoke(runner, "export", "--format", "onnx")
+    assert result.exit_code == 1 and "no onnx export yet" in result.output
+
+
+@pytest.mark.parametrize("value, overrides, message", [
+    ("bert_tiny_en_uncased", (), "cannot download preset bert_tiny_en_uncased: no network"),
+    ("bert_tiny_en_uncase", (), "unknown preset 'bert_tiny_en_uncase'; did you mean "
+                                "bert_tiny_en_uncased"),
+    ("resnet_18_imagenet", (), "'resnet_18_imagenet' is an image preset; this template takes a text backbone"),
+    ("IMAGE_PRESET", (), "holds an image backbone (ResNetBackbone); this template takes a text"),
+    ("TEXT_PRESET", (), "data.sequence_length 48: the backbone of preset"),
+    ("TEXT_PRESET", ("data.sequence_length=16", "data.multi_label=true",
+                     'training.monitor="val_loss"', 'tune.objective="val_loss"'),
+     "data.multi_label: the sentiment template takes multi-label data with "
+     'model.backbone = "scratch" only'),
+])
+def test_bad_text_backbone_is_one_line_and_writes_nothing(runner, tmp_path, image_preset,
+                                                          text_preset, value, overrides,
+                                                          message):
+    project = tmp_path / "reviews"
+    assert invoke(runner, "new", "sentiment", project).exit_code == 0
+    folders = {"TEXT_PRESET": text_preset, "IMAGE_PRESET": image_preset}
+    _set_backbone(project, str(folders.get(value, value)))
+    sets = [arg for override in overrides for arg in ("--set", override)]
+    for command in ("info", "train"):
+        result = invoke(runner, command, "--project", project, *sets)
+        assert result.exit_code == 1, result.output
+        (line,) = result.stderr.strip().splitlines()
+        assert message in line
+    assert not (project / "runs").exists()

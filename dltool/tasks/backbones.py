@@ -46,6 +46,7 @@ _TASKS = {"image": keras_hub.models.ImageClassifier, "text": keras_hub.models.Te
 # What each kind needs besides the backbone, as `save_to_preset` names it.
 _PREPROCESSING_FILES = {"image": ("image_converter.json", "ImageConverter"),
                         "text": ("tokenizer.json", "Tokenizer")}
+_WITH_ARTICLE = {"image": "an image", "text": "a text"}
 _EXAMPLES = {"image": "resnet_18_imagenet, mobilenet_v3_small_100_imagenet",
              "text": "bert_tiny_en_uncased"}
 OFFLINE_MESSAGE = ("cannot download preset {name}: no network; download it where there is "
@@ -134,9 +135,10 @@ def _check_named_kind(name, kind):
     if name in _TASKS[kind].presets:
         return
     other = next((k for k in KINDS if k != kind and name in _TASKS[k].presets), None)
-    what = f"a {other} preset" if other else f"a preset KerasHub has no {kind} classifier for"
-    raise ConfigError(f"model.backbone: {name!r} is {what}; this template takes an {kind} "
-                      f"backbone preset, e.g. {_EXAMPLES[kind]}")
+    what = f"{_WITH_ARTICLE[other]} preset" if other else \
+        f"a preset KerasHub has no {kind} classifier for"
+    raise ConfigError(f"model.backbone: {name!r} is {what}; this template takes "
+                      f"{_WITH_ARTICLE[kind]} backbone preset, e.g. {_EXAMPLES[kind]}")
 
 
 def _check_folder(name, folder, kind):
@@ -162,10 +164,10 @@ def _check_folder(name, folder, kind):
                           f"names {registered!r}")
     found = backbone_kind(cls)
     if found != kind:
-        what = f"a {found} backbone" if found else f"a backbone KerasHub has no {kind} " \
-                                                   "classifier for"
-        raise ConfigError(f"{where} holds {what} ({cls.__name__}); this template takes an "
-                          f"{kind} backbone preset")
+        what = f"{_WITH_ARTICLE[found]} backbone" if found else \
+            f"a backbone KerasHub has no {kind} classifier for"
+        raise ConfigError(f"{where} holds {what} ({cls.__name__}); this template takes "
+                          f"{_WITH_ARTICLE[kind]} backbone preset")
     needed, layer = _PREPROCESSING_FILES[kind]
     if not (folder / needed).is_file():
         raise ConfigError(f"{where} has no {needed}: save the preset's {layer} into it with "
