@@ -343,7 +343,8 @@ def test_text_backbone_trains_exports_and_predicts(runner, trained_text_project,
     ("bert_tiny_en_uncased", (), "cannot download preset bert_tiny_en_uncased: no network"),
     ("bert_tiny_en_uncase", (), "unknown preset 'bert_tiny_en_uncase'; did you mean "
                                 "bert_tiny_en_uncased"),
-    ("resnet_18_imagenet", (), "'resnet_18_imagenet' is an image preset; this template takes a text backbone"),
+    ("resnet_18_imagenet", (), "'resnet_18_imagenet' is an image preset; this template takes "
+                               "a text backbone"),
     ("IMAGE_PRESET", (), "holds an image backbone (ResNetBackbone); this template takes a text"),
     ("TEXT_PRESET", (), "data.sequence_length 48: the backbone of preset"),
     ("TEXT_PRESET", ("data.sequence_length=16", "data.multi_label=true",

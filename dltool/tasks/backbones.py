@@ -69,11 +69,6 @@ class Preset:
     local: bool
 
 
-def is_pretrained(config):
-    """Whether `model.backbone` names a pretrained backbone (not "scratch")."""
-    return config.model.get("backbone", SCRATCH) != SCRATCH
-
-
 def preset_handle(config, backbone):
     """What `from_preset` takes for a `model.backbone` value (model.py calls it).
 
@@ -218,15 +213,27 @@ def _cannot_load(preset, error):
     return f"model.backbone: preset {preset.name!r} cannot be loaded: {first[:300]}"
 
 
-def load_architecture(preset):
+def load_architecture(preset, kind):
     """The preset's backbone with random weights (KerasHub downloads only its
     config): what the checks build.
 
+    Args:
+        preset: The `Preset`.
+        kind: `image` or `text`: a remote handle's kind is known only now.
+
     Raises:
-        ConfigError: see `loading_errors`.
+        ConfigError: see `loading_errors`; a backbone of another kind.
     """
     with loading_errors(preset):
-        return keras_hub.models.Backbone.from_preset(preset.handle, load_weights=False)
+        backbone = keras_hub.models.Backbone.from_preset(preset.handle, load_weights=False)
+    found = backbone_kind(type(backbone))
+    if found != kind:
+        what = f"{_WITH_ARTICLE[found]} backbone" if found else \
+            f"a backbone KerasHub has no {kind} classifier for"
+        raise ConfigError(f"model.backbone: {preset.name!r} is {what} "
+                          f"({type(backbone).__name__}); this template takes "
+                          f"{_WITH_ARTICLE[kind]} backbone preset")
+    return backbone
 
 
 def preset_image_size(preset):
@@ -324,7 +331,7 @@ def info_facts(config, kind):
     preset = find_preset(config, kind)
     if preset is None:
         return {"backbone": "scratch (the template's own model, from random weights)"}
-    backbone = load_architecture(preset)
+    backbone = load_architecture(preset, kind)
     total = backbone.count_params()
     phases.set_backbone_trainable(backbone, True)
     tuned = phases.trainable_parameters(backbone)

@@ -63,7 +63,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
             return
         if size == "auto":
             size = config.sections["data"]["image_size"] = backbones.preset_image_size(preset)
-        backbones.check_image_size(backbones.load_architecture(preset), preset, size)
+        backbones.check_image_size(backbones.load_architecture(preset, "image"), preset, size)
 
     def model_facts(self, config):
         """The backbone, scratch or pretrained, and what each phase trains

@@ -80,7 +80,7 @@ class SentimentTask(classifier.ClassifierTask):
         if config["data"]["multi_label"]:
             raise ConfigError("data.multi_label: the sentiment template takes multi-label data "
                               'with model.backbone = "scratch" only')
-        backbones.check_sequence_length(backbones.load_architecture(preset), preset,
+        backbones.check_sequence_length(backbones.load_architecture(preset, "text"), preset,
                                         config["data"]["sequence_length"])
 
     def model_facts(self, config):
