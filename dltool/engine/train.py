@@ -383,7 +383,7 @@ def _phases_to_run(model, config, run, backup, strategy, echo):
     checkpoint's optimizer state fits. Phase 2's first `fit` restores phase
     1's last checkpoint: the weights are the model's own, and its optimizer
     state (of the head alone) is rightly not loaded into phase 2's new
-    optimizer, so Keras' warning about it is silenced there.
+    optimizer (`fit` silences Keras' warning about it).
     """
     phases = phases_lib.plan(config, model)
     described = phases_lib.describe(model, phases)
@@ -399,10 +399,7 @@ def _phases_to_run(model, config, run, backup, strategy, echo):
         if phase.number:
             with strategy.scope():
                 phases_lib.enter(model, phase, compile_config)
-        with warnings.catch_warnings():
-            if phase.number == 2:
-                warnings.filterwarnings("ignore", message=phases_lib.OPTIMIZER_SKIPPED)
-            yield phase
+        yield phase
 
 
 def record_fit_options(run, fit_options, meta):
@@ -481,9 +478,12 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         for phase in _phases_to_run(model, config, run, backup, strategy, echo):
             backup.delete_at_end = phase.last  # phase 2 resumes from phase 1's last epoch
             callbacks = make_callbacks(config, run, monitor, mode, backup, phase)
-            model.fit(train_ds, validation_data=val_ds, epochs=phase.end_epoch,
-                      callbacks=callbacks, verbose=config["training"]["verbose"],
-                      **fit_options)
+            with warnings.catch_warnings():
+                if phase.number == 2:  # phase 1's optimizer state, rightly skipped
+                    warnings.filterwarnings("ignore", message=phases_lib.OPTIMIZER_SKIPPED)
+                model.fit(train_ds, validation_data=val_ds, epochs=phase.end_epoch,
+                          callbacks=callbacks, verbose=config["training"]["verbose"],
+                          **fit_options)
             if any(getattr(c, "stopped", False) for c in callbacks):
                 break  # the time budget is spent: no next phase
     run.update(status="finished", pid=None, monitor=monitor)

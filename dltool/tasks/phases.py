@@ -110,6 +110,8 @@ def set_backbone_trainable(backbone, trainable):
     """Freezes a backbone, or unfreezes every layer of it but its
     BatchNormalization layers (kept in inference mode, with their pretrained
     statistics)."""
+    # Keras' rule for `trainable = False`: a frozen BatchNormalization layer
+    # runs in inference mode (its moving statistics, not the batch's).
     backbone.trainable = trainable
     if trainable:
         for layer in backbone._flatten_layers(include_self=False):
