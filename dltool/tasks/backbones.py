@@ -12,9 +12,10 @@ value cannot be used: an unknown name (with the close matches), a preset of
 the other kind, a folder that is not a preset, no network to download a named
 one, an image size the backbone cannot take.
 
-KerasHub deserializes a preset's `config.json` with Keras' safe mode on (its
-default, which dltool never turns off), so a preset with a Lambda layer is
-refused.
+KerasHub deserializes a preset's `config.json` with
+`keras.saving.deserialize_keras_object`, in Keras' safe mode (its default,
+which dltool never turns off); only a folder whose `config.json` names a
+registered KerasHub backbone class is handed to it.
 """
 
 import contextlib
