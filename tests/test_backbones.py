@@ -365,3 +365,21 @@ def test_bad_text_backbone_is_one_line_and_writes_nothing(runner, tmp_path, imag
         (line,) = result.stderr.strip().splitlines()
         assert message in line
     assert not (project / "runs").exists()
+
+
+def test_mirrored_strategy_on_two_cpu_devices(tmp_path, image_preset):
+    """The backbone is checked (built) when the project opens: the CPU must be
+    split into its devices before that, in a fresh process."""
+    from click.testing import CliRunner
+
+    project = tmp_path / "proj"
+    assert invoke(CliRunner(), "new", "image-classifier", project).exit_code == 0
+    _set_backbone(project, str(image_preset), image_size=[16, 16])
+    result = subprocess.run(
+        [sys.executable, "-m", "dltool.cli", "train", "--project", str(project), "--epochs",
+         "2", "--strategy", "mirrored", "--set", "runtime.cpu_devices=2", *FAST],
+        capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Strategy: mirrored (set in the config or on the command line), 2 replica(s)" \
+        in result.stdout
+    assert "Phase 2 (epochs 2-2): every layer" in result.stdout

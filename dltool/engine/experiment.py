@@ -50,6 +50,8 @@ class Experiment:
         self.config = config
         self.run = run
         self.task = task_for(config.template)
+        # Before TensorFlow starts: checking a pretrained backbone builds it.
+        runtime.split_cpu(config["runtime"]["cpu_devices"])
         self.task.check_config(config)  # e.g. settings multi-label data cannot use
         self.model_module = load_model_module(project_dir)
 
