@@ -170,7 +170,8 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None, featuri
         featurize: A function of a 1-D string tensor to the model's
             features (a pretrained backbone's preprocessor,
             `dltool.tasks.backbones.text_features`), used instead of
-            dltool's vectorizer; `vocabulary` is then the one returned.
+            dltool's vectorizer, which is then not adapted (the data's
+            `vocabulary` is the one given).
 
     Returns:
         A `TextData`.
