@@ -217,13 +217,20 @@ def info(project, overrides, quiet, as_json):
     """
     _check_output_flags(quiet, as_json)
     with user_errors():
-        runtime_section = _runtime_section(project, overrides)
+        config = _project_config(project, overrides)
+        from dltool.core.config import COMMON_SECTIONS
         from dltool.engine import runtime
 
+        runtime_section = config["runtime"] if config is not None else \
+            {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
         facts = {"dltool": dltool.__version__, "python": platform.python_version(),
                  **runtime.describe(runtime_section)}
+        if config is not None:
+            from dltool.tasks import task_for
+
+            facts.update(task_for(config.template).model_facts(config))
         if not quiet:
-            facts.update(_auto_facts(project, overrides))
+            facts.update(_auto_facts(config, project, overrides))
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -237,17 +244,14 @@ def info(project, overrides, quiet, as_json):
             click.echo(f"{'':<12} {line}")
 
 
-def _auto_facts(project, overrides):
+def _auto_facts(config, project, overrides):
     """`{"auto": lines}`: what the project's "auto" config values would be
     set to for its data, one line each (the data report's lines); `{}`
-    outside a project or without any. Data that cannot be read gives one
-    line saying so instead."""
+    outside a project (`config` None) or without any. Data that cannot be
+    read gives one line saying so instead."""
     from dltool.core import auto
-    from dltool.core.config import CONFIG_FILE
 
-    if not project.given and not Path(CONFIG_FILE).is_file():
-        return {}
-    if not auto.unresolved(project.config(overrides)):
+    if config is None or not auto.unresolved(config):
         return {}
     from dltool.core.errors import DataError
     from dltool.engine.experiment import Experiment
@@ -260,13 +264,13 @@ def _auto_facts(project, overrides):
     return {"auto": [choice.line() for choice in experiment.auto_choices]}
 
 
-def _runtime_section(project, overrides):
-    """The project's runtime settings; the defaults outside a project."""
-    from dltool.core.config import COMMON_SECTIONS, CONFIG_FILE
+def _project_config(project, overrides):
+    """The project's config; None outside a project."""
+    from dltool.core.config import CONFIG_FILE
 
     if not project.given and not Path(CONFIG_FILE).is_file():
-        return {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
-    return project.config(overrides)["runtime"]
+        return None
+    return project.config(overrides)
 
 
 @cli.command()

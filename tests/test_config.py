@@ -97,8 +97,8 @@ def test_cli_reports_config_error_in_one_line(runner, project):
     assert result.output.strip() == (
         "Error: unknown config key 'training.batchsize'; did you mean training.batch_size? "
         "(allowed: batch_size, calibrate, class_weight, deterministic, early_stopping_patience, "
-        "epochs, include_validation, lr_schedule, monitor, seed, time_budget, verbose, "
-        "warmup_epochs)")
+        "epochs, fine_tune_lr_factor, freeze_backbone_epochs, include_validation, lr_schedule, "
+        "monitor, seed, time_budget, verbose, warmup_epochs)")
 
 
 def test_model_key_not_read_by_build_model(runner, project):

@@ -143,6 +143,12 @@ COMMON_SECTIONS = {
         # (dltool.tasks.calibration): the classifier templates' default is
         # true; a template without classes refuses true (`Task.fit_options`).
         "calibrate": Field(False),
+        # The two phases of a model with a pretrained backbone
+        # (`model.backbone` a KerasHub preset; dltool.engine.phases): the
+        # head alone for these epochs, then every layer at this fraction of
+        # the learning rate. Without a pretrained backbone both are unused.
+        "freeze_backbone_epochs": Field(5, minimum=0, maximum=MAX_EPOCHS),
+        "fine_tune_lr_factor": Field(0.01, minimum=1e-6, maximum=1.0),
     },
     "tune": {
         "tuner": Field("random", choices=TUNERS),

@@ -21,6 +21,7 @@ are listed) and bytes that are not UTF-8 (file and line) stop with one line;
 import collections
 import csv
 import dataclasses
+import functools
 from pathlib import Path
 
 from dltool._tf import keras, tf
@@ -154,7 +155,7 @@ def subword_ids(texts, sequence_length, buckets, per_word):
     return tf.cast(ids.to_tensor(0, shape=[None, sequence_length, per_word]), tf.int32)
 
 
-def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
+def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None, featurize=None):
     """Opens the text data a `[data]` config section describes.
 
     Args:
@@ -166,6 +167,11 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
             many) instead of failing.
         vocabulary: Vocabulary to vectorize with (a trained run's); None
             adapts one on the training texts.
+        featurize: A function of a 1-D string tensor to the model's
+            features (a pretrained backbone's preprocessor,
+            `dltool.tasks.backbones.text_features`), used instead of
+            dltool's vectorizer, which is then not adapted (the data's
+            `vocabulary` is the one given).
 
     Returns:
         A `TextData`.
@@ -190,12 +196,15 @@ def open_text_data(data, root, *, seed, skip_bad=False, vocabulary=None):
     report[:0] = [*splits_lib.count_table(class_names, counts),  # as images: a row per class
                   splits_lib.balance_line(class_names, counts["train"])]
 
-    vectorizer, vocabulary = adapted_vectorizer(data, encoded["train"][0], vocabulary, report)
+    if featurize is None:
+        vectorizer, vocabulary = adapted_vectorizer(data, encoded["train"][0], vocabulary,
+                                                    report)
+        featurize = functools.partial(vectorize, vectorizer,
+                                      subword_buckets=data["subword_buckets"],
+                                      subwords_per_word=data["subwords_per_word"])
     return TextData(
         class_names=class_names, vocabulary=vocabulary, report=report,
-        splits={s: token_dataset(t, y, vectorizer, data["subword_buckets"],
-                                  data["subwords_per_word"])
-                for s, (t, y) in encoded.items()},
+        splits={s: featurized_dataset(t, y, featurize) for s, (t, y) in encoded.items()},
         sizes={s: len(t) for s, (t, _) in encoded.items()},
         texts={s: t for s, (t, _) in encoded.items()}, class_counts=counts["train"])
 
@@ -232,11 +241,16 @@ def _comma_list(text):
 def token_dataset(texts, labels, vectorizer, subword_buckets, subwords_per_word,
                   label_dtype=tf.int32):
     """Vectorizes in batches (fast), then yields one example at a time."""
+    return featurized_dataset(texts, labels, lambda t: vectorize(
+        vectorizer, t, subword_buckets, subwords_per_word), label_dtype)
+
+
+def featurized_dataset(texts, labels, featurize, label_dtype=tf.int32):
+    """`(featurize(texts), labels)` computed in batches, one example at a time."""
     ds = tf.data.Dataset.from_tensor_slices((tf.constant(texts, tf.string),
                                              tf.constant(labels, label_dtype)))
-    ds = ds.batch(_VECTORIZE_BATCH).map(
-        lambda t, y: (vectorize(vectorizer, t, subword_buckets, subwords_per_word), y),
-        num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(_VECTORIZE_BATCH).map(lambda t, y: (featurize(t), y),
+                                        num_parallel_calls=tf.data.AUTOTUNE)
     # unbatch() loses the size; Keras needs it to know the steps per epoch.
     return ds.unbatch().apply(tf.data.experimental.assert_cardinality(len(texts)))
 

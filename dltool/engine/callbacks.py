@@ -168,6 +168,24 @@ class TrainingBackup(keras.callbacks.Callback):
                                      "start a new run with --fresh")
         return None
 
+    def saved_epoch(self):
+        """The epoch a resumed `fit` would start at, read without loading any
+        weights: that of the newest checkpoint whose weights match their
+        checksum (the one `restore` loads), or 0 without one.
+
+        A run with phases (`dltool.tasks.phases`) enters the phase of this
+        epoch before `fit` restores the checkpoint, so the optimizer state
+        saved with it fits the optimizer it loads into.
+        """
+        for folder in self.checkpoints():
+            try:
+                state = json.loads((folder / self.STATE_FILE).read_text(encoding="utf-8"))
+                if _sha256(folder / self.WEIGHTS_FILE) == state["sha256"]:
+                    return int(state["epoch"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        return 0
+
     def _load(self, folder):
         state = json.loads((folder / self.STATE_FILE).read_text(encoding="utf-8"))
         weights = folder / self.WEIGHTS_FILE
@@ -342,41 +360,52 @@ class EpochLearningRate(keras.callbacks.Callback):
     spent (after a linear warm-up over its first 2%), so it reaches 0 when
     `TimeBudget` stops training, however many epochs that takes.
 
+    A phase of a run (`dltool.tasks.phases`: epochs `first_epoch` to
+    `epochs`) has a schedule of its own over its epochs, from `rate_factor`
+    times the optimizer's rate; with a time budget its rate is that fraction
+    of the rate the budget's cosine gives.
+
     Args:
         schedule: `cosine` or `constant`.
-        epochs: Total epochs of the run.
+        epochs: Total epochs of the run (of the phase: the epoch after its last).
         warmup_epochs: Epochs of linear warm-up.
         time_budget: Seconds of training the schedule spans (0: the epochs).
         seconds_done: Training seconds already spent (a resumed run).
+        first_epoch: The phase's first epoch (0: the run's).
+        rate_factor: The phase's rate as a fraction of the optimizer's.
     """
 
     _EVERY_BATCHES = 10
     _WARMUP_SHARE = 0.02
 
-    def __init__(self, schedule, epochs, warmup_epochs=0, time_budget=0.0, seconds_done=0.0):
+    def __init__(self, schedule, epochs, warmup_epochs=0, time_budget=0.0, seconds_done=0.0,
+                 first_epoch=0, rate_factor=1.0):
         super().__init__()
         self.schedule = schedule
         self.epochs = epochs
         self.warmup_epochs = warmup_epochs
         self.time_budget = time_budget
         self.seconds_done = seconds_done
+        self.first_epoch = first_epoch
+        self.rate_factor = rate_factor
         self.base_rate = None
         self.started = None
         self.epoch = 0
 
     def rate(self, epoch):
+        epoch -= self.first_epoch
         if epoch < self.warmup_epochs:
             return self.base_rate * (epoch + 1) / (self.warmup_epochs + 1)
         if self.schedule == "constant":
             return self.base_rate
-        span = max(1, self.epochs - self.warmup_epochs)
+        span = max(1, self.epochs - self.first_epoch - self.warmup_epochs)
         progress = (epoch - self.warmup_epochs) / span
         return self.base_rate * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     def on_train_begin(self, logs=None):
         self.started = time.perf_counter()
         if self.base_rate is None:
-            self.base_rate = float(keras.ops.convert_to_numpy(
+            self.base_rate = self.rate_factor * float(keras.ops.convert_to_numpy(
                 self.model.optimizer.learning_rate))
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -384,8 +413,8 @@ class EpochLearningRate(keras.callbacks.Callback):
         self.model.optimizer.learning_rate.assign(self.rate(epoch))
 
     def on_train_batch_begin(self, batch, logs=None):
-        if self.schedule == "constant" or self.epoch < self.warmup_epochs or \
-                batch % self._EVERY_BATCHES:
+        warming_up = self.epoch - self.first_epoch < self.warmup_epochs
+        if self.schedule == "constant" or warming_up or batch % self._EVERY_BATCHES:
             return
         if not self.time_budget:
             steps = self.params.get("steps")

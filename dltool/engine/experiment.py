@@ -23,7 +23,7 @@ from dltool.core import project as project_lib
 from dltool.core.errors import ConfigError, ProjectError
 from dltool.data import pipeline
 from dltool.engine import runtime
-from dltool.tasks import task_for
+from dltool.tasks import phases, task_for
 
 MODEL_FILE = "model.py"
 
@@ -55,6 +55,8 @@ class Experiment:
         self.config = config
         self.run = run
         self.task = task_for(config.template)
+        # Before TensorFlow starts: checking a pretrained backbone builds it.
+        runtime.split_cpu(config["runtime"]["cpu_devices"])
         self.task.check_config(config)  # e.g. settings multi-label data cannot use
         auto.check(config)  # e.g. model.batchnorm_momentum = "fast"
         self.model_module = load_model_module(project_dir)
@@ -215,7 +217,7 @@ class Experiment:
             model, _ = self.build_model(run.meta)
         model.optimizer.build(model.trainable_variables)  # so its saved state loads too
         try:
-            model.load_weights(str(run.weights_file))
+            phases.load_best_weights(model, run.weights_file)
         except (ValueError, OSError) as e:
             raise ProjectError(f"the weights of run {run.name} do not fit model.py as it "
                                f"is now: {str(e).splitlines()[0]}") from e

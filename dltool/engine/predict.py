@@ -66,10 +66,11 @@ def load_predictor(project_dir, model_path=None, *, warn=None, keras_model=None)
     warning = None if warn is None else untrusted_model_warning(project_dir, version_dir)
     if warning is not None:
         warn(warning)
+    task = task_for(metadata["template"])  # first: registers the ops the graph needs
     serve = modelfiles.load_saved_model(version_dir)
     signature_input = next(iter(serve.structured_input_signature[1]))
-    return (lambda batch: serve(**{signature_input: batch})), \
-        task_for(metadata["template"]), version_dir, metadata["meta"]
+    return (lambda batch: serve(**{signature_input: batch})), task, version_dir, \
+        metadata["meta"]
 
 
 def locate_model(project_dir, model_path=None):

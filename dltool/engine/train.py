@@ -27,6 +27,7 @@ from dltool.core.errors import ConfigError, DltoolError, StorageError
 from dltool.engine import callbacks as dl_callbacks
 from dltool.engine import initfrom, reporting, runtime
 from dltool.engine.experiment import Experiment
+from dltool.tasks import phases as phases_lib
 
 
 def monitored_metric(config, has_validation, logged=None):
@@ -115,7 +116,7 @@ def time_budget_seconds(config):
                                      "training.time_budget") or 0
 
 
-def make_callbacks(config, run, monitor, mode, backup=None):
+def make_callbacks(config, run, monitor, mode, backup=None, phase=None):
     """Returns the callbacks of a training run, in the order they must run.
 
     The backup is written before the epoch's log lines, and `run.json` last,
@@ -128,22 +129,30 @@ def make_callbacks(config, run, monitor, mode, backup=None):
         mode: Whether it should go up (`max`) or down (`min`).
         backup: A `callbacks.TrainingBackup`; by default one in the run's
             backup folder.
+        phase: The `dltool.tasks.phases.Phase` the callbacks are for (its
+            learning-rate schedule; early stopping only in the last phase,
+            so phase 1 always runs its epochs and the phase of a resumed run
+            follows from its epoch); None for the whole run.
     """
     training = config["training"]
     if backup is None:
         backup = dl_callbacks.TrainingBackup(run.backup_dir)
+    if phase is None:
+        phase = phases_lib.Phase(0, 0, training["epochs"], True, 1.0)
     budget = time_budget_seconds(config)
     seconds_done = run.get("train_seconds", 0.0)
     return [
-        dl_callbacks.EpochLearningRate(training["lr_schedule"], training["epochs"],
-                                       training["warmup_epochs"], budget, seconds_done),
+        dl_callbacks.EpochLearningRate(training["lr_schedule"], phase.end_epoch,
+                                       training["warmup_epochs"] if not phase.first_epoch else 0,
+                                       budget, seconds_done, first_epoch=phase.first_epoch,
+                                       rate_factor=phase.rate_factor),
         *([dl_callbacks.TimeBudget(budget, seconds_done)] if budget else []),
         dl_callbacks.StopOnNonFiniteLoss(),
         dl_callbacks.BestWeights(run.weights_file, monitor, mode, run.get("best_value")),
         backup,
-        keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
-                                      patience=training["early_stopping_patience"] or
-                                      training["epochs"]),
+        *([keras.callbacks.EarlyStopping(monitor=monitor, mode=mode,
+                                         patience=training["early_stopping_patience"] or
+                                         training["epochs"])] if phase.last else []),
         keras.callbacks.TensorBoard(log_dir=str(run.tensorboard_dir)),
         keras.callbacks.CSVLogger(str(run.history_file), append=True),
         dl_callbacks.RunRecorder(run, monitor, mode),
@@ -371,12 +380,40 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
                       auto_choices=experiment.auto_choices, **fit_options)
             if chief:  # the other workers' runs are deleted
                 if run.has_weights():  # `fit` leaves the last epoch's weights
-                    model.load_weights(str(run.weights_file))
+                    phases_lib.load_best_weights(model, run.weights_file)
                 experiment.task.after_fit(model, data, config, run, echo=echo)  # e.g. thresholds
                 calibrate(experiment.task, model, config, run, val_ds, echo)
     if chief:
         reporting.write_run_report(project_dir, run, echo=echo)
     return run
+
+
+def _phases_to_run(model, config, run, backup, strategy, echo):
+    """Yields the phases (`dltool.tasks.phases`) left to train, each entered:
+    its trainable layers set and the model compiled afresh for it.
+
+    A resumed run starts in the phase of its checkpoint's epoch
+    (`TrainingBackup.saved_epoch`), entered before `fit` restores it, so the
+    checkpoint's optimizer state fits. Phase 2's first `fit` restores phase
+    1's last checkpoint: the weights are the model's own, and its optimizer
+    state (of the head alone) is rightly not loaded into phase 2's new
+    optimizer (`fit` silences Keras' warning about it).
+    """
+    phases = phases_lib.plan(config, model)
+    described = phases_lib.describe(model, phases)
+    if described:
+        run.update(backbone=config.model.get("backbone"), phases=described)
+        for line in phases_lib.phase_lines(described):
+            echo(line)
+    compile_config = model.get_compile_config()
+    start = backup.saved_epoch()
+    for phase in phases:
+        if phase.end_epoch <= start and not phase.last:
+            continue
+        if phase.number:
+            with strategy.scope():
+                phases_lib.enter(model, phase, compile_config)
+        yield phase
 
 
 def record_fit_options(run, fit_options, meta):
@@ -454,9 +491,17 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
     warnings.filterwarnings("ignore", message=".*Your input ran out of data")
     with stop_on_sigterm(backup), failed_on(run, (dl_callbacks.NonFiniteLossError,
                                                   dl_callbacks.NonFiniteModelError)):
-        model.fit(train_ds, validation_data=val_ds, epochs=config["training"]["epochs"],
-                  callbacks=make_callbacks(config, run, monitor, mode, backup),
-                  verbose=config["training"]["verbose"], **fit_options)
+        for phase in _phases_to_run(model, config, run, backup, strategy, echo):
+            backup.delete_at_end = phase.last  # phase 2 resumes from phase 1's last epoch
+            callbacks = make_callbacks(config, run, monitor, mode, backup, phase)
+            with warnings.catch_warnings():
+                if phase.number == 2:  # phase 1's optimizer state, rightly skipped
+                    warnings.filterwarnings("ignore", message=phases_lib.OPTIMIZER_SKIPPED)
+                model.fit(train_ds, validation_data=val_ds, epochs=phase.end_epoch,
+                          callbacks=callbacks, verbose=config["training"]["verbose"],
+                          **fit_options)
+            if any(getattr(c, "stopped", False) for c in callbacks):
+                break  # the time budget is spent: no next phase
     run.update(status="finished", pid=None, monitor=monitor)
     echo(f"Best {monitor}: {run.get('best_value', float('nan')):.4f} at epoch "
          f"{run.get('best_epoch')} ({run['epochs_done']} epochs, "

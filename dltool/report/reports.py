@@ -85,6 +85,15 @@ def overview_section(run):
         rows.append(["training time", f"{run['train_seconds']:.0f} s"])
     if run.get("parameters") is not None:
         rows.append(["parameters", f"{run['parameters']:,}"])
+    if run.get("backbone") is not None:
+        rows.append(["backbone", f"{run['backbone']} (pretrained)"])
+    for phase in run.get("phases", []):
+        first, last = phase["epochs"]
+        rate = (f", learning rate x {phase['learning_rate_factor']:g}"
+                if phase["learning_rate_factor"] != 1 else "")
+        rows.append([f"phase {phase['phase']} (epochs {first}-{last})",
+                     f"{phase['trains']}: {phase['trainable_parameters']:,} trainable "
+                     f"parameters{rate}"])
     for split, size in sorted(run.get("sizes", {}).items()):
         rows.append([f"{split} examples", str(size)])
     if run.get("init_from"):

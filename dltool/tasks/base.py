@@ -164,6 +164,21 @@ class Task:
             ConfigError: one line naming the key.
         """
 
+    def model_facts(self, config):
+        """What `dltool info` says of the project's model (e.g. its pretrained
+        backbone and what each training phase trains); `{}` by default.
+
+        Args:
+            config: The project's `Config`.
+
+        Returns:
+            A dict of fact name to a line or a list of lines.
+
+        Raises:
+            ConfigError: a setting the task refuses (`check_config`).
+        """
+        return {}
+
     def after_fit(self, model, data, config, run, echo=None):
         """What the task decides once training has fitted the model (e.g. a
         multi-label classifier's decision thresholds, recorded in `run.meta`);

@@ -11,7 +11,7 @@ from dltool.data import images
 from dltool.data import multilabel as data_multilabel
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import classifier, gradcam, multilabel
+from dltool.tasks import backbones, classifier, gradcam, multilabel
 from dltool.tasks.base import ServingEndpoint
 
 
@@ -43,6 +43,33 @@ class ImageClassifierTask(classifier.ClassifierTask):
                      "max_pixels": config["data"]["max_pixels"],
                      **multilabel.data_meta(config["data"])}
         return data
+
+    def check_config(self, config):
+        """Refuses what multi-label data cannot use (the classifier's check)
+        and a `model.backbone` preset that cannot be used
+        (`backbones.find_preset`), and with a pretrained backbone replaces an
+        `"auto"` `data.image_size` by its preset's size and checks that the
+        backbone takes that size: before any data is read or run written.
+        With "scratch", an `"auto"` size is decided from the images when the
+        data is opened (`dltool.core.auto`).
+
+        Raises:
+            ConfigError: one line naming the key.
+        """
+        super().check_config(config)
+        preset = backbones.find_preset(config, "image")
+        size = config["data"]["image_size"]
+        if preset is None:
+            return
+        if size == "auto":
+            size = config.sections["data"]["image_size"] = backbones.preset_image_size(preset)
+        backbones.check_image_size(backbones.load_architecture(preset, "image"), preset, size)
+
+    def model_facts(self, config):
+        """The backbone, scratch or pretrained, and what each phase trains
+        (`backbones.info_facts`), once the config is checked."""
+        self.check_config(config)
+        return backbones.info_facts(config, "image")
 
     def max_pixels(self, meta):
         """Returns the limit on an input image's pixels a model applies.

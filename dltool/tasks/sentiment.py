@@ -1,12 +1,14 @@
 """The sentiment template's task: raw text in, label names out."""
 
+from pathlib import Path
 
 from dltool._tf import keras, tf
+from dltool.core.errors import ConfigError
 from dltool.data import multilabel as data_multilabel
 from dltool.data import text
 from dltool.report import plots
 from dltool.report.reports import Section
-from dltool.tasks import classifier, multilabel
+from dltool.tasks import backbones, classifier, multilabel
 from dltool.tasks.base import ServingEndpoint
 
 
@@ -29,6 +31,9 @@ class SentimentTask(classifier.ClassifierTask):
             sequence length.
         """
         settings = config["data"]
+        preset = backbones.find_preset(config, "text")
+        if preset is not None:
+            return self._open_pretrained_data(config, root, preset, skip_bad)
         open_data = data_multilabel.open_text_data if settings["multi_label"] \
             else text.open_text_data
         data = open_data(settings, root, seed=config["training"]["seed"], skip_bad=skip_bad,
@@ -39,6 +44,58 @@ class SentimentTask(classifier.ClassifierTask):
                      "subwords_per_word": settings["subwords_per_word"],
                      **multilabel.data_meta(settings)}
         return data
+
+    def _open_pretrained_data(self, config, root, preset, skip_bad):
+        """The texts tokenized by a pretrained backbone's preprocessor
+        (`backbones.text_preprocessor`) instead of dltool's vectorizer; the
+        meta names the preset, which the export's tokenizer comes from."""
+        settings = config["data"]
+        preprocessor = backbones.text_preprocessor(preset, settings["sequence_length"])
+        data = text.open_text_data(
+            settings, root, seed=config["training"]["seed"], skip_bad=skip_bad,
+            featurize=lambda texts: backbones.text_features(preprocessor, texts))
+        vocabulary = [str(t) for t in preprocessor.tokenizer.get_vocabulary()]
+        data.report.append(f"tokenizer: the preset's {type(preprocessor.tokenizer).__name__} "
+                           f"({len(vocabulary)} tokens), texts cut or padded to "
+                           f"{settings['sequence_length']} tokens")
+        data.meta = {"class_names": data.class_names, "vocabulary": vocabulary,
+                     "sequence_length": settings["sequence_length"], "subword_buckets": 0,
+                     "subwords_per_word": 0, "backbone": preset.name, "preset": preset.handle,
+                     **multilabel.data_meta(settings)}
+        return data
+
+    def check_config(self, config):
+        """Refuses what multi-label data cannot use (the classifier's check),
+        and a `model.backbone` preset that cannot be used
+        (`backbones.find_preset`, `backbones.check_sequence_length`); a
+        pretrained backbone does not take multi-label data yet.
+
+        Raises:
+            ConfigError: one line naming the key.
+        """
+        super().check_config(config)
+        preset = backbones.find_preset(config, "text")
+        if preset is None:
+            return
+        if config["data"]["multi_label"]:
+            raise ConfigError("data.multi_label: the sentiment template takes multi-label data "
+                              'with model.backbone = "scratch" only')
+        backbones.check_sequence_length(backbones.load_architecture(preset, "text"), preset,
+                                        config["data"]["sequence_length"])
+
+    def model_facts(self, config):
+        """The backbone, scratch or pretrained, and what each phase trains
+        (`backbones.info_facts`), once the config is checked."""
+        self.check_config(config)
+        return backbones.info_facts(config, "text")
+
+    def format_refusal(self, export_format, quantize, meta):
+        """The classifier's refusals, and LiteRT and ONNX for a pretrained
+        backbone (not converted or checked yet)."""
+        if meta.get("backbone") and export_format != "savedmodel":
+            return (f"a model on a pretrained backbone has no {export_format} export yet; "
+                    "--format savedmodel works (TensorFlow Serving, `dltool predict`)")
+        return super().format_refusal(export_format, quantize, meta)
 
     def bytes_per_example(self, config):
         """Returns the memory one vectorized example (int32 ids + label) takes."""
@@ -66,6 +123,8 @@ class SentimentTask(classifier.ClassifierTask):
             when calibrated); its resources are the
             vectorizer, whose vocabulary table the export must save.
         """
+        if meta.get("backbone"):
+            return self._pretrained_endpoint(model, meta)
         vectorizer = text.make_vectorizer(meta["sequence_length"], vocabulary=meta["vocabulary"])
         vectorizer.build()  # a built layer can be tracked by the export
 
@@ -76,6 +135,20 @@ class SentimentTask(classifier.ClassifierTask):
 
         return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
                                                      name="texts")], resources=[vectorizer])
+
+    def _pretrained_endpoint(self, model, meta):
+        """The serving function of a pretrained backbone: the preset's
+        preprocessor tokenizes the strings in the graph, as in training."""
+        preset = backbones.Preset(meta["backbone"], meta["preset"],
+                                  local=Path(meta["preset"]).is_dir())
+        preprocessor = backbones.text_preprocessor(preset, meta["sequence_length"])
+
+        def serve(texts):
+            features = backbones.text_features(preprocessor, texts)
+            return self.serving_outputs(model(features, training=False), meta)
+
+        return ServingEndpoint(serve, [tf.TensorSpec(shape=(None,), dtype=tf.string,
+                                                     name="texts")], resources=[preprocessor])
 
     def read_input(self, item, meta):
         """Returns the text to predict: the item itself (a raw string)."""
@@ -126,6 +199,12 @@ class SentimentTask(classifier.ClassifierTask):
         length, vocabulary = meta["sequence_length"], meta["vocabulary"]
         words = ("lower-cased, Unicode punctuation (category P) and $+<=>^`|~ removed, split "
                  "on ASCII whitespace")
+        if export_format == "savedmodel" and meta.get("backbone"):
+            return {"name": "texts", "shape": [None], "dtype": "string",
+                    "content": f"raw UTF-8 texts, tokenized in the graph by the tokenizer of "
+                               f"preset {meta['backbone']} (TensorFlow Text ops: load the "
+                               f"SavedModel after `import tensorflow_text`), cut or padded "
+                               f"to {length} tokens"}
         if export_format == "savedmodel":
             return {"name": "texts", "shape": [None], "dtype": "string",
                     "content": f"raw UTF-8 texts: {words}, cut or padded to {length} tokens in "
@@ -157,6 +236,11 @@ class SentimentTask(classifier.ClassifierTask):
             prints them for its arguments; for LiteRT and ONNX also
             `encode(texts)`, the tokenizer, and `run(features)`.
         """
+        if export_format == "savedmodel" and meta.get("backbone"):
+            return _SAVEDMODEL_CLIENT.replace(
+                "    import tensorflow as tf\n",
+                "    import tensorflow as tf\n    import tensorflow_text  # noqa: F401  "
+                "(the tokenizer's ops)\n")
         if export_format == "savedmodel":
             return multilabel.savedmodel_client("texts") if multilabel.is_multi_label(meta) \
                 else _SAVEDMODEL_CLIENT

@@ -13,13 +13,22 @@ numbers here.
 Images arrive as float32 pixels in [0, 255], shape (height, width, 3); the
 model rescales them itself, so the exported SavedModel takes raw image bytes.
 
+With `model.backbone` naming a KerasHub preset instead of "scratch", the CNN
+is replaced by the preset's pretrained backbone, after the preset's own
+preprocessing (its ImageConverter's scale and mean/std, inside the model),
+under a new classification head. dltool then trains in two phases (the head,
+then every layer: `training.freeze_backbone_epochs`).
+
 With `data.multi_label = true` an image may have several labels: the targets
 are 0/1 vectors, one entry per label, and the model ends in a sigmoid per
 label trained with binary cross-entropy instead of a softmax over the classes.
 """
 
 import keras
+import keras_hub
 from keras import layers
+
+from dltool.tasks.backbones import SCRATCH, preset_handle
 
 
 def build_model(hp, config, num_classes, multi_label=False):
@@ -47,6 +56,9 @@ def build_model(hp, config, num_classes, multi_label=False):
     weight_decay = hp.Float("weight_decay", 0.0, 0.2, default=defaults["weight_decay"])
     batchnorm_momentum = hp.Float("batchnorm_momentum", 0.0, 0.999,
                                   default=defaults["batchnorm_momentum"])
+    # "scratch" or a KerasHub preset (a name, or a local folder's path).
+    backbone = hp.Choice("backbone", sorted({SCRATCH, defaults["backbone"]}),
+                         default=defaults["backbone"])
 
     height, width = config["data"]["image_size"]
     inputs = keras.Input(shape=(height, width, 3), name="image")
@@ -55,17 +67,10 @@ def build_model(hp, config, num_classes, multi_label=False):
         # Active only while training; the exported model skips them.
         x = layers.RandomFlip("horizontal")(x)
         x = layers.RandomTranslation(0.1, 0.1, fill_mode="reflect")(x)
-    x = layers.Rescaling(1.0 / 255)(x)
-    for block in range(blocks):
-        width = filters * 2**block
-        # One BatchNormalization per block, after its second convolution: on
-        # a CPU each BatchNormalization costs about as much as a convolution,
-        # and one per block trains nearly twice as fast as one per convolution.
-        x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
-        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
-        x = layers.BatchNormalization(momentum=batchnorm_momentum)(x)
-        x = layers.ReLU()(x)
-        x = layers.MaxPooling2D()(x)
+    if backbone == SCRATCH:
+        x = cnn_features(x, filters, blocks, batchnorm_momentum)
+    else:
+        x = pretrained_features(x, preset_handle(config, backbone))
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(num_classes)(x)
@@ -89,3 +94,33 @@ def build_model(hp, config, num_classes, multi_label=False):
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
+
+
+def cnn_features(x, filters, blocks, batchnorm_momentum):
+    """The CNN trained from scratch: `blocks` convolution blocks, each halving
+    the resolution and doubling the filters."""
+    x = layers.Rescaling(1.0 / 255)(x)
+    for block in range(blocks):
+        width = filters * 2**block
+        # One BatchNormalization per block, after its second convolution: on
+        # a CPU each BatchNormalization costs about as much as a convolution,
+        # and one per block trains nearly twice as fast as one per convolution.
+        x = layers.Conv2D(width, 3, padding="same", activation="relu")(x)
+        x = layers.Conv2D(width, 3, padding="same", use_bias=False)(x)
+        x = layers.BatchNormalization(momentum=batchnorm_momentum)(x)
+        x = layers.ReLU()(x)
+        x = layers.MaxPooling2D()(x)
+    return x
+
+
+def pretrained_features(x, preset):
+    """A KerasHub preset's backbone, with its pretrained weights.
+
+    The preset's ImageConverter scales the pixels as the backbone was trained
+    to see them (e.g. ImageNet's mean and standard deviation). It is loaded
+    with `image_size=None`: dltool has already resized the image to
+    `data.image_size`, in training and in the exported model alike.
+    """
+    converter = keras_hub.layers.ImageConverter.from_preset(preset, image_size=None)
+    backbone = keras_hub.models.Backbone.from_preset(preset)
+    return backbone(converter(x))

@@ -13,15 +13,25 @@ character 3- to 5-grams of each word, 0 for padding. The data pipeline
 computes them once and caches them, so training runs at the model's speed.
 The exported SavedModel computes them from raw strings itself, the same way.
 
+With `model.backbone` naming a KerasHub text preset instead of "scratch"
+(e.g. "bert_tiny_en_uncased"), the texts arrive as the inputs of the preset's
+backbone, made by the preset's own tokenizer (BERT's `token_ids`,
+`segment_ids`, `padding_mask`; the exported SavedModel tokenizes raw strings
+the same way), and a new head classifies the vector of the first token
+([CLS]). dltool then trains in two phases (the head, then every layer:
+`training.freeze_backbone_epochs`).
+
 With `data.multi_label = true` a text may have several labels: the targets are
 0/1 vectors, one entry per label, and the model ends in a sigmoid per label
 trained with binary cross-entropy instead of a softmax over the labels.
 """
 
 import keras
+import keras_hub
 from keras import layers
 
 from dltool.core.errors import ConfigError
+from dltool.tasks.backbones import SCRATCH, preset_handle
 
 RECURRENT_LAYERS = {"lstm": layers.LSTM, "gru": layers.GRU, "rnn": layers.SimpleRNN}
 OPTIMIZERS = ("adam", "sgd")
@@ -59,6 +69,13 @@ def build_model(hp, config, num_classes, vocabulary_size, multi_label=False):
     optimizer = _choice(hp, "optimizer", list(OPTIMIZERS), defaults["optimizer"])
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-1, sampling="log",
                              default=defaults["learning_rate"])
+    # "scratch" or a KerasHub preset (a name, or a local folder's path).
+    backbone = hp.Choice("backbone", sorted({SCRATCH, defaults["backbone"]}),
+                         default=defaults["backbone"])
+    if backbone != SCRATCH:
+        return _compiled(pretrained_model(preset_handle(config, backbone), num_classes,
+                                          dropout, multi_label),
+                         optimizer, learning_rate, multi_label)
 
     data = config["data"]
     inputs = {"token_ids": keras.Input(shape=(data["sequence_length"],), dtype="int32",
@@ -87,7 +104,34 @@ def build_model(hp, config, num_classes, vocabulary_size, multi_label=False):
     outputs = layers.Dense(num_classes, activation="sigmoid" if multi_label else "softmax",
                            dtype="float32", name="probabilities")(x)
     model = keras.Model(inputs, outputs, name="sentiment_classifier")
+    return _compiled(model, optimizer, learning_rate, multi_label)
 
+
+def pretrained_model(preset, num_classes, dropout, multi_label):
+    """A KerasHub preset's backbone, pretrained, under a new classification head.
+
+    The head reads BERT's pooled output (its pretrained dense layer over the
+    [CLS] token) when the backbone has one, else the vector of the first
+    token, as KerasHub's own text classifiers do.
+    """
+    backbone = keras_hub.models.Backbone.from_preset(preset)
+    inputs = {name: keras.Input(shape=(None,), dtype="int32", name=name)
+              for name in backbone.input}
+    features = backbone(inputs)
+    if isinstance(features, dict) and "pooled_output" in features:
+        x = features["pooled_output"]
+    else:
+        sequence = features["sequence_output"] if isinstance(features, dict) else features
+        x = sequence[:, 0, :]
+    x = layers.Dropout(dropout)(x)
+    # float32 output even under a mixed precision policy.
+    outputs = layers.Dense(num_classes, activation="sigmoid" if multi_label else "softmax",
+                           dtype="float32", name="probabilities")(x)
+    return keras.Model(inputs, outputs, name="sentiment_classifier")
+
+
+def _compiled(model, optimizer, learning_rate, multi_label):
+    """The model compiled with its loss and metrics."""
     if multi_label:
         # "accuracy" would compare argmaxes; the precision-recall AUC per label
         # (averaged) is what the evaluation's mean average precision measures.
