@@ -225,12 +225,13 @@ def info(project, overrides, quiet, as_json):
             {k: f.default for k, f in COMMON_SECTIONS["runtime"].items()}
         facts = {"dltool": dltool.__version__, "python": platform.python_version(),
                  **runtime.describe(runtime_section)}
-        if config is not None:
-            from dltool.tasks import task_for
-
-            facts.update(task_for(config.template).model_facts(config))
         if not quiet:
-            facts.update(_auto_facts(config, project, overrides))
+            auto_facts, resolved = _auto_facts(config, project, overrides)
+            if config is not None:  # the backbone's phases need the resolved epochs
+                from dltool.tasks import task_for
+
+                facts.update(task_for(config.template).model_facts(resolved or config))
+            facts.update(auto_facts)
     if as_json:
         click.echo(json.dumps(facts, indent=2))
         return
@@ -245,14 +246,18 @@ def info(project, overrides, quiet, as_json):
 
 
 def _auto_facts(config, project, overrides):
-    """`{"auto": lines}`: what the project's "auto" config values would be
-    set to for its data, one line each (the data report's lines); `{}`
-    outside a project (`config` None) or without any. Data that cannot be
-    read gives one line saying so instead."""
+    """What the project's "auto" config values would be set to for its data.
+
+    Returns:
+        A tuple `(facts, resolved)`: `{"auto": lines}`, one line each (the
+        data report's lines), or one line saying why not when the data
+        cannot be read; and the config with them decided, or None. `({},
+        None)` outside a project (`config` None) or without any.
+    """
     from dltool.core import auto
 
     if config is None or not auto.unresolved(config):
-        return {}
+        return {}, None
     from dltool.core.errors import DataError
     from dltool.engine.experiment import Experiment
 
@@ -260,8 +265,8 @@ def _auto_facts(config, project, overrides):
     try:
         experiment.open_data()
     except DataError as e:
-        return {"auto": f"decided when the data can be read ({e})"}
-    return {"auto": [choice.line() for choice in experiment.auto_choices]}
+        return {"auto": f"decided when the data can be read ({e})"}, None
+    return {"auto": [choice.line() for choice in experiment.auto_choices]}, experiment.config
 
 
 def _project_config(project, overrides):

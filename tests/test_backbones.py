@@ -148,8 +148,10 @@ def _is_batchnorm(layer):
 
 
 def test_phases_set_trainable_layers_and_learning_rate(trained_image_project):
+    # Explicit values for the "auto" ones the data would decide (no data is opened).
     experiment = Experiment.open(trained_image_project, ["training.epochs=4",
-                                                         "training.freeze_backbone_epochs=3"])
+                                                         "training.freeze_backbone_epochs=3",
+                                                         "model.batchnorm_momentum=0.99"])
     model, _ = experiment.build_model(runs.find_trained(trained_image_project).meta)
     compile_config = model.get_compile_config()
     first, second = phases.plan(experiment.config, model)
@@ -217,7 +219,8 @@ def test_resume_after_kill_in_phase_two(tmp_path, image_preset):
 def test_phase_two_checkpoint_restores_its_optimizer(tmp_path, trained_image_project):
     """A checkpoint of phase 2 loads whole (optimizer state too) into a model
     entered in phase 2, as a resumed run does."""
-    experiment = Experiment.open(trained_image_project, ["training.epochs=2"])
+    experiment = Experiment.open(trained_image_project, ["training.epochs=2",
+                                                         "model.batchnorm_momentum=0.99"])
     meta = runs.find_trained(trained_image_project).meta
     x = np.random.default_rng(0).uniform(0, 255, (4, IMAGE_SIZE, IMAGE_SIZE, 3))
     y = np.arange(4) % 10
@@ -282,7 +285,8 @@ def test_image_size_the_backbone_cannot_take(image_preset):
 
 
 def test_scratch_is_unchanged(runner, project):
-    experiment = Experiment.open(project)
+    experiment = Experiment.open(project, ["training.epochs=44", "model.batchnorm_momentum=0.99",
+                                           "data.image_size=[32, 32]"])
     model, hp = experiment.build_model({"class_names": list("abc")})
     assert hp.values["backbone"] == "scratch" and not phases.backbone_layers(model)
     assert phases.plan(experiment.config, model) == [phases.Phase(0, 0, 44, True, 1.0)]

@@ -35,6 +35,7 @@ try:
 except ImportError:  # pragma: no cover
     tensorflow_text = None
 
+from dltool.core import auto
 from dltool.core.config import did_you_mean
 from dltool.core.errors import ConfigError
 from dltool.tasks import phases
@@ -338,7 +339,9 @@ def info_facts(config, kind):
     tuned = phases.trainable_parameters(backbone)
     where = f"local preset folder {preset.handle}" if preset.local else "KerasHub preset"
     lines = []
-    for phase in phases.pretrained_plan(config):
+    if auto.is_auto(config["training"]["epochs"]):  # the data could not be read
+        lines = ['epochs decided when the data can be read (training.epochs = "auto")']
+    for phase in [] if lines else phases.pretrained_plan(config):
         epochs = f"phase {phase.number}, epochs {phase.first_epoch + 1}-{phase.end_epoch}"
         if phase.backbone_trainable:
             frozen = f" (its BatchNormalization's {total - tuned:,} frozen)" \
