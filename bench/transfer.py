@@ -18,7 +18,10 @@ It prints test accuracy side by side, per seed and averaged, and the
 training time of each run, and writes them to bench/results/transfer.json.
 
     python bench/transfer.py [--data DIR] [--pretrain-epochs N] [--epochs N]
-                             [--sizes 50 200] [--seeds 0 1 2]
+                             [--sizes 50 200] [--seeds 0 1 2] [--set KEY=VALUE]
+
+`--set` applies to every cat-or-dog run, from scratch and `--init-from`
+alike (e.g. `model.batchnorm_momentum=0.9`), not to the pretraining.
 """
 
 import argparse
@@ -56,12 +59,14 @@ def copy_classes(data, dest, classes, per_class=None, seed=0):
     return dest
 
 
-def train_and_evaluate(data, project, epochs, seed, init_from=None):
-    """`dltool new`, `train` (optionally `--init-from`) and `evaluate`; returns a row."""
+def train_and_evaluate(data, project, epochs, seed, init_from=None, overrides=()):
+    """`dltool new`, `train` (optionally `--init-from`, with `--set` overrides)
+    and `evaluate`; returns a row."""
     subprocess.run([*DLTOOL, "new", "image-classifier", str(project), "--data", str(data)],
                    check=True, capture_output=True)
     command = [*DLTOOL, "train", "--project", str(project), "--epochs", str(epochs),
-               "--seed", str(seed), "--set", "training.verbose=0"]
+               "--seed", str(seed), "--set", "training.verbose=0",
+               *[a for o in overrides for a in ("--set", o)]]
     if init_from is not None:
         command += ["--init-from", str(init_from)]
     trained = subprocess.run(command, check=True, capture_output=True, text=True)
@@ -87,6 +92,8 @@ def main():
     parser.add_argument("--sizes", type=int, nargs="+", default=[50, 200],
                         help="training images per class")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        help="config override of every cat-or-dog run (both starts)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" /
                         "transfer.json")
     args = parser.parse_args()
@@ -108,7 +115,7 @@ def main():
                 row = {"images_per_class": size, "seed": seed}
                 for start, init_from in (("scratch", None), ("init_from", pretrained["run"])):
                     result = train_and_evaluate(data, tmp / f"{start}-{size}-{seed}",
-                                                args.epochs, seed, init_from)
+                                                args.epochs, seed, init_from, args.overrides)
                     row[start] = {k: v for k, v in result.items() if k != "run"}
                 rows.append(row)
                 print(f"  {size} per class, seed {seed}: scratch "
@@ -133,6 +140,7 @@ def main():
     result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
               "pretrain_classes": PRETRAIN, "target_classes": TARGET,
               "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
+              "overrides": args.overrides,
               "pretrained": pretrained, "rows": rows, "summary": summary,
               "wall_seconds": round(wall, 1)}
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -319,8 +319,8 @@ def summary(run):
 
     Keys: `name`, `template`, `date`, `status` (`interrupted` for a run
     recorded as running whose process is gone), `epochs`, `monitor`,
-    `best` (best value of the monitored metric, or None) and `exported`
-    (`NAME/VERSION` or None), then the facts its task recorded when
+    `best` (best value of the monitored metric, or None), `exported`
+    (`NAME/VERSION` or None) and `init_from` (`describe_start`), then the facts its task recorded when
     `dltool evaluate` ran on the test split (`Task.run_facts`: a
     classifier's `test_accuracy` and `test_loss`).
     """
