@@ -256,9 +256,14 @@ TEXT = {"num_classes": 2, "vocabulary_size": 50}
 PAIRS = {"source_vocabulary_size": 30, "target_vocabulary_size": 20}
 
 
+IMAGE_AUTO = ["data.image_size=[32, 32]", "model.batchnorm_momentum=0.99"]
+
+
 @pytest.mark.parametrize("template, overrides, model_kwargs, precision", [
-    ("image-classifier", ["model.filters=8", "model.blocks=1"], IMAGE, "float32"),
-    ("image-classifier", ["model.filters=8", "model.blocks=1"], IMAGE, "mixed_float16"),
+    # The image template's "auto" values given: no data is opened to decide them.
+    ("image-classifier", ["model.filters=8", "model.blocks=1", *IMAGE_AUTO], IMAGE, "float32"),
+    ("image-classifier", ["model.filters=8", "model.blocks=1", *IMAGE_AUTO], IMAGE,
+     "mixed_float16"),
     ("sentiment", ["model.cell=lstm", "model.bidirectional=true", "model.units=8",
                    "model.embedding_dim=8"], TEXT, "float32"),
     ("sentiment", ["model.cell=rnn", "model.bidirectional=false", "model.layers=2",

@@ -68,7 +68,9 @@ def test_template_model_outputs_float32_under_mixed_precision(project):
     from dltool.engine import experiment as experiment_lib
     from dltool._tf import keras
 
-    config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])
+    config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1",
+                                                "data.image_size=[32, 32]",  # no data opened
+                                                "model.batchnorm_momentum=0.99"])
     module = experiment_lib.load_model_module(project)
     try:
         runtime.set_precision("mixed_float16")

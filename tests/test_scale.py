@@ -680,7 +680,9 @@ def test_mixed_precision_trains_with_float32_outputs_and_loss(project, policy, c
     from dltool.engine import runtime
     from dltool._tf import keras
 
-    config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1"])
+    config = project_lib.load_config(project, ["model.filters=8", "model.blocks=1",
+                                                "data.image_size=[32, 32]",  # no data opened
+                                                "model.batchnorm_momentum=0.99"])
     module = experiment_lib.load_model_module(project)
     with runtime.precision_scope(policy):
         model, _ = experiment_lib.build_model(module, config, {"num_classes": 10})

@@ -199,10 +199,6 @@ class Experiment:
             ConfigError: if a `[model]` key is not read by the model, or a
                 config value is still "auto" (the data is not open).
         """
-        left = auto.unresolved(self.config)
-        if left:
-            raise ConfigError(f'{left[0]} is "auto": it is decided when the data is read '
-                              "(a run's config holds the value chosen)")
         return build_model(self.model_module, self.config, self.task.model_kwargs(meta), hp)
 
     def load_trained_model(self, run):
@@ -276,13 +272,19 @@ def build_model(module, config, model_kwargs, hp=None):
         A tuple `(model, hp)`.
 
     Raises:
-        ConfigError: if a `[model]` key is not read by the model.
+        ConfigError: if a `[model]` key is not read by the model, or a
+            config value is still "auto" (the data is not open).
         ProjectError: if `build_model` raises a `ValueError`, `TypeError` or
             `KeyError` (Keras' errors for a value a layer cannot take, such
             as `model.dropout = 1.5` or an image size too small for the
             pooling stages): one line with the line of `model.py` and the
             error's first line.
     """
+    # What model.py reads: [data] and [model] (training.epochs may stay "auto").
+    left = [key for key in auto.unresolved(config) if key.startswith(("data.", "model."))]
+    if left:
+        raise ConfigError(f'{left[0]} is "auto": it is decided when the data is read '
+                          "(a run's config holds the value chosen)")
     hp = hp if hp is not None else keras_tuner.HyperParameters()
     try:
         model = module.build_model(hp, config, **model_kwargs)
