@@ -4,8 +4,12 @@ Training in tests uses the embedded 700-image CIFAR-10 sample and a tiny
 model (`model.filters=8`, `model.blocks=1`), so a run takes seconds on CPU.
 """
 
+import json
 import os
 import shutil
+import signal
+import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -90,3 +94,37 @@ def copy_project(tmp_path):
         shutil.copytree(project, target, symlinks=True)
         return target
     return copy
+
+
+def rewrite_keras_config(source, target, edit):
+    """Copies the archive `source` to `target`, passing its config.json through `edit`."""
+    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as rewritten:
+        for info in original.infolist():
+            data = original.read(info.filename)
+            if info.filename == "config.json":
+                config = json.loads(data)
+                edit(config)
+                data = json.dumps(config).encode()
+            rewritten.writestr(info, data)
+    return target
+
+
+def kill_after_epochs(process, project, epochs, timeout=300):
+    """SIGKILLs the training `process` once its run of `project` has recorded
+    `epochs` epochs; returns the epochs recorded when it was killed (or when
+    it ended, or `timeout` seconds passed)."""
+    deadline, done = time.monotonic() + timeout, 0
+    while time.monotonic() < deadline and process.poll() is None:
+        # Not the `.tmp-*` folder a new run is made in, renamed a moment later.
+        runs = [p for p in (project / "runs").glob("*/run.json")
+                if not p.parent.name.startswith(".")]
+        try:
+            done = json.loads(runs[0].read_text()).get("epochs_done", 0) if runs else 0
+        except (FileNotFoundError, ValueError):  # replaced while read
+            done = 0
+        if done >= epochs:
+            os.kill(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    process.wait()
+    return done

@@ -8,17 +8,14 @@ named preset.
 
 import csv
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import invoke
+from conftest import invoke, kill_after_epochs
 from dltool._tf import keras, tf
 from dltool.core import runs
 from dltool.core.errors import ConfigError
@@ -197,15 +194,7 @@ def test_resume_after_kill_in_phase_two(tmp_path, image_preset):
     command = [sys.executable, "-m", "dltool.cli", "train", "--project", str(project),
                "--epochs", "4", *FAST]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline, done = time.monotonic() + 300, 0
-    while time.monotonic() < deadline and process.poll() is None:
-        found = list((project / "runs").glob("*/run.json"))
-        done = json.loads(found[0].read_text()).get("epochs_done", 0) if found else 0
-        if done >= 2:  # phase 2 has begun
-            os.kill(process.pid, signal.SIGKILL)
-            break
-        time.sleep(0.02)
-    process.wait()
+    done = kill_after_epochs(process, project, 2)  # phase 2 has begun
     assert 2 <= done < 4, "the first run must be killed in phase 2"
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -18,12 +18,11 @@ import signal
 import subprocess
 import sys
 import time
-import zipfile
 
 import numpy as np
 import pytest
 
-from conftest import REPO, TEXT_MODEL, TINY_MODEL, invoke
+from conftest import REPO, TEXT_MODEL, TINY_MODEL, invoke, rewrite_keras_config
 from dltool.core import runs
 from dltool.engine import initfrom
 from dltool.engine.experiment import Experiment
@@ -239,18 +238,6 @@ def _refuse_keras(config):
     layer.update(module="os", class_name="system", registered_name=None)
 
 
-def _rewrite_config(source, target, edit):
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as rewritten:
-        for info in original.infolist():
-            data = original.read(info.filename)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            rewritten.writestr(info, data)
-    return target
-
-
 @pytest.mark.parametrize("case", [
     "other template", "no such run", "not a model", "not a zip", "refused layer",
     "other filters", "other blocks", "model folder", "remote", "missing path",
@@ -295,7 +282,7 @@ def test_bad_sources_are_one_line_and_write_nothing(runner, trained_project,
         source.write_text("not a model")
         message = f"{source}: corrupt .keras file (not a zip archive)"
     elif case == "refused layer":
-        source = _rewrite_config(export / "model.keras", tmp_path / "evil.keras",
+        source = rewrite_keras_config(export / "model.keras", tmp_path / "evil.keras",
                                  _refuse_keras)
         message = "uses os.system, which dltool's templates never produce"
     elif case == "other filters":

@@ -10,7 +10,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import invoke
+from conftest import invoke, rewrite_keras_config
 
 from dltool._tf import keras, tf
 from dltool.core import config as config_lib
@@ -32,19 +32,6 @@ def _save_tiny_model(path):
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
     model.save(path)
     return path
-
-
-def _rewrite_config(source, target, edit):
-    """Copies the archive `source` to `target`, passing its config.json through `edit`."""
-    with zipfile.ZipFile(source) as original, zipfile.ZipFile(target, "w") as rewritten:
-        for info in original.infolist():
-            data = original.read(info.filename)
-            if info.filename == "config.json":
-                config = json.loads(data)
-                edit(config)
-                data = json.dumps(config).encode()
-            rewritten.writestr(info, data)
-    return target
 
 
 def _layer(config, name):
@@ -91,7 +78,7 @@ def tiny_keras(tmp_path):
 def test_lambda_wrapping_a_public_keras_function_is_refused_before_it_runs(tmp_path,
                                                                           tiny_keras):
     marker = tmp_path / "written-by-the-model.png"
-    gadget = _rewrite_config(tiny_keras, tmp_path / "gallery.keras", _insert_lambda(
+    gadget = rewrite_keras_config(tiny_keras, tmp_path / "gallery.keras", _insert_lambda(
         _function("keras.visualization", "plot_image_gallery"), {"path": str(marker)}))
     with pytest.raises(ModelFileError) as refused:  # safe mode loads it
         modelfiles.load_keras_file(gadget)
@@ -131,7 +118,7 @@ def test_lambda_holding_a_python_lambda_is_refused(tmp_path):
 ])
 def test_function_outside_the_allow_list_is_refused_naming_layer_and_function(
         tmp_path, tiny_keras, activation, shown):
-    gadget = _rewrite_config(tiny_keras, tmp_path / "gadget.keras", _set_activation(activation))
+    gadget = rewrite_keras_config(tiny_keras, tmp_path / "gadget.keras", _set_activation(activation))
     with pytest.raises(ModelFileError) as refused:
         modelfiles.load_keras_file(gadget)
     assert str(refused.value) == f"{gadget}: refused: layer 'dense' uses {shown}, {NOT_PRODUCED}"
@@ -147,7 +134,7 @@ def test_layer_class_outside_the_allow_list_is_refused(tmp_path, tiny_keras, mod
     def edit(config):
         _layer(config, "dense").update(module=module, class_name=class_name)
 
-    gadget = _rewrite_config(tiny_keras, tmp_path / "gadget.keras", edit)
+    gadget = rewrite_keras_config(tiny_keras, tmp_path / "gadget.keras", edit)
     with pytest.raises(ModelFileError) as refused:
         modelfiles.load_keras_file(gadget)
     assert str(refused.value) == f"{gadget}: refused: layer 'dense' uses {shown}, {NOT_PRODUCED}"
@@ -157,13 +144,13 @@ def test_compile_config_and_nested_python_lambda_are_checked(tmp_path, tiny_kera
     def poisoned_loss(config):
         config["compile_config"]["loss"] = _function("os", "system")
 
-    gadget = _rewrite_config(tiny_keras, tmp_path / "loss.keras", poisoned_loss)
+    gadget = rewrite_keras_config(tiny_keras, tmp_path / "loss.keras", poisoned_loss)
     with pytest.raises(ModelFileError) as refused:  # Keras drops it (compile=False): it loads
         modelfiles.load_keras_file(gadget)
     assert str(refused.value) == f"{gadget}: refused: model 'tiny' uses os.system, {NOT_PRODUCED}"
 
     code = {"class_name": "__lambda__", "config": {"value": "lambda x: x"}}
-    gadget = _rewrite_config(tiny_keras, tmp_path / "code.keras", _set_activation(code))
+    gadget = rewrite_keras_config(tiny_keras, tmp_path / "code.keras", _set_activation(code))
     with pytest.raises(ModelFileError) as refused:
         modelfiles.load_keras_file(gadget)
     assert str(refused.value) == (f"{gadget}: refused: layer 'dense' holds a Python lambda "
@@ -317,7 +304,7 @@ def test_predict_refuses_the_gadget_in_one_line_and_writes_nothing(runner, train
     gadgets.mkdir()
     shutil.copy(export / "dltool.json", gadgets)
     marker = tmp_path / "overwritten.png"
-    gadget = _rewrite_config(export / "model.keras", gadgets / "model.keras", _insert_lambda(
+    gadget = rewrite_keras_config(export / "model.keras", gadgets / "model.keras", _insert_lambda(
         _function("keras.visualization", "plot_image_gallery"),
         {"path": str(marker), "rows": 1, "cols": 1}))
     sample = min((trained_project / "samples").glob("*.jpg"))

@@ -2,16 +2,13 @@
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
 
-from conftest import TINY_MODEL, invoke
+from conftest import TINY_MODEL, invoke, kill_after_epochs
 from dltool.engine import modelfiles
 from dltool._tf import keras, tf
 from dltool.data import images
@@ -232,22 +229,7 @@ def test_resume_after_kill_continues_from_last_epoch(project):
     command = [sys.executable, "-m", "dltool.cli", "train", "--project", str(project),
                "--epochs", "4", "--set", "training.verbose=0"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and process.poll() is None:
-        # Not the `.tmp-*` folder a new run is made in, renamed a moment later.
-        runs = [p for p in (project / "runs").glob("*/run.json")
-                if not p.parent.name.startswith(".")]
-        if runs:
-            try:
-                done = json.loads(runs[0].read_text()).get("epochs_done", 0)
-            except (FileNotFoundError, ValueError):  # replaced while read
-                done = 0
-            if done >= 1:
-                os.kill(process.pid, signal.SIGKILL)
-                break
-        time.sleep(0.02)
-    process.wait()
+    done = kill_after_epochs(process, project, 1)
     assert 1 <= done < 4, "the first run must be killed between epochs 1 and 4"
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
