@@ -29,6 +29,7 @@ import keras_hub
 pytestmark = pytest.mark.slow
 
 IMAGE_SIZE = 24  # the tiny converter's size, which data.image_size = "auto" takes
+AUTO_SIZE = f"[{IMAGE_SIZE}, {IMAGE_SIZE}]"  # what "auto" chooses, given where no data is opened
 FAST = ("--set", "training.verbose=0", "--set", "training.freeze_backbone_epochs=1")
 
 
@@ -97,6 +98,10 @@ def test_image_run_records_backbone_and_phases(trained_image_project):
     run = runs.find_trained(trained_image_project)
     assert run["backbone"].endswith("tiny_resnet")
     assert run["meta"]["image_size"] == [IMAGE_SIZE, IMAGE_SIZE]  # "auto": the preset's
+    assert run["auto"]["data.image_size"] == {
+        "value": [IMAGE_SIZE, IMAGE_SIZE],
+        "reason": "the size the ImageConverter of preset "
+                  f"{run['backbone']!r} resizes to"}
     head = 16 * 10 + 10  # the ResNet's 16 features to the 10 classes
     assert run["phases"] == [
         {"phase": 1, "epochs": [1, 1], "trains": "the head (backbone frozen)",
@@ -148,7 +153,8 @@ def test_phases_set_trainable_layers_and_learning_rate(trained_image_project):
     # Explicit values for the "auto" ones the data would decide (no data is opened).
     experiment = Experiment.open(trained_image_project, ["training.epochs=4",
                                                          "training.freeze_backbone_epochs=3",
-                                                         "model.batchnorm_momentum=0.99"])
+                                                         "model.batchnorm_momentum=0.99",
+                                                         f"data.image_size={AUTO_SIZE}"])
     model, _ = experiment.build_model(runs.find_trained(trained_image_project).meta)
     compile_config = model.get_compile_config()
     first, second = phases.plan(experiment.config, model)
@@ -209,7 +215,8 @@ def test_phase_two_checkpoint_restores_its_optimizer(tmp_path, trained_image_pro
     """A checkpoint of phase 2 loads whole (optimizer state too) into a model
     entered in phase 2, as a resumed run does."""
     experiment = Experiment.open(trained_image_project, ["training.epochs=2",
-                                                         "model.batchnorm_momentum=0.99"])
+                                                         "model.batchnorm_momentum=0.99",
+                                                         f"data.image_size={AUTO_SIZE}"])
     meta = runs.find_trained(trained_image_project).meta
     x = np.random.default_rng(0).uniform(0, 255, (4, IMAGE_SIZE, IMAGE_SIZE, 3))
     y = np.arange(4) % 10

@@ -20,6 +20,7 @@ registered KerasHub backbone class is handed to it.
 
 import contextlib
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -159,16 +160,21 @@ def _check_folder(name, folder, kind):
     if not (isinstance(cls, type) and issubclass(cls, keras_hub.models.Backbone)):
         raise ConfigError(f"{where} is not a KerasHub backbone preset: its config.json "
                           f"names {registered!r}")
+    _check_class_kind(where, cls, kind)
+    needed, layer = _PREPROCESSING_FILES[kind]
+    if not (folder / needed).is_file():
+        raise ConfigError(f"{where} has no {needed}: save the preset's {layer} into it with "
+                          "save_to_preset too")
+
+
+def _check_class_kind(where, cls, kind):
+    """Refuses a backbone class that is not of `kind` (`where` starts the line)."""
     found = backbone_kind(cls)
     if found != kind:
         what = f"{_WITH_ARTICLE[found]} backbone" if found else \
             f"a backbone KerasHub has no {kind} classifier for"
         raise ConfigError(f"{where} holds {what} ({cls.__name__}); this template takes "
                           f"{_WITH_ARTICLE[kind]} backbone preset")
-    needed, layer = _PREPROCESSING_FILES[kind]
-    if not (folder / needed).is_file():
-        raise ConfigError(f"{where} has no {needed}: save the preset's {layer} into it with "
-                          "save_to_preset too")
 
 
 def backbone_kind(cls):
@@ -219,6 +225,11 @@ def load_architecture(preset, kind):
     """The preset's backbone with random weights (KerasHub downloads only its
     config): what the checks build.
 
+    Built once per process for each preset (and local folder's
+    `config.json` as it is now): every command checks its config when it
+    opens the project (`Task.check_config`), and `dltool info` describes
+    the backbone after that.
+
     Args:
         preset: The `Preset`.
         kind: `image` or `text`: a remote handle's kind is known only now.
@@ -226,30 +237,49 @@ def load_architecture(preset, kind):
     Raises:
         ConfigError: see `loading_errors`; a backbone of another kind.
     """
+    return _architecture(preset, kind, _version(preset))
+
+
+def _version(preset):
+    """What tells one state of a local preset folder from the next."""
+    if not preset.local:
+        return None
+    with contextlib.suppress(OSError):
+        return (Path(preset.handle) / "config.json").stat().st_mtime_ns
+    return None
+
+
+@functools.lru_cache(maxsize=8)
+def _architecture(preset, kind, version):
     with loading_errors(preset):
         backbone = keras_hub.models.Backbone.from_preset(preset.handle, load_weights=False)
-    found = backbone_kind(type(backbone))
-    if found != kind:
-        what = f"{_WITH_ARTICLE[found]} backbone" if found else \
-            f"a backbone KerasHub has no {kind} classifier for"
-        raise ConfigError(f"model.backbone: {preset.name!r} is {what} "
-                          f"({type(backbone).__name__}); this template takes "
-                          f"{_WITH_ARTICLE[kind]} backbone preset")
+    _check_class_kind(f"model.backbone: {preset.name!r}", type(backbone), kind)
     return backbone
 
 
-def preset_image_size(preset):
-    """The `[height, width]` the preset's ImageConverter resizes to.
+def image_size_choice(preset):
+    """`data.image_size = "auto"` with a pretrained backbone: the
+    `[height, width]` the preset's ImageConverter resizes to (read once per
+    process, as `load_architecture`).
+
+    Returns:
+        An `auto.Choice`.
 
     Raises:
         ConfigError: see `loading_errors`; the preset's converter has no size.
     """
+    return _image_size_choice(preset, _version(preset))
+
+
+@functools.lru_cache(maxsize=8)
+def _image_size_choice(preset, version):
     with loading_errors(preset):
         size = keras_hub.layers.ImageConverter.from_preset(preset.handle).image_size
     if size is None or None in size:
         raise ConfigError(f'data.image_size = "auto": the ImageConverter of preset '
                           f"{preset.name!r} has no image size; give [height, width]")
-    return [int(size[0]), int(size[1])]
+    return auto.Choice("data.image_size", [int(size[0]), int(size[1])],
+                       f"the size the ImageConverter of preset {preset.name!r} resizes to")
 
 
 def check_image_size(backbone, preset, image_size):

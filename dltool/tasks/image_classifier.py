@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 
 from dltool._tf import keras, tf
-from dltool.core import files
+from dltool.core import auto, files
 from dltool.core.errors import ConfigError, DataError
 from dltool.data import images
 from dltool.data import multilabel as data_multilabel
@@ -35,10 +35,15 @@ class ImageClassifierTask(classifier.ClassifierTask):
             export predicts; its `auto_choices` hold the image size chosen
             for `data.image_size = "auto"`.
         """
-        settings = config["data"]
+        settings, chosen = config["data"], []
+        preset = backbones.find_preset(config, "image")
+        if preset is not None and auto.is_auto(settings["image_size"]):
+            chosen = [backbones.image_size_choice(preset)]
+            settings = {**settings, "image_size": chosen[0].value}
         open_data = data_multilabel.open_image_data if settings["multi_label"] \
             else images.open_image_data
         data = open_data(settings, root, seed=config["training"]["seed"], skip_bad=skip_bad)
+        data.auto_choices = [*chosen, *data.auto_choices]
         data.meta = {"class_names": data.class_names, "image_size": list(data.image_size),
                      "max_pixels": config["data"]["max_pixels"],
                      **multilabel.data_meta(config["data"])}
@@ -47,22 +52,22 @@ class ImageClassifierTask(classifier.ClassifierTask):
     def check_config(self, config):
         """Refuses what multi-label data cannot use (the classifier's check)
         and a `model.backbone` preset that cannot be used
-        (`backbones.find_preset`), and with a pretrained backbone replaces an
-        `"auto"` `data.image_size` by its preset's size and checks that the
-        backbone takes that size: before any data is read or run written.
-        With "scratch", an `"auto"` size is decided from the images when the
-        data is opened (`dltool.core.auto`).
+        (`backbones.find_preset`), and with a pretrained backbone checks that
+        the backbone takes `data.image_size` (an `"auto"` one: its preset's
+        size, which `open_data` chooses): before any data is read or run
+        written. With "scratch", an `"auto"` size is decided from the images
+        when the data is opened (`dltool.core.auto`).
 
         Raises:
             ConfigError: one line naming the key.
         """
         super().check_config(config)
         preset = backbones.find_preset(config, "image")
-        size = config["data"]["image_size"]
         if preset is None:
             return
-        if size == "auto":
-            size = config.sections["data"]["image_size"] = backbones.preset_image_size(preset)
+        size = config["data"]["image_size"]
+        if auto.is_auto(size):
+            size = backbones.image_size_choice(preset).value
         backbones.check_image_size(backbones.load_architecture(preset, "image"), preset, size)
 
     def model_facts(self, config):
