@@ -218,11 +218,10 @@ def resolve(config, train_examples, chosen=()):
         choices.append(choose_epochs(train_examples, training["batch_size"]))
     for choice in choices:
         _set(sections, choice.key, choice.value)
-    epochs = training["epochs"]
+    steps = steps_per_epoch(train_examples, training["batch_size"])
     for key in MODEL_KEYS:
-        if is_auto(sections["model"].get(key)) and isinstance(epochs, int):
-            steps = steps_per_epoch(train_examples, training["batch_size"])
-            choice = dataclasses.replace(choose_batchnorm_momentum(steps, epochs),
+        if is_auto(sections["model"].get(key)):
+            choice = dataclasses.replace(choose_batchnorm_momentum(steps, training["epochs"]),
                                          key=f"model.{key}")
             _set(sections, choice.key, choice.value)
             choices.append(choice)

@@ -94,8 +94,7 @@ class Experiment:
             A tuple `(strategy, description)`, the description a line saying
             what was chosen and why.
         """
-        settings = self.config["runtime"]
-        runtime.split_cpu(settings["cpu_devices"])
+        settings = self.config["runtime"]  # its CPU devices are split (`__init__`)
         strategy = runtime.choose_strategy(settings["strategy"], cluster=cluster)
         precision = runtime.choose_precision(settings["precision"])
         runtime.set_precision(precision.value)

@@ -138,7 +138,7 @@ def make_callbacks(config, run, monitor, mode, backup=None, phase=None):
     if backup is None:
         backup = dl_callbacks.TrainingBackup(run.backup_dir)
     if phase is None:
-        phase = phases_lib.Phase(0, 0, training["epochs"], True, 1.0)
+        phase = phases_lib.whole_run(training["epochs"])
     budget = time_budget_seconds(config)
     seconds_done = run.get("train_seconds", 0.0)
     return [
@@ -494,9 +494,9 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
         for phase in _phases_to_run(model, config, run, backup, strategy, echo):
             backup.delete_at_end = phase.last  # phase 2 resumes from phase 1's last epoch
             callbacks = make_callbacks(config, run, monitor, mode, backup, phase)
-            with warnings.catch_warnings():
-                if phase.number == 2:  # phase 1's optimizer state, rightly skipped
-                    warnings.filterwarnings("ignore", message=phases_lib.OPTIMIZER_SKIPPED)
+            # Phase 2 starts from phase 1's weights, whose optimizer state it skips.
+            with phases_lib.optimizer_state_skipped() if phase.number == 2 else \
+                    contextlib.nullcontext():
                 model.fit(train_ds, validation_data=val_ds, epochs=phase.end_epoch,
                           callbacks=callbacks, verbose=config["training"]["verbose"],
                           **fit_options)

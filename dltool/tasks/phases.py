@@ -25,6 +25,7 @@ is restored (`dltool.engine.train`). A model without a backbone has one
 phase, the whole run, as before.
 """
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -81,8 +82,13 @@ def plan(config, model):
         2 only, at the lower rate).
     """
     if not backbone_layers(model):
-        return [Phase(0, 0, config["training"]["epochs"], True, 1.0)]
+        return [whole_run(config["training"]["epochs"])]
     return pretrained_plan(config)
+
+
+def whole_run(epochs):
+    """The one phase of a model without a pretrained backbone."""
+    return Phase(0, 0, epochs, True, 1.0)
 
 
 def pretrained_plan(config):
@@ -145,13 +151,17 @@ def load_best_weights(model, path):
         model: The built model.
         path: The `.weights.h5` file.
     """
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=OPTIMIZER_SKIPPED)
+    with optimizer_state_skipped():
         model.load_weights(str(path))
 
 
-# The start of Keras' warning when saved optimizer state does not fit.
-OPTIMIZER_SKIPPED = "Skipping variable loading for optimizer"
+@contextlib.contextmanager
+def optimizer_state_skipped():
+    """Silences Keras' warning that saved optimizer state does not fit the
+    model's optimizer: phase 1's (over the head alone) in phase 2."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        yield
 
 
 def trainable_parameters(model):
