@@ -106,9 +106,8 @@ def open_source(project_dir, text, template):
             an exported version, or a source of another template.
         ModelFileError: a file that is not a model, or that dltool refuses.
     """
-    kind, path = _locate(project_dir, text)
+    kind, path, run = _locate(project_dir, text)
     if kind == "run":
-        run = runs.Run.open(path)
         _check_template(run.template, template, f"run {run.name}")
         if not run.has_weights():
             raise ProjectError(f"--init-from: run {run.name} has no trained weights yet")
@@ -142,35 +141,39 @@ def open_source(project_dir, text, template):
 
 
 def _locate(project_dir, text):
-    """Returns `(kind, absolute path)` of what `--init-from` names."""
+    """Returns `(kind, absolute path, Run or None)` of what `--init-from`
+    names (a `.keras` file is checked when it is loaded)."""
     if _URI.match(text):
         raise ProjectError(f"--init-from: {text}: remote sources are refused; download it "
                            "first")
     try:
-        return "run", runs.find_run(project_dir, text).dir.resolve()
+        run = runs.find_run(project_dir, text)
+        return "run", run.dir.resolve(), run
     except ProjectError as e:
         no_run = e
     path = Path(text).expanduser()
     if path.is_dir():
-        return _folder_kind(path), path.resolve()
+        run = _folder_run(path)
+        return ("run" if run else "export"), path.resolve(), run
     if path.is_file():
         if path.suffix != ".keras":
             raise ModelFileError(f"--init-from: {path}: not a model (give a run, a run "
                                  "folder, an exported version folder or a .keras file)")
-        return "keras file", modelfiles.check_keras_file(path).resolve()
+        return "keras file", path.resolve(), None
     if "/" in text or path.suffix:
         raise ProjectError(f"--init-from: {text}: no such file or folder")
     raise ProjectError(f"--init-from: {no_run}")
 
 
-def _folder_kind(path):
-    """`run` or `export` for a folder, from the record it holds."""
+def _folder_run(path):
+    """The `Run` of a run folder, or None for an exported version folder."""
     if (path / runs.Run.RECORD_FILE).is_file():
-        if runs.Run.open(path) is None:
+        run = runs.Run.open(path)
+        if run is None:
             raise ProjectError(f"--init-from: {path}: its {runs.Run.RECORD_FILE} is damaged")
-        return "run"
+        return run
     if (path / export_lib.METADATA_FILE).is_file():
-        return "export"
+        return None
     versions = export_lib.versions(path)
     if versions:
         raise ProjectError(f"--init-from: {path} holds exported versions: give one of them, "
@@ -217,16 +220,20 @@ def layer_weights(model):
         holding weights, in model order; the key is the snake-case class
         name, suffixed `_1`, `_2`... from its second layer on.
     """
-    found, seen = [], {}
+    return [(key, type(layer).__name__, layer.get_weights()) for key, layer in _keyed(model)]
+
+
+def _keyed(model):
+    """`(key, layer)` of each top-level layer holding weights (`layer_weights`)."""
+    keyed, seen = [], {}
     for layer in model.layers:
         if not layer.weights:
             continue
         kind = _snake_case(type(layer).__name__)
         rank = seen.get(kind, 0)
         seen[kind] = rank + 1
-        found.append((kind if rank == 0 else f"{kind}_{rank}", type(layer).__name__,
-                      layer.get_weights()))
-    return found
+        keyed.append((kind if rank == 0 else f"{kind}_{rank}", layer))
+    return keyed
 
 
 def _snake_case(name):
@@ -257,8 +264,7 @@ def match(source, model, meta):
             raise ModelFileError(f"--init-from: {source.label} has no vocabulary (a .keras "
                                  "file without its dltool.json): give the run or the "
                                  "exported version folder")
-    targets = [(key, layer) for (key, _, _), layer in
-               zip(layer_weights(model), [l for l in model.layers if l.weights])]
+    targets = _keyed(model)
     head_reason = _head_reason(source.meta, meta) if targets else None
     given = {key: (kind, arrays) for key, kind, arrays in source.layers}
     assignments, loaded, new = [], [], []
@@ -278,7 +284,8 @@ def match(source, model, meta):
                 f"{_shapes(ours)} here (compare its [model] settings with these)")
         assignments.append((layer, given[key][1]))
         loaded.append(key)
-    extra = [key for key, _, _ in source.layers if key not in {k for k, _ in targets}]
+    keys_here = {key for key, _ in targets}
+    extra = [key for key, _, _ in source.layers if key not in keys_here]
     if extra:
         raise ModelFileError(f"--init-from: {source.label} does not fit this project's model: "
                              f"this model has no layer {extra[0]} ({given[extra[0]][0]})")
