@@ -135,6 +135,38 @@ def test_image_saved_model_matches_in_memory_model(runner, trained_image_project
     assert result.stdout.splitlines()[-1].startswith(f"samples/cat.jpg: {labels[0]} ")
 
 
+@pytest.mark.parametrize("export_format", ["litert", "onnx"])
+def test_image_backbone_converts_and_agrees_in_its_runtime(runner, trained_image_project,
+                                                           export_format):
+    """The pretrained backbone's model in LiteRT and ONNX Runtime: the same
+    probabilities as the in-memory model on the same pixels. The tiny model's
+    temperature is large (its probabilities near uniform), so its logits,
+    temperature times the log-probabilities up to a constant a row, are
+    compared too."""
+    from test_export_formats import _exported_path, _run
+
+    result = invoke(runner, "export", "--project", trained_image_project, "--format",
+                    export_format)
+    assert result.exit_code == 0, result.output
+    folder = _exported_path(result.stdout)
+    run = runs.find_trained(trained_image_project)
+    model = Experiment.for_run(trained_image_project, run).load_trained_model(run)
+    jpegs = [p.read_bytes() for p in sorted((trained_image_project / "samples").glob("*.jpg"))]
+    pixels = np.stack([images.decode_image(b, (IMAGE_SIZE, IMAGE_SIZE)) for b in jpegs])
+    temperature = run["meta"]["temperature"]
+    expected = calibration.scaled(np.asarray(model(pixels, training=False)), temperature)
+    probabilities = _run(export_format, folder, pixels.astype(np.float32))
+    assert np.array_equal(probabilities.argmax(-1), expected.argmax(-1))
+    np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+
+    def centered_logits(p):
+        logits = temperature * np.log(p)
+        return logits - logits.mean(-1, keepdims=True)
+
+    np.testing.assert_allclose(centered_logits(probabilities), centered_logits(expected),
+                               atol=1e-3)
+
+
 def test_info_names_backbone_and_phases(runner, trained_image_project):
     result = invoke(runner, "info", "--project", trained_image_project)
     assert result.exit_code == 0, result.output
