@@ -5,8 +5,20 @@ The space is registered on a `keras_tuner.HyperParameters` before
 `model.py` return values from the config's space instead of declaring their
 own. Hyperparameters `model.py` reads that are not in `[search]` keep their
 `[model]` defaults.
+
+Two kinds of `[search]` key are dltool's rather than `model.py`'s own:
+
+- `training.freeze_backbone_epochs` and `training.fine_tune_lr_factor`
+  (`config.SEARCHED_TRAINING_KEYS`): hyperparameters of those names, which
+  dltool reads for each trial (`trial_config`: the phases of a pretrained
+  backbone), not `model.py`;
+- `backbone` (`model.backbone`): `model.py` reads it through `hp.Choice`,
+  declaring only "scratch" and its default; a search may list any value
+  `model.backbone` takes, which the task checks before any trial runs
+  (`Task.check_searched_backbones`).
 """
 
+import dataclasses
 import math
 
 import dltool._tf  # noqa: F401  (environment before TensorFlow loads)
@@ -30,7 +42,7 @@ def search_hyperparameters(config):
     """
     hp = keras_tuner.HyperParameters()
     for name, spec in config_lib.parse_search_space(config["search"]).items():
-        default = config.model.get(name)
+        default = _config_value(config, name)
         if spec["kind"] == "choice":
             values = spec["values"]
             if all(isinstance(v, bool) for v in values):
@@ -53,6 +65,55 @@ def search_hyperparameters(config):
     return hp
 
 
+def _config_value(config, name):
+    """The config's value of hyperparameter `name`: `[model]`'s, or
+    `[training]`'s for a `training.KEY` name."""
+    if name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
+        return config["training"].get(name[len(config_lib.SEARCHED_TRAINING_PREFIX):])
+    return config.model.get(name)
+
+
+def training_values(values):
+    """The searched `[training]` values among a trial's hyperparameter values
+    (`training.KEY` names), by key."""
+    prefix = config_lib.SEARCHED_TRAINING_PREFIX
+    return {name[len(prefix):]: value for name, value in values.items()
+            if name.startswith(prefix)}
+
+
+def trial_config(config, values):
+    """A trial's config: `config` with the trial's hyperparameter values, its
+    searched `[training]` keys' and its `[model]` keys' (e.g. `backbone`,
+    which the run records).
+
+    Args:
+        config: The search's trial config (`training.epochs` = `tune.epochs`).
+        values: The trial's hyperparameter values.
+
+    Returns:
+        A `Config`.
+    """
+    model = {name: value for name, value in values.items() if name in config.model}
+    sections = {**config.sections, "model": {**config.model, **model},
+                "training": {**config.sections["training"], **training_values(values)}}
+    return dataclasses.replace(config, sections=sections)
+
+
+def searched_backbones(config):
+    """The `model.backbone` values a search's trials use: `[search]`'s
+    `backbone` choices, else `[]` (the `[model]` value only)."""
+    spec = config_lib.parse_search_space(config["search"]).get(BACKBONE)
+    if spec is None:
+        return []
+    if spec["kind"] != "choice" or not all(isinstance(v, str) for v in spec["values"]):
+        raise ConfigError('search.backbone must be a list of "scratch" and KerasHub preset '
+                          f"names or folders; got {config['search'].get(BACKBONE)!r}")
+    return list(spec["values"])
+
+
+BACKBONE = "backbone"
+
+
 def check_against_model(space, declared, tuner):
     """Checks the space against the hyperparameters `model.py` declares.
 
@@ -73,6 +134,10 @@ def check_against_model(space, declared, tuner):
     read = {hp.name: hp for hp in declared.space}
     for hp in space.space:
         name = f"search.{hp.name}"
+        if hp.name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
+            continue  # dltool reads it (checked with the config)
+        if hp.name == BACKBONE and isinstance(read.get(hp.name), hps_module().Choice):
+            continue  # any model.backbone value: the task checks each one
         if hp.name not in read:
             raise ConfigError(f"{name}: build_model does not read {hp.name!r} through hp "
                               f"(it reads: {', '.join(sorted(read))})")
@@ -83,6 +148,10 @@ def check_against_model(space, declared, tuner):
                 and not hp.step:
             raise ConfigError(f"{name}: the grid tuner needs a step for a float range "
                               "(or a list of values)")
+
+
+def hps_module():
+    return keras_tuner.engine.hyperparameters
 
 
 def _mismatch(searched, declared):

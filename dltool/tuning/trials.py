@@ -163,9 +163,11 @@ def find_best_hyperparameters(project_dir, which="best"):
 
 
 def hyperparameter_overrides(hyperparameters):
-    """Returns `model.KEY=VALUE` overrides that make them the `[model]` defaults."""
+    """Returns the overrides that make them the config's values: `model.KEY=VALUE`,
+    and `training.KEY=VALUE` for a searched `[training]` key (named `training.KEY`)."""
     for name, value in hyperparameters.items():
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"hyperparameter {name} has a value a config cannot hold: "
                               f"{value!r}")
-    return [f"model.{name}={json.dumps(value)}" for name, value in hyperparameters.items()]
+    return [f"{name if name.startswith('training.') else 'model.' + name}={json.dumps(value)}"
+            for name, value in hyperparameters.items()]
