@@ -4,8 +4,10 @@ dltool drives keras-tuner's public API (oracles, `Tuner`, `HyperModel`) and,
 here only, a few of its internals, so a keras-tuner release that changes them
 breaks one module, and the version check below says so first:
 
-- each trial execution is trained like a `dltool train` run (the callbacks
-  of `dltool.engine.train.make_callbacks`, a `Run` record and `history.csv`
+- each trial execution is trained like a `dltool train` run (the phase loop
+  `dltool.engine.train.fit_phases`, so a pretrained backbone trains frozen,
+  then unfrozen at the lower rate; the callbacks of
+  `dltool.engine.train.make_callbacks`, a `Run` record and `history.csv`
   in `trial_<id>/execution<n>/`), by overriding `Tuner._build_and_fit_model`:
   a search killed mid-trial resumes that trial from its last completed epoch
   (keras-tuner alone re-runs it from scratch), and a finished execution is
