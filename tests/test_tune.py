@@ -478,6 +478,22 @@ def test_searched_training_keys_become_training_overrides():
         "training.freeze_backbone_epochs=2", 'model.backbone="presets/r"']
 
 
+def test_train_decides_its_own_auto_momentum(tmp_path):
+    """`--hparams` leaves out the trial's "auto" momentum (from tune.epochs)
+    unless it was searched: the run decides it for its own epochs."""
+    from dltool.core import files
+    from dltool.tuning import trials
+
+    files.write_json_atomic(tmp_path / trials.SEARCH_FILE, {"fingerprint": {
+        "model": {"batchnorm_momentum": "auto", "dropout": 0.1},
+        "search": {"dropout": [0.1, 0.2]}}})
+    values = {"batchnorm_momentum": 0.9, "dropout": 0.2}
+    assert trials.for_training(tmp_path, values) == {"dropout": 0.2}
+    files.write_json_atomic(tmp_path / trials.SEARCH_FILE, {"fingerprint": {
+        "model": {"batchnorm_momentum": "auto"}, "search": {"batchnorm_momentum": [0.9]}}})
+    assert trials.for_training(tmp_path, values) == values
+
+
 @pytest.fixture
 def preset_project(project, image_preset):
     """A new image project with the tiny ResNet preset in presets/tiny_resnet."""

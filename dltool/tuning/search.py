@@ -674,7 +674,8 @@ def export_best_trial(project_dir, overrides, summary, skip_bad, echo):
     echo(f"Retraining trial {summary['best']['trial']}'s hyperparameters on train + "
          "validation data")
     run = training.train(project_dir, [
-        *overrides, *trials.hyperparameter_overrides(summary["best"]["hyperparameters"]),
+        *overrides, *trials.hyperparameter_overrides(trials.for_training(
+            trials.search_dir(project_dir, summary["name"]), summary["best"]["hyperparameters"])),
         "training.include_validation=true"], skip_bad=skip_bad, fresh=True, echo=echo)
     result = export(project_dir, run["name"])
     echo(f"Exported run {result['run']} as {result['path']}")
