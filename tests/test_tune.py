@@ -478,6 +478,24 @@ def test_searched_training_keys_become_training_overrides():
         "training.freeze_backbone_epochs=2", 'model.backbone="presets/r"']
 
 
+def test_phases_keys_are_inactive_in_scratch_trials():
+    from dltool.tuning import space
+
+    config = config_lib.Config(sections={
+        "model": {"backbone": "scratch", "dropout": 0.1},
+        "training": {"freeze_backbone_epochs": 5, "fine_tune_lr_factor": 0.01},
+        "search": {"dropout": [0.1], "training": {"freeze_backbone_epochs": [1, 2]},
+                   "backbone": ["scratch", "presets/r"]}})
+    hp = space.search_hyperparameters(config)
+    assert [h.name for h in hp.space] == ["backbone", "dropout",
+                                         "training.freeze_backbone_epochs"]
+    freeze = hp.space[-1]
+    assert [(c.name, list(c.values)) for c in freeze.conditions] == [
+        ("backbone", ["presets/r"])]
+    assert space.trial_config(config, {"backbone": "scratch", "dropout": 0.1})[
+        "training"]["freeze_backbone_epochs"] == 5  # the config's, unused
+
+
 def test_train_decides_its_own_auto_momentum(tmp_path):
     """`--hparams` leaves out the trial's "auto" momentum (from tune.epochs)
     unless it was searched: the run decides it for its own epochs."""

@@ -18,6 +18,7 @@ Two kinds of `[search]` key are dltool's rather than `model.py`'s own:
   (`Task.check_searched_backbones`).
 """
 
+import contextlib
 import dataclasses
 import math
 
@@ -41,28 +42,43 @@ def search_hyperparameters(config):
         A `keras_tuner.HyperParameters`.
     """
     hp = keras_tuner.HyperParameters()
-    for name, spec in config_lib.parse_search_space(config["search"]).items():
-        default = _config_value(config, name)
-        if spec["kind"] == "choice":
-            values = spec["values"]
-            if all(isinstance(v, bool) for v in values):
-                # keras-tuner's Choice would turn true/false into 1/0.
-                if len(values) == 2:
-                    hp.Boolean(name, default=default if isinstance(default, bool) else False)
-                else:
-                    hp.Fixed(name, values[0])
-                continue
-            if any(isinstance(v, float) for v in values):  # keras-tuner wants one type
-                values = [float(v) for v in values]
-            default = default if default in values and not isinstance(default, bool) else None
-            hp.Choice(name, values, default=default)
-        else:
-            in_range = (isinstance(default, (int, float)) and not isinstance(default, bool)
-                        and spec["min"] <= default <= spec["max"])
-            kind = hp.Int if spec["kind"] == "int" else hp.Float
-            kind(name, spec["min"], spec["max"], step=spec["step"],
-                 sampling=spec["sampling"], default=default if in_range else None)
+    space = config_lib.parse_search_space(config["search"])
+    backbones = space.get(BACKBONE, {}).get("values", [])
+    pretrained = [value for value in backbones if value != "scratch"]
+    # The phases' keys count only with a pretrained backbone: when "scratch"
+    # is searched too they are active in the other trials only, so scratch
+    # trials are not repeated for values they do not use.
+    conditional = "scratch" in backbones and bool(pretrained)
+    for name in sorted(space, key=lambda name: name != BACKBONE):  # the backbone first
+        phases_key = name.startswith(config_lib.SEARCHED_TRAINING_PREFIX)
+        with (hp.conditional_scope(BACKBONE, pretrained) if phases_key and conditional
+              else contextlib.nullcontext()):
+            _register(hp, name, space[name], _config_value(config, name))
     return hp
+
+
+def _register(hp, name, spec, default):
+    """Registers one `[search]` entry (`config.parse_search_space`'s spec) on
+    `hp`, with `default` (its config value) when it lies in the space."""
+    if spec["kind"] == "choice":
+        values = spec["values"]
+        if all(isinstance(v, bool) for v in values):
+            # keras-tuner's Choice would turn true/false into 1/0.
+            if len(values) == 2:
+                hp.Boolean(name, default=default if isinstance(default, bool) else False)
+            else:
+                hp.Fixed(name, values[0])
+            return
+        if any(isinstance(v, float) for v in values):  # keras-tuner wants one type
+            values = [float(v) for v in values]
+        default = default if default in values and not isinstance(default, bool) else None
+        hp.Choice(name, values, default=default)
+    else:
+        in_range = (isinstance(default, (int, float)) and not isinstance(default, bool)
+                    and spec["min"] <= default <= spec["max"])
+        kind = hp.Int if spec["kind"] == "int" else hp.Float
+        kind(name, spec["min"], spec["max"], step=spec["step"],
+             sampling=spec["sampling"], default=default if in_range else None)
 
 
 def _config_value(config, name):
