@@ -128,3 +128,50 @@ def kill_after_epochs(process, project, epochs, timeout=300):
         time.sleep(0.02)
     process.wait()
     return done
+
+
+# ---- tiny KerasHub presets (no preset can be downloaded here) ----
+
+# Written with `save_to_preset` into temporary folders: KerasHub loads a local
+# folder through the same code as a named preset.
+IMAGE_SIZE = 24  # the tiny converter's size, which data.image_size = "auto" takes
+
+
+def save_image_preset(folder, image_size=IMAGE_SIZE):
+    """A 2-stage ResNet (88,960 parameters) and its ImageConverter (resizing
+    to `image_size`), random weights."""
+    import keras_hub  # here: importing conftest loads no TensorFlow
+
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block")
+    converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(image_size, image_size), scale=[1 / 58.4, 1 / 57.1, 1 / 57.4],
+        offset=[-123.7 / 58.4, -116.3 / 57.1, -103.5 / 57.4])
+    backbone.save_to_preset(str(folder))
+    converter.save_to_preset(str(folder))
+    return folder
+
+
+def save_text_preset(folder):
+    """A 1-layer BERT of width 16 and its WordPiece tokenizer, random weights."""
+    import keras_hub
+
+    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "good",
+                  "bad", "a", "is", "film"]
+    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1,
+                                             num_heads=2, hidden_dim=16, intermediate_dim=32,
+                                             max_sequence_length=32)
+    backbone.save_to_preset(str(folder))
+    keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def image_preset(tmp_path_factory):
+    return save_image_preset(tmp_path_factory.mktemp("presets") / "tiny_resnet")
+
+
+@pytest.fixture(scope="session")
+def text_preset(tmp_path_factory):
+    return save_text_preset(tmp_path_factory.mktemp("presets") / "tiny_bert")

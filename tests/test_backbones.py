@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import invoke, kill_after_epochs
+from conftest import IMAGE_SIZE, invoke, kill_after_epochs
 from dltool._tf import keras, tf
 from dltool.core import runs
 from dltool.core.errors import ConfigError
@@ -28,44 +28,8 @@ import keras_hub
 
 pytestmark = pytest.mark.slow
 
-IMAGE_SIZE = 24  # the tiny converter's size, which data.image_size = "auto" takes
 AUTO_SIZE = f"[{IMAGE_SIZE}, {IMAGE_SIZE}]"  # what "auto" chooses, given where no data is opened
 FAST = ("--set", "training.verbose=0", "--set", "training.freeze_backbone_epochs=1")
-
-
-def _save_image_preset(folder):
-    """A 2-stage ResNet (88,960 parameters) and its ImageConverter, random weights."""
-    backbone = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[3], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block")
-    converter = keras_hub.layers.ResNetImageConverter(
-        image_size=(IMAGE_SIZE, IMAGE_SIZE), scale=[1 / 58.4, 1 / 57.1, 1 / 57.4],
-        offset=[-123.7 / 58.4, -116.3 / 57.1, -103.5 / 57.4])
-    backbone.save_to_preset(str(folder))
-    converter.save_to_preset(str(folder))
-    return folder
-
-
-def _save_text_preset(folder):
-    """A 1-layer BERT of width 16 and its WordPiece tokenizer, random weights."""
-    vocabulary = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "movie", "good",
-                  "bad", "a", "is", "film"]
-    backbone = keras_hub.models.BertBackbone(vocabulary_size=len(vocabulary), num_layers=1,
-                                             num_heads=2, hidden_dim=16, intermediate_dim=32,
-                                             max_sequence_length=32)
-    backbone.save_to_preset(str(folder))
-    keras_hub.models.BertTokenizer(vocabulary=vocabulary).save_to_preset(str(folder))
-    return folder
-
-
-@pytest.fixture(scope="session")
-def image_preset(tmp_path_factory):
-    return _save_image_preset(tmp_path_factory.mktemp("presets") / "tiny_resnet")
-
-
-@pytest.fixture(scope="session")
-def text_preset(tmp_path_factory):
-    return _save_text_preset(tmp_path_factory.mktemp("presets") / "tiny_bert")
 
 
 def _set_backbone(project, value, image_size=None):

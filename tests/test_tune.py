@@ -441,3 +441,181 @@ def test_chief_and_two_workers(project):
     ids = {r["worker"] for r in rows}
     assert len(ids) == 2 and all(i.startswith("worker-") and i.endswith(("-0", "-1"))
                                  for i in ids)
+
+
+# ---- pretrained backbones: searched like other hyperparameters, trained in phases ----
+
+# Both backbones of a search, the phases' keys, and the tiny CNN for "scratch".
+BACKBONE_SEARCH = (*TINY_SEARCH, "--set", "search.dropout=[0.0]",
+                   "--set", "search.learning_rate=[0.003]",
+                   "--set", 'search.backbone=["scratch", "presets/tiny_resnet"]',
+                   "--set", "search.training.freeze_backbone_epochs=[1]",
+                   "--set", "search.training.fine_tune_lr_factor=[0.1]")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ({"training.epochs": [1, 2]}, "search.training.epochs: [search] takes these [training] "
+                                  "keys only: training.freeze_backbone_epochs"),
+    ({"training": {"fine_tune_lr_factor": [0.5, 2.0]}},
+     "search.training.fine_tune_lr_factor must be a number from 1e-06 to 1.0; got 2.0"),
+    ({"training": {"freeze_backbone_epochs": {"min": 0.5, "max": 2}}},
+     "search.training.freeze_backbone_epochs: give integers"),
+])
+def test_bad_searched_training_key_names_it(entry, message):
+    with pytest.raises(ConfigError) as error:
+        config_lib.parse_search_space(entry)
+    assert str(error.value).startswith(message)
+
+
+def test_searched_training_keys_become_training_overrides():
+    from dltool.tuning import trials
+
+    space = config_lib.parse_search_space({"training": {"freeze_backbone_epochs": [0, 2]},
+                                           "backbone": ["scratch", "presets/r"]})
+    assert list(space) == ["training.freeze_backbone_epochs", "backbone"]
+    assert trials.hyperparameter_overrides({"training.freeze_backbone_epochs": 2,
+                                            "backbone": "presets/r"}) == [
+        "training.freeze_backbone_epochs=2", 'model.backbone="presets/r"']
+
+
+def test_phases_keys_are_inactive_in_scratch_trials():
+    from dltool.tuning import space
+
+    config = config_lib.Config(sections={
+        "model": {"backbone": "scratch", "dropout": 0.1},
+        "training": {"freeze_backbone_epochs": 5, "fine_tune_lr_factor": 0.01},
+        "search": {"dropout": [0.1], "training": {"freeze_backbone_epochs": [1, 2]},
+                   "backbone": ["scratch", "presets/r"]}})
+    hp = space.search_hyperparameters(config)
+    assert [h.name for h in hp.space] == ["backbone", "dropout",
+                                         "training.freeze_backbone_epochs"]
+    freeze = hp.space[-1]
+    assert [(c.name, list(c.values)) for c in freeze.conditions] == [
+        ("backbone", ["presets/r"])]
+    assert space.trial_config(config, {"backbone": "scratch", "dropout": 0.1})[
+        "training"]["freeze_backbone_epochs"] == 5  # the config's, unused
+
+
+def test_train_decides_its_own_auto_momentum(tmp_path):
+    """`--hparams` leaves out the trial's "auto" momentum (from tune.epochs)
+    unless it was searched: the run decides it for its own epochs."""
+    from dltool.core import files
+    from dltool.tuning import trials
+
+    files.write_json_atomic(tmp_path / trials.SEARCH_FILE, {"fingerprint": {
+        "model": {"batchnorm_momentum": "auto", "dropout": 0.1},
+        "search": {"dropout": [0.1, 0.2]}}})
+    values = {"batchnorm_momentum": 0.9, "dropout": 0.2}
+    assert trials.for_training(tmp_path, values) == {"dropout": 0.2}
+    files.write_json_atomic(tmp_path / trials.SEARCH_FILE, {"fingerprint": {
+        "model": {"batchnorm_momentum": "auto"}, "search": {"batchnorm_momentum": [0.9]}}})
+    assert trials.for_training(tmp_path, values) == values
+
+
+@pytest.fixture
+def preset_project(project, image_preset):
+    """A new image project with the tiny ResNet preset in presets/tiny_resnet."""
+    import shutil
+
+    shutil.copytree(image_preset, project / "presets" / "tiny_resnet")
+    return project
+
+
+@pytest.mark.slow
+def test_search_over_backbones_runs_the_phases(runner, preset_project, monkeypatch):
+    from dltool.tasks import phases
+
+    entered = []  # (phase, trainable parameters) as each trial's fit enters it
+    enter = phases.enter
+
+    def recording_enter(model, phase, compile_config):
+        enter(model, phase, compile_config)
+        entered.append((phase.number, phases.trainable_parameters(model)))
+
+    monkeypatch.setattr(phases, "enter", recording_enter)
+    result = invoke(runner, "tune", "--project", preset_project, "--tuner", "grid",
+                    "--max-trials", 2, "--epochs", 2, *BACKBONE_SEARCH)
+    assert result.exit_code == 0, result.output
+    rows = {r["backbone"]: r for r in _rows(preset_project / "tuning" / "grid")}
+    assert set(rows) == {"scratch", "presets/tiny_resnet"}
+    assert all(r["status"] == "completed" and r["epochs"] == "2" for r in rows.values())
+    head = 16 * 10 + 10  # the ResNet's 16 features to the 10 classes
+    assert entered == [(1, head), (2, 88_000 + head)]  # the scratch trial has no phases
+    for trial_dir in (preset_project / "tuning" / "grid").glob("trial_*"):
+        run = json.loads((trial_dir / "execution0" / "run.json").read_text())
+        if run.get("backbone") == "presets/tiny_resnet":
+            assert [(p["phase"], p["epochs"], p["learning_rate_factor"])
+                    for p in run["phases"]] == [(1, [1, 1], 1.0), (2, [2, 2], 0.1)]
+        else:
+            assert "phases" not in run
+    # One image size for both (the preset's), the momentum from tune.epochs.
+    assert "model.batchnorm_momentum = 0.9 (auto: 16 training steps (8 an epoch x 2 " \
+           "epochs)" in result.output
+    assert "Phase 2 (epochs 2-2)" in result.output
+
+
+@pytest.mark.slow
+def test_bad_searched_backbone_is_one_line_before_any_trial(runner, preset_project):
+    from conftest import save_image_preset
+
+    save_image_preset(preset_project / "presets" / "resnet_32", image_size=32)
+    for backbones, message in [
+            ('["scratch", "presets/nope"]',
+             "Error: search.backbone: 'presets/nope' (" f"{preset_project}/presets/nope): "
+             "no such folder"),
+            ('["presets/tiny_resnet", "presets/resnet_32"]',
+             'Error: data.image_size = "auto": the searched backbones\' presets take different '
+             "sizes (presets/tiny_resnet [24, 24], presets/resnet_32 [32, 32])")]:
+        result = invoke(runner, "tune", "--project", preset_project, "--max-trials", 2,
+                        "--epochs", 2, *BACKBONE_SEARCH, "--set", f"search.backbone={backbones}")
+        assert result.exit_code == 1, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), result.output
+        assert not (preset_project / "tuning").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("initial_epoch, epochs, trains", [
+    (0, 1, ["head"]),                  # Hyperband's short round: stops inside phase 1
+    (1, 3, ["head", "all"]),           # continues a trial: phase 1's last epoch, then 2
+    (2, 4, ["all", "all"]),            # continues one in phase 2
+])
+def test_a_trial_enters_the_phase_of_its_epochs(tmp_path, image_preset, initial_epoch, epochs,
+                                                trains):
+    """`fit_phases` (the one loop of train and tune) with keras-tuner's
+    `epochs` and `initial_epoch`: phase 1 is epochs 0-1 of 4."""
+    import numpy as np
+
+    import keras_hub
+    from dltool._tf import keras
+    from dltool.core import runs
+    from dltool.engine import callbacks as dl_callbacks
+    from dltool.engine import train
+    from dltool.tasks import phases
+
+    backbone = keras_hub.models.Backbone.from_preset(str(image_preset))
+    inputs = keras.Input((24, 24, 3))
+    outputs = keras.layers.Dense(2, activation="softmax")(
+        keras.layers.GlobalAveragePooling2D()(backbone(inputs)))
+    model = keras.Model(inputs, outputs)
+    model.compile("adam", "sparse_categorical_crossentropy")
+    config = config_lib.Config(sections={
+        "model": {"backbone": "tiny"},
+        "training": {"epochs": 4, "freeze_backbone_epochs": 2, "fine_tune_lr_factor": 0.1}})
+    (tmp_path / "run").mkdir()
+    run = runs.Run(tmp_path / "run", {"name": "run", "epochs_done": 0})
+    backup = dl_callbacks.TrainingBackup(run.backup_dir)
+    seen = []
+
+    class Record(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            seen.append((epoch, phases.trainable_parameters(self.model)))
+
+    x = np.random.default_rng(0).uniform(0, 255, (4, 24, 24, 3)).astype("float32")
+    train.fit_phases(model, config, run, backup, None, lambda line: None,
+                     lambda phase: [backup, Record()], x, np.array([0, 1, 0, 1]),
+                     epochs=epochs, initial_epoch=initial_epoch, batch_size=4, verbose=0)
+    size = {34: "head", 88_034: "all"}  # the head: 16 features to 2 classes
+    assert seen == [(initial_epoch + i, n) for i, n in enumerate(
+        [next(k for k, v in size.items() if v == t) for t in trains])]
+    assert not backup.checkpoints()  # the execution ended: its backup is deleted

@@ -606,7 +606,53 @@ def parse_search_space(search):
     """
     if not isinstance(search, dict):
         raise ConfigError("[search] must be a table of hyperparameter = choices or range")
-    return {name: _search_entry(f"search.{name}", value) for name, value in search.items()}
+    parsed = {}
+    for name, value in flatten_search(search).items():
+        parsed[name] = entry = _search_entry(f"search.{name}", value)
+        if name.startswith(SEARCHED_TRAINING_PREFIX):
+            _check_training_entry(name, entry)
+    return parsed
+
+
+# The `[training]` keys `[search]` may hold (as `training.KEY`): dltool, not
+# model.py, reads them, for each trial (the phases of a pretrained backbone).
+SEARCHED_TRAINING_PREFIX = "training."
+SEARCHED_TRAINING_KEYS = ("freeze_backbone_epochs", "fine_tune_lr_factor")
+
+
+def flatten_search(search):
+    """The `[search]` table with its `training` sub-table as `training.KEY` names.
+
+    In a TOML file `training.freeze_backbone_epochs = [0, 2]` under
+    `[search]` is a sub-table `training`; an override
+    (`--set search.training.freeze_backbone_epochs=[0,2]`) gives the dotted
+    name itself. Both become `training.freeze_backbone_epochs`.
+    """
+    flat = {}
+    for name, value in search.items():
+        if name == "training" and isinstance(value, dict) and not set(value) & set(_RANGE_KEYS):
+            for key, entry in value.items():
+                flat.setdefault(f"{SEARCHED_TRAINING_PREFIX}{key}", entry)
+        else:
+            flat[name] = value
+    return flat
+
+
+def _check_training_entry(name, entry):
+    """Refuses a searched `training.*` key dltool does not search, or a
+    choice or bound its `Field` refuses (e.g. `fine_tune_lr_factor` above 1)."""
+    key = name[len(SEARCHED_TRAINING_PREFIX):]
+    if key not in SEARCHED_TRAINING_KEYS:
+        allowed = ", ".join(f"training.{k}" for k in SEARCHED_TRAINING_KEYS)
+        raise ConfigError(f"search.{name}: [search] takes these [training] keys only: "
+                          f"{allowed} (and model.py's hyperparameters)")
+    field = COMMON_SECTIONS["training"][key]
+    values = entry["values"] if entry["kind"] == "choice" else [entry["min"], entry["max"]]
+    if field.kind is int and (entry["kind"] == "float" or
+                              not all(type(v) is int for v in values)):
+        raise ConfigError(f"search.{name}: give integers (a list, or min and max)")
+    for value in values:
+        _check(f"search.{name}", field, value)
 
 
 _RANGE_KEYS = ("min", "max", "step", "sampling")

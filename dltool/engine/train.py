@@ -388,16 +388,64 @@ def train(project_dir, overrides=(), *, skip_bad=False, fresh=False, cluster=Non
     return run
 
 
-def _phases_to_run(model, config, run, backup, strategy, echo):
+def fit_phases(model, config, run, backup, strategy, echo, callbacks_for, *fit_args,
+               epochs=None, initial_epoch=0, **fit_kwargs):
+    """Fits `model` phase by phase (`dltool.tasks.phases`): the one loop
+    `dltool train` and every `dltool tune` trial run.
+
+    Each phase left is entered (its trainable layers set, the model compiled
+    afresh) and fitted with its own callbacks up to its last epoch. The
+    phases follow from `config` (`training.epochs`, `freeze_backbone_epochs`,
+    `fine_tune_lr_factor`), so a fit that starts late (a resumed checkpoint,
+    or keras-tuner's Hyperband continuing a trial of the previous round at
+    `initial_epoch`) enters the phase of its first epoch, and one that stops
+    early (Hyperband's shorter rounds: `epochs`) ends inside the phase of its
+    last.
+
+    Args:
+        model: The compiled model (`model.py`'s compile).
+        config: The run's (trial's) `Config`.
+        run: The `Run` (`run.json` records the phases of a pretrained backbone).
+        backup: The run's `callbacks.TrainingBackup`, shared by the phases
+            (it deletes its checkpoints at the end of the last one run).
+        strategy: The distribution strategy (its scope compiles), or None.
+        echo: Function that prints a line for the user.
+        callbacks_for: Function of a `Phase` returning that phase's
+            callbacks (with `backup` among them).
+        *fit_args: `model.fit`'s data arguments.
+        epochs: The epoch to stop before; `training.epochs` when None.
+        initial_epoch: The epoch the fit starts at (a restored backup's
+            epoch, when later, wins).
+        **fit_kwargs: Other `model.fit` arguments (validation data, class
+            weights, verbosity).
+    """
+    stop = config["training"]["epochs"] if epochs is None else epochs
+    for phase in _phases_to_run(model, config, run, backup, strategy, echo,
+                                start=initial_epoch, stop=stop):
+        last = phase.last or phase.end_epoch >= stop
+        backup.delete_at_end = last  # phase 2 resumes from phase 1's last epoch
+        callbacks = callbacks_for(phase)
+        # Phase 2 starts from phase 1's weights, whose optimizer state it skips.
+        with phases_lib.optimizer_state_skipped() if phase.number == 2 else \
+                contextlib.nullcontext():
+            model.fit(*fit_args, epochs=min(phase.end_epoch, stop),
+                      initial_epoch=max(phase.first_epoch, initial_epoch),
+                      callbacks=callbacks, **fit_kwargs)
+        if last or any(getattr(c, "stopped", False) for c in callbacks):
+            break  # the time budget is spent: no next phase
+
+
+def _phases_to_run(model, config, run, backup, strategy, echo, start=0, stop=None):
     """Yields the phases (`dltool.tasks.phases`) left to train, each entered:
     its trainable layers set and the model compiled afresh for it.
 
     A resumed run starts in the phase of its checkpoint's epoch
-    (`TrainingBackup.saved_epoch`), entered before `fit` restores it, so the
-    checkpoint's optimizer state fits. Phase 2's first `fit` restores phase
-    1's last checkpoint: the weights are the model's own, and its optimizer
-    state (of the head alone) is rightly not loaded into phase 2's new
-    optimizer (`fit` silences Keras' warning about it).
+    (`TrainingBackup.saved_epoch`), or of `start` when later, entered before
+    `fit` restores it, so the checkpoint's optimizer state fits. Phase 2's
+    first `fit` restores phase 1's last checkpoint: the weights are the
+    model's own, and its optimizer state (of the head alone) is rightly not
+    loaded into phase 2's new optimizer (`fit` silences Keras' warning about
+    it). A phase that starts at or after `stop` is not run.
     """
     phases = phases_lib.plan(config, model)
     described = phases_lib.describe(model, phases)
@@ -406,12 +454,14 @@ def _phases_to_run(model, config, run, backup, strategy, echo):
         for line in phases_lib.phase_lines(described):
             echo(line)
     compile_config = model.get_compile_config()
-    start = backup.saved_epoch()
+    start = max(start, backup.saved_epoch())
     for phase in phases:
         if phase.end_epoch <= start and not phase.last:
             continue
+        if stop is not None and phase.first_epoch >= stop:
+            return
         if phase.number:
-            with strategy.scope():
+            with strategy.scope() if strategy is not None else contextlib.nullcontext():
                 phases_lib.enter(model, phase, compile_config)
         yield phase
 
@@ -491,17 +541,10 @@ def fit(model, config, run, data, train_ds, val_ds, *, strategy, backup_dir, clu
     warnings.filterwarnings("ignore", message=".*Your input ran out of data")
     with stop_on_sigterm(backup), failed_on(run, (dl_callbacks.NonFiniteLossError,
                                                   dl_callbacks.NonFiniteModelError)):
-        for phase in _phases_to_run(model, config, run, backup, strategy, echo):
-            backup.delete_at_end = phase.last  # phase 2 resumes from phase 1's last epoch
-            callbacks = make_callbacks(config, run, monitor, mode, backup, phase)
-            # Phase 2 starts from phase 1's weights, whose optimizer state it skips.
-            with phases_lib.optimizer_state_skipped() if phase.number == 2 else \
-                    contextlib.nullcontext():
-                model.fit(train_ds, validation_data=val_ds, epochs=phase.end_epoch,
-                          callbacks=callbacks, verbose=config["training"]["verbose"],
-                          **fit_options)
-            if any(getattr(c, "stopped", False) for c in callbacks):
-                break  # the time budget is spent: no next phase
+        fit_phases(model, config, run, backup, strategy, echo,
+                   lambda phase: make_callbacks(config, run, monitor, mode, backup, phase),
+                   train_ds, validation_data=val_ds, verbose=config["training"]["verbose"],
+                   **fit_options)
     run.update(status="finished", pid=None, monitor=monitor)
     echo(f"Best {monitor}: {run.get('best_value', float('nan')):.4f} at epoch "
          f"{run.get('best_epoch')} ({run['epochs_done']} epochs, "

@@ -221,6 +221,50 @@ def _cannot_load(preset, error):
     return f"model.backbone: preset {preset.name!r} cannot be loaded: {first[:300]}"
 
 
+def with_backbone(config, value):
+    """A copy of `config` whose `model.backbone` is `value` (its `[data]`
+    copied too, which a task's `check_config` may complete)."""
+    sections = {**config.sections, "model": {**config.model, "backbone": value},
+                "data": dict(config.sections.get("data", {}))}
+    return dataclasses.replace(config, sections=sections)
+
+
+@contextlib.contextmanager
+def searched(value):
+    """Makes a `model.backbone` error one about the searched value: `search.backbone`.
+
+    Raises:
+        ConfigError: the block's, naming `search.backbone` (and the value).
+    """
+    try:
+        yield
+    except ConfigError as e:
+        text = str(e)
+        if text.startswith("model.backbone"):
+            text = "search.backbone" + text[len("model.backbone"):]
+        else:
+            text = f"search.backbone {value!r}: {text}"
+        raise ConfigError(text) from None
+
+
+def searched_presets(config, values, kind):
+    """Checks each searched `model.backbone` value (`find_preset`).
+
+    Returns:
+        A dict of each pretrained value to its `Preset`, in order.
+
+    Raises:
+        ConfigError: naming `search.backbone` and the first bad value.
+    """
+    presets = {}
+    for value in values:
+        with searched(value):
+            preset = find_preset(with_backbone(config, value), kind)
+        if preset is not None:
+            presets[value] = preset
+    return presets
+
+
 def load_architecture(preset, kind):
     """The preset's backbone with random weights (KerasHub downloads only its
     config): what the checks build.

@@ -164,6 +164,21 @@ class Task:
             ConfigError: one line naming the key.
         """
 
+    def check_searched_backbones(self, config, values):
+        """Checks the `model.backbone` values a search lists (`[search]`'s
+        `backbone`), before any data is read or trial runs; does nothing by
+        default (a `model.py` that does not read `backbone` is refused by
+        the search's check of its space).
+
+        Args:
+            config: The search's `Config`; a task may decide its `"auto"`
+                values for every trial here (an image size).
+            values: The searched values.
+
+        Raises:
+            ConfigError: one line naming `search.backbone` and the value.
+        """
+
     def model_facts(self, config):
         """What `dltool info` says of the project's model (e.g. its pretrained
         backbone and what each training phase trains); `{}` by default.

@@ -70,6 +70,46 @@ class ImageClassifierTask(classifier.ClassifierTask):
             size = backbones.image_size_choice(preset).value
         backbones.check_image_size(backbones.load_architecture(preset, "image"), preset, size)
 
+    def check_searched_backbones(self, config, values):
+        """Checks every backbone a search lists and decides the one image
+        size of its trials.
+
+        The data is decoded once, at `data.image_size`, for every trial. With
+        `"auto"` and pretrained backbones among the values (or the `[model]`
+        default, which the search's checks build), the size is their presets'
+        when they all have the same one (the scratch CNN takes it too), and
+        refused otherwise; with "scratch" alone it is decided from the
+        images. Each pretrained backbone must take the size
+        (`backbones.check_image_size`).
+
+        Raises:
+            ConfigError: one line naming `search.backbone` and the value, or
+                `data.image_size`.
+        """
+        default = config.model.get("backbone", backbones.SCRATCH)
+        built = [*values, *([] if default in values else [default])]
+        presets = backbones.searched_presets(config, built, "image")
+        if not presets:
+            return
+        size = config["data"]["image_size"]
+        if size == "auto":
+            sizes = {}
+            for value, preset in presets.items():
+                with backbones.searched(value):
+                    sizes[value] = backbones.image_size_choice(preset).value
+            if len({tuple(s) for s in sizes.values()}) > 1:
+                shown = ", ".join(f"{v} {s}" for v, s in sizes.items())
+                raise ConfigError(f'data.image_size = "auto": the searched backbones\' presets '
+                                  f"take different sizes ({shown}); the data is decoded at one "
+                                  "size for every trial: set data.image_size = [height, width]")
+            # Set before the data is opened: a search's "scratch" trials take
+            # it too, so it is not the `open_data` choice of one preset.
+            size = config.sections["data"]["image_size"] = next(iter(sizes.values()))
+        for value, preset in presets.items():
+            with backbones.searched(value):
+                backbones.check_image_size(backbones.load_architecture(preset, "image"),
+                                           preset, size)
+
     def model_facts(self, config):
         """The backbone, scratch or pretrained, and what each phase trains
         (`backbones.info_facts`), once the config is checked."""

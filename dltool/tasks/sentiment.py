@@ -83,6 +83,22 @@ class SentimentTask(classifier.ClassifierTask):
         backbones.check_sequence_length(backbones.load_architecture(preset, "text"), preset,
                                         config["data"]["sequence_length"])
 
+    def check_searched_backbones(self, config, values):
+        """Refuses a search over backbones other than `model.backbone`: the
+        texts are tokenized once for every trial, by the backbone's own
+        tokenizer (a preset's) or dltool's vocabulary ("scratch").
+
+        Raises:
+            ConfigError: naming `search.backbone` and the value.
+        """
+        default = config.model.get("backbone", backbones.SCRATCH)
+        other = next((value for value in values if value != default), None)
+        if other is not None:
+            raise ConfigError(f"search.backbone {other!r}: the sentiment template tokenizes "
+                              "the texts once for the whole search, for model.backbone "
+                              f"({default!r}): search one backbone at a time (set "
+                              "model.backbone)")
+
     def model_facts(self, config):
         """The backbone, scratch or pretrained, and what each phase trains
         (`backbones.info_facts`), once the config is checked."""

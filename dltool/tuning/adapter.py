@@ -4,8 +4,10 @@ dltool drives keras-tuner's public API (oracles, `Tuner`, `HyperModel`) and,
 here only, a few of its internals, so a keras-tuner release that changes them
 breaks one module, and the version check below says so first:
 
-- each trial execution is trained like a `dltool train` run (the callbacks
-  of `dltool.engine.train.make_callbacks`, a `Run` record and `history.csv`
+- each trial execution is trained like a `dltool train` run (the phase loop
+  `dltool.engine.train.fit_phases`, so a pretrained backbone trains frozen,
+  then unfrozen at the lower rate; the callbacks of
+  `dltool.engine.train.make_callbacks`, a `Run` record and `history.csv`
   in `trial_<id>/execution<n>/`), by overriding `Tuner._build_and_fit_model`:
   a search killed mid-trial resumes that trial from its last completed epoch
   (keras-tuner alone re-runs it from scratch), and a finished execution is
@@ -47,6 +49,8 @@ from packaging.requirements import Requirement
 from dltool._tf import keras
 from dltool.core import files, runs
 from dltool.core.errors import DltoolError
+from dltool.engine import callbacks as dl_callbacks
+from dltool.engine import experiment as experiment_lib
 from dltool.engine import train as training
 from dltool.tuning import space as search_space
 from dltool.tuning.trials import ORACLE_FILE, TRIAL_FILE
@@ -203,15 +207,21 @@ class ProjectHyperModel(keras_tuner.HyperModel):
         experiment: The search's `dltool.engine.experiment.Experiment`.
         meta: The data's metadata (what `build_model`'s data arguments
             come from).
+        config: The config `build_model` is given: the trials' (their
+            `"auto"` values decided for `tune.epochs`, e.g.
+            `model.batchnorm_momentum`); the experiment's when None.
     """
 
-    def __init__(self, experiment, meta):
+    def __init__(self, experiment, meta, config=None):
         super().__init__(name="project_model")
         self.experiment = experiment
         self.meta = meta
+        self.config = config
 
     def build(self, hp):
-        model, _ = self.experiment.build_model(self.meta, hp=hp)
+        model, _ = experiment_lib.build_model(
+            self.experiment.model_module, self.config or self.experiment.config,
+            self.experiment.task.model_kwargs(self.meta), hp)
         return model
 
 
@@ -238,19 +248,24 @@ class _ProjectTunerMixin:
     Args:
         oracle: The keras-tuner oracle.
         hypermodel: A `ProjectHyperModel`.
-        trial_config: The config whose `[training]` section the trials use.
+        trial_config: The config whose `[training]` section the trials use
+            (with each trial's searched `training.*` values,
+            `space.trial_config`).
         deadline: `time.time()` after which no trial starts and the running
             one stops (local searches), or None.
         trials_per_process: Trials after which `search()` raises
             `ProcessTrialsDone` if the oracle has more (0: no limit).
+        echo: Function that prints a line for the user (a pretrained
+            backbone's phases).
         **kwargs: `keras_tuner.Tuner` arguments (`directory`, ...).
     """
 
     def __init__(self, oracle, hypermodel, trial_config, deadline=None, trials_per_process=0,
-                 **kwargs):
+                 echo=print, **kwargs):
         self.trial_config = trial_config
         self.deadline = deadline
         self.trials_per_process = trials_per_process
+        self.echo = echo
         self._execution = 0
         self.trials_run = []
         # keras_tuner.Tuner's, not Hyperband's: the oracle is made by dltool.
@@ -270,12 +285,25 @@ class _ProjectTunerMixin:
         return super().run_trial(trial, *args, **kwargs)
 
     def _build_and_fit_model(self, trial, *args, **kwargs):
+        """Trains one execution like a `dltool train` run, phase by phase
+        (`dltool.engine.train.fit_phases`: a pretrained backbone frozen,
+        then every layer but its BatchNormalization at the lower rate).
+
+        The phases are those of the trial's config (`training.epochs` is
+        `tune.epochs`; searched `training.freeze_backbone_epochs` and
+        `fine_tune_lr_factor` are the trial's): Hyperband's shorter rounds
+        (`epochs`) stop inside them, and a trial continuing one of the
+        previous round (`initial_epoch`) enters the phase of its first epoch.
+        """
         execution = self._execution
         self._execution += 1
         run = execution_run(self.get_trial_dir(trial.trial_id), execution)
         if run.get("status") == "finished" and run.history_file.is_file():
             return keras_history(run)  # done before the search was interrupted
-        kwargs["callbacks"] = [*self._execution_callbacks(run), *kwargs.get("callbacks", [])]
+        config = search_space.trial_config(self.trial_config, trial.hyperparameters.values)
+        tuner_callbacks = kwargs.pop("callbacks", [])
+        epochs = kwargs.pop("epochs", config["training"]["epochs"])
+        initial_epoch = kwargs.pop("initial_epoch", 0)
         model = self._try_build(trial.hyperparameters)
         if kt_backend.config.multi_backend():  # Hyperband rebuilds models from it
             kt_utils.save_json(self._get_build_config_fname(trial.trial_id),
@@ -283,14 +311,26 @@ class _ProjectTunerMixin:
         run.update(status="running", pid=os.getpid(), tuner_id=self.tuner_id,
                    parameters=int(model.count_params()))
         training.record_fit_options(run, kwargs, self.hypermodel.meta)
-        model.fit(*args, **kwargs)
+        backup = dl_callbacks.TrainingBackup(run.backup_dir)
+        phases_run = []
+
+        def callbacks_for(phase):
+            # TensorBoard's HParams callback ends its session when its fit
+            # ends (it cannot be reused): the first phase's fit has it.
+            kept = [c for c in tuner_callbacks if not (phases_run and _single_use(c))]
+            phases_run.append(phase)
+            return [*self._execution_callbacks(run, config, backup, phase), *kept]
+
+        training.fit_phases(model, config, run, backup, self.distribution_strategy, self.echo,
+                            callbacks_for, *args, epochs=epochs, initial_epoch=initial_epoch,
+                            **kwargs)
         run.update(status="finished", pid=None)
         return keras_history(run)
 
-    def _execution_callbacks(self, run):
+    def _execution_callbacks(self, run, config, backup, phase):
         objective = self.oracle.objective
-        callbacks = [c for c in training.make_callbacks(self.trial_config, run, objective.name,
-                                                        objective.direction)
+        callbacks = [c for c in training.make_callbacks(config, run, objective.name,
+                                                        objective.direction, backup, phase)
                      # keras-tuner saves the best epoch and writes TensorBoard
                      # logs with HParams per trial itself.
                      if not isinstance(c, (keras.callbacks.ModelCheckpoint,
@@ -306,6 +346,12 @@ class _ProjectTunerMixin:
             for folder in trial_dir.glob(EXECUTION_DIR.format("*")):
                 folder.rename(trial_dir / f"failed-{int(time.time())}-{folder.name}")
         super().on_trial_end(trial)
+
+
+def _single_use(callback):
+    """Whether a callback keras-tuner adds cannot take a second `fit`
+    (TensorBoard's HParams `KerasCallback`)."""
+    return type(callback).__module__.startswith("tensorboard.plugins.hparams")
 
 
 def execution_run(trial_dir, execution):

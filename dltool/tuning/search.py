@@ -11,7 +11,13 @@ in child processes instead (`dltool.tuning.children`): each one calls
 `tune(child=...)`, which stops after `tune.trials_per_process` trials.
 
 Every check that can fail on bad input (config, search space, objective,
-chief address) runs before the search folder is touched.
+chief address, every searched backbone) runs before the search folder is
+touched.
+
+The trials' config (`_trial_config`) is the project's with `training.epochs`
+= `tune.epochs`: its `"auto"` values are decided for those epochs (e.g.
+`model.batchnorm_momentum` from the steps of a trial, not of a
+`training.epochs` run), and `model.py` builds every trial from it.
 """
 
 import fcntl
@@ -28,8 +34,10 @@ from dltool.core import files, metrics, tokens
 from dltool.core import project as project_lib
 from dltool.core.errors import ConfigError, DltoolError
 from dltool.core.scaffold import validate_project_name
+from dltool.tasks import task_for
 from dltool.engine import train as training
-from dltool.engine.experiment import Experiment
+from dltool.engine import runtime
+from dltool.engine.experiment import Experiment, build_model
 from dltool.engine.export import export
 from dltool.tuning import adapter, trials
 from dltool.tuning import space as search_space
@@ -155,7 +163,9 @@ def worker_id(folder):
 
 
 def _fingerprint(config):
-    sections = {s: config[s] for s in _FIXED_SECTIONS}
+    # A copy: the checks may decide an "auto" value of the config later (a
+    # preset's image size), which a rerun's fingerprint, taken first, has not.
+    sections = json.loads(json.dumps({s: config[s] for s in _FIXED_SECTIONS}))
     # [tune] decides the trials' epochs, early stopping and monitored metric.
     sections["training"] = {k: v for k, v in config["training"].items()
                             if k in _FIXED_TRAINING_KEYS}
@@ -182,6 +192,22 @@ def _trial_config(project_dir, overrides, config, objective):
         *overrides, f"training.epochs={tune['epochs']}",
         f"training.early_stopping_patience={tune['early_stopping_patience']}",
         f"training.monitor={json.dumps(objective)}", "training.include_validation=false"])
+
+
+def _check_phases_searched(config, backbones):
+    """Refuses a search of the phases' `[training]` keys without a pretrained
+    backbone: its trials would differ in settings no trial uses.
+
+    Raises:
+        ConfigError: naming the searched key.
+    """
+    names = [name for name in config_lib.parse_search_space(config["search"])
+             if name.startswith(config_lib.SEARCHED_TRAINING_PREFIX)]
+    used = backbones or [config.model.get(search_space.BACKBONE, "scratch")]
+    if names and all(value == "scratch" for value in used):
+        raise ConfigError(f"search.{names[0]}: the phases are those of a pretrained backbone, "
+                          'and every trial of this search is "scratch" (model.backbone, '
+                          "search.backbone): search a backbone, or remove the key")
 
 
 def _check_objective(model, train_ds, val_ds, objective):
@@ -380,20 +406,32 @@ class Search:
         Raises:
             DltoolError: bad data, space or objective.
         """
-        experiment = Experiment(self.project_dir, self.config)
         config = self.config
+        backbones = search_space.searched_backbones(config)
+        _check_phases_searched(config, backbones)
+        if backbones:  # before TensorFlow starts: checking a pretrained backbone builds it
+            runtime.split_cpu(config["runtime"]["cpu_devices"])
+            task_for(config.template).check_searched_backbones(config, backbones)
+        experiment = Experiment(self.project_dir, config)
         trial_config = _trial_config(self.project_dir, self.overrides, config, self.objective)
+        # The values the checks decided (an image size: a pretrained backbone's preset's).
+        trial_config.sections["data"].update(
+            {key: value for key, value in config["data"].items() if key == "image_size"})
         keras.utils.set_random_seed(config["training"]["seed"])
         strategy, description = experiment.prepare_runtime()
         data = experiment.open_data(skip_bad=self.skip_bad)
-        for line in [description, *data.report]:
+        # The trials' "auto" values: e.g. data.image_size, and
+        # model.batchnorm_momentum from the steps of tune.epochs.
+        trial_config, choices = experiment.resolve(trial_config)
+        report = data.report[:len(data.report) - len(experiment.auto_choices)]
+        for line in [description, *report, *(choice.line() for choice in choices)]:
             self.preamble(line)
-        trial_config, _ = experiment.resolve(trial_config)  # e.g. data.image_size = "auto"
         train_ds, val_ds = experiment.datasets(data, trial_config)
         fit_options = experiment.task.fit_options(config, data)  # e.g. class weights
         space = search_space.search_hyperparameters(config)
         with strategy.scope():
-            model, declared = experiment.build_model(data.meta)
+            model, declared = build_model(experiment.model_module, trial_config,
+                                          experiment.task.model_kwargs(data.meta))
         search_space.check_against_model(space, declared, self.settings["tuner"])
         _check_objective(model, train_ds, val_ds, self.objective)
         del model
@@ -408,9 +446,10 @@ class Search:
         """The keras-tuner tuner of this search, its oracle made from the config."""
         oracle = adapter.make_oracle(self.settings, self.objective, self.direction,
                                      inputs.space, seed=self.config["training"]["seed"])
-        hypermodel = adapter.ProjectHyperModel(inputs.experiment, inputs.meta)
+        hypermodel = adapter.ProjectHyperModel(inputs.experiment, inputs.meta,
+                                               inputs.trial_config)
         return adapter.make_tuner(self.settings, oracle, hypermodel, inputs.trial_config,
-                                  deadline=deadline,
+                                  deadline=deadline, echo=self.echo,
                                   trials_per_process=self.trials_per_process(),
                                   directory=str(self.folder.parent),
                                   project_name=self.folder.name, overwrite=False,
@@ -636,7 +675,8 @@ def export_best_trial(project_dir, overrides, summary, skip_bad, echo):
     echo(f"Retraining trial {summary['best']['trial']}'s hyperparameters on train + "
          "validation data")
     run = training.train(project_dir, [
-        *overrides, *trials.hyperparameter_overrides(summary["best"]["hyperparameters"]),
+        *overrides, *trials.hyperparameter_overrides(trials.for_training(
+            trials.search_dir(project_dir, summary["name"]), summary["best"]["hyperparameters"])),
         "training.include_validation=true"], skip_bad=skip_bad, fresh=True, echo=echo)
     result = export(project_dir, run["name"])
     echo(f"Exported run {result['run']} as {result['path']}")

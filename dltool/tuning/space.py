@@ -5,8 +5,21 @@ The space is registered on a `keras_tuner.HyperParameters` before
 `model.py` return values from the config's space instead of declaring their
 own. Hyperparameters `model.py` reads that are not in `[search]` keep their
 `[model]` defaults.
+
+Two kinds of `[search]` key are dltool's rather than `model.py`'s own:
+
+- `training.freeze_backbone_epochs` and `training.fine_tune_lr_factor`
+  (`config.SEARCHED_TRAINING_KEYS`): hyperparameters of those names, which
+  dltool reads for each trial (`trial_config`: the phases of a pretrained
+  backbone), not `model.py`;
+- `backbone` (`model.backbone`): `model.py` reads it through `hp.Choice`,
+  declaring only "scratch" and its default; a search may list any value
+  `model.backbone` takes, which the task checks before any trial runs
+  (`Task.check_searched_backbones`).
 """
 
+import contextlib
+import dataclasses
 import math
 
 import dltool._tf  # noqa: F401  (environment before TensorFlow loads)
@@ -29,28 +42,92 @@ def search_hyperparameters(config):
         A `keras_tuner.HyperParameters`.
     """
     hp = keras_tuner.HyperParameters()
-    for name, spec in config_lib.parse_search_space(config["search"]).items():
-        default = config.model.get(name)
-        if spec["kind"] == "choice":
-            values = spec["values"]
-            if all(isinstance(v, bool) for v in values):
-                # keras-tuner's Choice would turn true/false into 1/0.
-                if len(values) == 2:
-                    hp.Boolean(name, default=default if isinstance(default, bool) else False)
-                else:
-                    hp.Fixed(name, values[0])
-                continue
-            if any(isinstance(v, float) for v in values):  # keras-tuner wants one type
-                values = [float(v) for v in values]
-            default = default if default in values and not isinstance(default, bool) else None
-            hp.Choice(name, values, default=default)
-        else:
-            in_range = (isinstance(default, (int, float)) and not isinstance(default, bool)
-                        and spec["min"] <= default <= spec["max"])
-            kind = hp.Int if spec["kind"] == "int" else hp.Float
-            kind(name, spec["min"], spec["max"], step=spec["step"],
-                 sampling=spec["sampling"], default=default if in_range else None)
+    space = config_lib.parse_search_space(config["search"])
+    backbones = space.get(BACKBONE, {}).get("values", [])
+    pretrained = [value for value in backbones if value != "scratch"]
+    # The phases' keys count only with a pretrained backbone: when "scratch"
+    # is searched too they are active in the other trials only, so scratch
+    # trials are not repeated for values they do not use.
+    conditional = "scratch" in backbones and bool(pretrained)
+    for name in sorted(space, key=lambda name: name != BACKBONE):  # the backbone first
+        phases_key = name.startswith(config_lib.SEARCHED_TRAINING_PREFIX)
+        with (hp.conditional_scope(BACKBONE, pretrained) if phases_key and conditional
+              else contextlib.nullcontext()):
+            _register(hp, name, space[name], _config_value(config, name))
     return hp
+
+
+def _register(hp, name, spec, default):
+    """Registers one `[search]` entry (`config.parse_search_space`'s spec) on
+    `hp`, with `default` (its config value) when it lies in the space."""
+    if spec["kind"] == "choice":
+        values = spec["values"]
+        if all(isinstance(v, bool) for v in values):
+            # keras-tuner's Choice would turn true/false into 1/0.
+            if len(values) == 2:
+                hp.Boolean(name, default=default if isinstance(default, bool) else False)
+            else:
+                hp.Fixed(name, values[0])
+            return
+        if any(isinstance(v, float) for v in values):  # keras-tuner wants one type
+            values = [float(v) for v in values]
+        default = default if default in values and not isinstance(default, bool) else None
+        hp.Choice(name, values, default=default)
+    else:
+        in_range = (isinstance(default, (int, float)) and not isinstance(default, bool)
+                    and spec["min"] <= default <= spec["max"])
+        kind = hp.Int if spec["kind"] == "int" else hp.Float
+        kind(name, spec["min"], spec["max"], step=spec["step"],
+             sampling=spec["sampling"], default=default if in_range else None)
+
+
+def _config_value(config, name):
+    """The config's value of hyperparameter `name`: `[model]`'s, or
+    `[training]`'s for a `training.KEY` name."""
+    if name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
+        return config["training"].get(name[len(config_lib.SEARCHED_TRAINING_PREFIX):])
+    return config.model.get(name)
+
+
+def training_values(values):
+    """The searched `[training]` values among a trial's hyperparameter values
+    (`training.KEY` names), by key."""
+    prefix = config_lib.SEARCHED_TRAINING_PREFIX
+    return {name[len(prefix):]: value for name, value in values.items()
+            if name.startswith(prefix)}
+
+
+def trial_config(config, values):
+    """A trial's config: `config` with the trial's hyperparameter values, its
+    searched `[training]` keys' and its `[model]` keys' (e.g. `backbone`,
+    which the run records).
+
+    Args:
+        config: The search's trial config (`training.epochs` = `tune.epochs`).
+        values: The trial's hyperparameter values.
+
+    Returns:
+        A `Config`.
+    """
+    model = {name: value for name, value in values.items() if name in config.model}
+    sections = {**config.sections, "model": {**config.model, **model},
+                "training": {**config.sections["training"], **training_values(values)}}
+    return dataclasses.replace(config, sections=sections)
+
+
+def searched_backbones(config):
+    """The `model.backbone` values a search's trials use: `[search]`'s
+    `backbone` choices, else `[]` (the `[model]` value only)."""
+    spec = config_lib.parse_search_space(config["search"]).get(BACKBONE)
+    if spec is None:
+        return []
+    if spec["kind"] != "choice" or not all(isinstance(v, str) for v in spec["values"]):
+        raise ConfigError('search.backbone must be a list of "scratch" and KerasHub preset '
+                          f"names or folders; got {config['search'].get(BACKBONE)!r}")
+    return list(spec["values"])
+
+
+BACKBONE = "backbone"
 
 
 def check_against_model(space, declared, tuner):
@@ -73,6 +150,10 @@ def check_against_model(space, declared, tuner):
     read = {hp.name: hp for hp in declared.space}
     for hp in space.space:
         name = f"search.{hp.name}"
+        if hp.name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
+            continue  # dltool reads it (checked with the config)
+        if hp.name == BACKBONE and isinstance(read.get(hp.name), hps_module().Choice):
+            continue  # any model.backbone value: the task checks each one
         if hp.name not in read:
             raise ConfigError(f"{name}: build_model does not read {hp.name!r} through hp "
                               f"(it reads: {', '.join(sorted(read))})")
@@ -83,6 +164,10 @@ def check_against_model(space, declared, tuner):
                 and not hp.step:
             raise ConfigError(f"{name}: the grid tuner needs a step for a float range "
                               "(or a list of values)")
+
+
+def hps_module():
+    return keras_tuner.engine.hyperparameters
 
 
 def _mismatch(searched, declared):

@@ -16,7 +16,8 @@ import os
 import time
 from pathlib import Path
 
-from dltool.core import files, runs, tables
+from dltool.core import auto, files, runs, tables
+from dltool.core import config as config_lib
 from dltool.core.errors import ConfigError, ProjectError
 
 TUNING_DIR = runs.TUNING_DIR
@@ -159,13 +160,33 @@ def find_best_hyperparameters(project_dir, which="best"):
         raise ProjectError(f"{path} is damaged")
     if not summary.get("best"):
         raise ProjectError(f"search {path.parent.name} has no completed trial yet")
-    return summary["best"]["hyperparameters"], path.parent.name
+    return for_training(path.parent, summary["best"]["hyperparameters"]), path.parent.name
+
+
+def for_training(folder, hyperparameters):
+    """A trial's hyperparameters as a training run takes them: without the
+    `"auto"` `[model]` values the trial's epochs decided and the search did
+    not search (`model.batchnorm_momentum`, from the steps of `tune.epochs`),
+    which the run decides again for its own epochs.
+
+    Args:
+        folder: The search folder (its `search.json` holds the `[model]` and
+            `[search]` sections the search started with).
+        hyperparameters: The trial's values.
+    """
+    fingerprint = (files.read_json(Path(folder) / SEARCH_FILE) or {}).get("fingerprint", {})
+    searched = set(config_lib.flatten_search(fingerprint.get("search", {})))
+    written = fingerprint.get("model", {})
+    return {name: value for name, value in hyperparameters.items()
+            if name in searched or not auto.is_auto(written.get(name))}
 
 
 def hyperparameter_overrides(hyperparameters):
-    """Returns `model.KEY=VALUE` overrides that make them the `[model]` defaults."""
+    """Returns the overrides that make them the config's values: `model.KEY=VALUE`,
+    and `training.KEY=VALUE` for a searched `[training]` key (named `training.KEY`)."""
     for name, value in hyperparameters.items():
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"hyperparameter {name} has a value a config cannot hold: "
                               f"{value!r}")
-    return [f"model.{name}={json.dumps(value)}" for name, value in hyperparameters.items()]
+    return [f"{name if name.startswith('training.') else 'model.' + name}={json.dumps(value)}"
+            for name, value in hyperparameters.items()]
