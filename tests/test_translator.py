@@ -3,6 +3,7 @@ decoding in the graph, train, export on raw strings, evaluate, predict."""
 
 import markupsafe
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -415,6 +416,53 @@ def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, ar
     assert accuracy == pytest.approx((logits.argmax(-1) == target_out)[real].mean(), abs=1e-6)
     history = model.fit(inputs, target_out, epochs=1, batch_size=4, verbose=0)
     assert np.isfinite(history.history["loss"][0])
+
+
+def test_transformer_outputs_at_real_positions_ignore_padding(tmp_path, runner):
+    # Keras carries the padding mask from TokenAndPositionEmbedding(mask_zero)
+    # to keras_hub's TransformerEncoder / TransformerDecoder, which turn it
+    # into their attention masks (encoder self-attention, cross-attention,
+    # decoder self-attention with the causal mask); the UserWarnings "Layer
+    # 'query' ... will destroy the mask" come from layers inside them after
+    # that, and model.py silences them. So the same sentences with any number
+    # of padding tokens more give the same logits at their real positions
+    # (source padding: the encoder and the attention to the source; target
+    # padding comes after the real tokens, which the causal mask hides anyway).
+    from dltool.engine import experiment as experiment_lib
+
+    project = tmp_path / "proj"
+    assert invoke(runner, "new", "translator", project).exit_code == 0
+    config = config_lib.load_config(project / "config.toml", [
+        "model.architecture=transformer", "model.units=16", "model.embedding_dim=8",
+        "model.heads=2", "model.transformer_layers=1", "model.dropout=0.5"])
+    model, _ = experiment_lib.build_model(experiment_lib.load_model_module(project), config,
+                                          {"source_vocabulary_size": 30,
+                                           "target_vocabulary_size": 20})
+    rng = np.random.default_rng(0)
+    source = rng.integers(2, 30, (3, 6)).astype("int32")
+    source[1, 4:], source[2, 2:] = 0, 0  # shorter sentences, padded
+    target = rng.integers(2, 20, (3, 5)).astype("int32")
+    target[1, 3:] = 0
+    real = target != 0
+
+    def logits(source, target):
+        with warnings.catch_warnings(record=True) as caught:
+            out = np.asarray(model({"source_ids": source, "target_ids": target}, training=False))
+        assert not [w for w in caught if "destroy the mask" in str(w.message)]
+        return out[:, :5]
+
+    def pad(ids, n):
+        return np.pad(ids, ((0, 0), (0, n)))
+
+    base = logits(source, target)
+    for more_source, more_target in ((12, 0), (0, 9), (12, 9)):
+        padded = logits(pad(source, more_source), pad(target, more_target))
+        np.testing.assert_allclose(padded[real], base[real], atol=1e-5)
+    # The check can fail: what the mask hides changes the outputs once it is
+    # a token (the third sentence, 2 tokens long, gets 4 more).
+    unpadded = source.copy()
+    unpadded[2, 2:] = 5
+    assert np.abs(logits(unpadded, target)[2] - base[2]).max() > 1e-3
 
 
 def test_time_budget_stops_training_and_spans_the_schedule():
