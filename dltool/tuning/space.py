@@ -152,7 +152,8 @@ def check_against_model(space, declared, tuner):
         name = f"search.{hp.name}"
         if hp.name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
             continue  # dltool reads it (checked with the config)
-        if hp.name == BACKBONE and isinstance(read.get(hp.name), hps_module().Choice):
+        if hp.name == BACKBONE and isinstance(read.get(hp.name),
+                                              keras_tuner.engine.hyperparameters.Choice):
             continue  # any model.backbone value: the task checks each one
         if hp.name not in read:
             raise ConfigError(f"{name}: build_model does not read {hp.name!r} through hp "
@@ -164,10 +165,6 @@ def check_against_model(space, declared, tuner):
                 and not hp.step:
             raise ConfigError(f"{name}: the grid tuner needs a step for a float range "
                               "(or a list of values)")
-
-
-def hps_module():
-    return keras_tuner.engine.hyperparameters
 
 
 def _mismatch(searched, declared):

@@ -188,5 +188,6 @@ def hyperparameter_overrides(hyperparameters):
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"hyperparameter {name} has a value a config cannot hold: "
                               f"{value!r}")
-    return [f"{name if name.startswith('training.') else 'model.' + name}={json.dumps(value)}"
+    training = config_lib.SEARCHED_TRAINING_PREFIX
+    return [f"{name if name.startswith(training) else 'model.' + name}={json.dumps(value)}"
             for name, value in hyperparameters.items()]
