@@ -415,8 +415,8 @@ class Search:
         experiment = Experiment(self.project_dir, config)
         trial_config = _trial_config(self.project_dir, self.overrides, config, self.objective)
         # The values the checks decided (an image size: a pretrained backbone's preset's).
-        trial_config.sections["data"].update(
-            {key: value for key, value in config["data"].items() if key == "image_size"})
+        if "image_size" in config["data"]:  # the sentiment and translator data have none
+            trial_config.sections["data"]["image_size"] = config["data"]["image_size"]
         keras.utils.set_random_seed(config["training"]["seed"])
         strategy, description = experiment.prepare_runtime()
         data = experiment.open_data(skip_bad=self.skip_bad)
