@@ -13,7 +13,7 @@ from dltool.core import config as config_lib
 from dltool._tf import keras, tf
 from dltool.data import parallel
 from dltool.core.errors import DataError
-from dltool.tasks import translator
+from dltool.tasks import task_for, translator
 
 DATA = config_lib.defaults(config_lib.schema_for("translator"))["data"]
 SMALL_MODEL = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
@@ -26,6 +26,10 @@ SMALL_MODEL = ("--set", "model.embedding_dim=16", "--set", "model.units=16",
 TRAINED_MODEL = ("--epochs", 4, "--set", "model.embedding_dim=32", "--set", "model.units=32",
                  "--set", "model.learning_rate=0.005", *SMALL_MODEL[4:])
 LONG_TEXT = "the cat is on the mat and " * 40
+# The data metadata of a model built without data: 30 source and 20 target
+# tokens (built through the task, as train builds it).
+_PAIR_META = {"source_vocabulary": [f"s{i}" for i in range(30)],
+              "target_vocabulary": [f"t{i}" for i in range(20)]}
 
 
 def _open(source, root, **changes):
@@ -399,8 +403,8 @@ def test_each_architecture_trains_one_step_with_masked_loss(tmp_path, runner, ar
         f"model.architecture={architecture}", f"model.cell={cell}", "model.units=8",
         "model.embedding_dim=8", "model.heads=2", "model.transformer_layers=1"])
     module = experiment_lib.load_model_module(project)
-    model, _ = experiment_lib.build_model(module, config, {"source_vocabulary_size": 30,
-                                                        "target_vocabulary_size": 20})
+    model, _ = experiment_lib.build_model(module, config,
+                                          task_for("translator").model_kwargs(_PAIR_META))
     rng = np.random.default_rng(0)
     inputs = {"source_ids": rng.integers(1, 30, (4, 6)).astype("int32"),
               "target_ids": rng.integers(1, 20, (4, 5)).astype("int32")}
@@ -424,7 +428,7 @@ def test_transformer_outputs_at_real_positions_ignore_padding(tmp_path, runner):
     # into their attention masks (encoder self-attention, cross-attention,
     # decoder self-attention with the causal mask); the UserWarnings "Layer
     # 'query' ... will destroy the mask" come from layers inside them after
-    # that, and model.py silences them. So the same sentences with any number
+    # that, and the translator task (dltool/tasks/translator.py) silences them. So the same sentences with any number
     # of padding tokens more give the same logits at their real positions
     # (source padding: the encoder and the attention to the source; target
     # padding comes after the real tokens, which the causal mask hides anyway).
@@ -436,8 +440,7 @@ def test_transformer_outputs_at_real_positions_ignore_padding(tmp_path, runner):
         "model.architecture=transformer", "model.units=16", "model.embedding_dim=8",
         "model.heads=2", "model.transformer_layers=1", "model.dropout=0.5"])
     model, _ = experiment_lib.build_model(experiment_lib.load_model_module(project), config,
-                                          {"source_vocabulary_size": 30,
-                                           "target_vocabulary_size": 20})
+                                          task_for("translator").model_kwargs(_PAIR_META))
     rng = np.random.default_rng(0)
     source = rng.integers(2, 30, (3, 6)).astype("int32")
     source[1, 4:], source[2, 2:] = 0, 0  # shorter sentences, padded

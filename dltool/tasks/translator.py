@@ -6,6 +6,7 @@ joins the tokens back into text: no Python loop at inference.
 """
 
 import logging
+import warnings
 
 import numpy as np
 import sacrebleu
@@ -22,6 +23,17 @@ DECODING_METHODS = ("greedy", "beam")
 _EVALUATE_BATCH = 256
 _BUCKETS = 8
 _REPORT_SAMPLES = 20
+# Keras' "will destroy the mask" UserWarning for four layers inside
+# keras_hub's: the query, key and value projections of the decoder's
+# attention (keras_hub's CachedMultiHeadAttention projects tensors that still
+# carry the mask it has already used) and the PositionEmbedding inside
+# TokenAndPositionEmbedding (which gives its output the token embedding's
+# mask itself) are told a mask they have no use for. The warning is about
+# them only: the mask reaches attention (tests/test_translator.py checks the
+# logits at real positions do not move with padding).
+_HARMLESS_MASK_WARNING = (r"(?:Layer '(?:query|key|value)' \(of type EinsumDense\)"
+                          r"|Layer 'position_embedding' \(of type PositionEmbedding\))"
+                          r" was passed an input with a mask attached to it")
 
 
 class TranslatorTask(Task):
@@ -32,6 +44,10 @@ class TranslatorTask(Task):
     """
 
     json_ensure_ascii = False
+
+    def __init__(self, spec):
+        super().__init__(spec)
+        _ignore_harmless_mask_warnings()  # a `.keras` file loads after `task_for`
 
     def open_data(self, config, root, *, skip_bad=False, run_meta=None):
         """Opens the parallel text of `config["data"]` (see `parallel.open_parallel_data`).
@@ -58,7 +74,11 @@ class TranslatorTask(Task):
         return 4 * 3 * (config["data"]["max_length"] + 2)
 
     def model_kwargs(self, meta):
-        """Returns the data-dependent arguments of `build_model`."""
+        """Returns the data-dependent arguments of `build_model` (called
+        before every build, so the build runs with the harmless mask
+        warnings silenced even where the warning filters were reset since
+        the task was made, as pytest does for each test)."""
+        _ignore_harmless_mask_warnings()
         return {"source_vocabulary_size": len(meta["source_vocabulary"]),
                 "target_vocabulary_size": len(meta["target_vocabulary"])}
 
@@ -305,6 +325,13 @@ class TranslatorTask(Task):
             return None
         return (f"Warning: {item[:40]!r}... is longer than the model's maximum length; "
                 "only its beginning was translated")
+
+
+def _ignore_harmless_mask_warnings():
+    """Silences `_HARMLESS_MASK_WARNING` (once: an identical filter replaces
+    the one before)."""
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"keras(\.|$)",
+                            message=_HARMLESS_MASK_WARNING)
 
 
 def _run_vocabularies(run_meta):

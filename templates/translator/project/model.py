@@ -33,7 +33,6 @@ of next tokens predicted right, both over real tokens only (padding does not
 count).
 """
 
-import warnings
 
 import keras
 import keras_hub
@@ -126,7 +125,9 @@ def _transformer(source_ids, target_ids, source_vocabulary_size, target_vocabula
     # real position (a test checks it). A layer inserted between them must
     # support masking, or pass the masks explicitly (`padding_mask`,
     # `encoder_padding_mask`, `decoder_padding_mask`, from `ids != 0`).
-    _ignore_harmless_mask_warnings()
+    # Keras' "will destroy the mask" warnings for layers inside keras_hub's
+    # blocks are about masks already used: dltool's translator task silences
+    # exactly those (dltool/tasks/translator.py).
     # Layer normalization first in each block (stable without a warm-up),
     # and once more after the last block.
     x = keras_hub.layers.TokenAndPositionEmbedding(
@@ -143,23 +144,6 @@ def _transformer(source_ids, target_ids, source_vocabulary_size, target_vocabula
         y = keras_hub.layers.TransformerDecoder(units, heads, dropout=dropout,
                                                 normalize_first=True)(y, x)
     return layers.LayerNormalization(epsilon=1e-5)(y)
-
-
-def _ignore_harmless_mask_warnings():
-    """Silences Keras' "will destroy the mask" for four layers inside keras_hub's.
-
-    The query, key and value projections of the decoder's attention (keras_hub's
-    CachedMultiHeadAttention projects tensors that still carry the mask it has
-    already used) and the PositionEmbedding inside TokenAndPositionEmbedding
-    (which gives its output the token embedding's mask itself) are told a mask
-    they have no use for. The warning is about them only: the mask reaches
-    attention.
-    """
-    warnings.filterwarnings(
-        "ignore", category=UserWarning, module=r"keras(\.|$)",
-        message=(r"(?:Layer '(?:query|key|value)' \(of type EinsumDense\)"
-                 r"|Layer 'position_embedding' \(of type PositionEmbedding\))"
-                 r" was passed an input with a mask attached to it"))
 
 
 def masked_loss(y_true, y_pred):
