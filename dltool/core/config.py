@@ -609,8 +609,9 @@ def parse_search_space(search):
     parsed = {}
     for name, value in flatten_search(search).items():
         parsed[name] = entry = _search_entry(f"search.{name}", value)
-        if name.startswith(SEARCHED_TRAINING_PREFIX):
-            _check_training_entry(name, entry)
+        key = searched_training_key(name)
+        if key is not None:
+            _check_training_entry(name, key, entry)
     return parsed
 
 
@@ -618,6 +619,13 @@ def parse_search_space(search):
 # model.py, reads them, for each trial (the phases of a pretrained backbone).
 SEARCHED_TRAINING_PREFIX = "training."
 SEARCHED_TRAINING_KEYS = ("freeze_backbone_epochs", "fine_tune_lr_factor")
+
+
+def searched_training_key(name):
+    """The `[training]` key a `[search]` name stands for (`training.KEY`),
+    or None for a name of `[model]` (model.py's hyperparameters)."""
+    return name[len(SEARCHED_TRAINING_PREFIX):] if name.startswith(SEARCHED_TRAINING_PREFIX) \
+        else None
 
 
 def flatten_search(search):
@@ -638,10 +646,9 @@ def flatten_search(search):
     return flat
 
 
-def _check_training_entry(name, entry):
+def _check_training_entry(name, key, entry):
     """Refuses a searched `training.*` key dltool does not search, or a
     choice or bound its `Field` refuses (e.g. `fine_tune_lr_factor` above 1)."""
-    key = name[len(SEARCHED_TRAINING_PREFIX):]
     if key not in SEARCHED_TRAINING_KEYS:
         allowed = ", ".join(f"training.{k}" for k in SEARCHED_TRAINING_KEYS)
         raise ConfigError(f"search.{name}: [search] takes these [training] keys only: "

@@ -202,7 +202,7 @@ def _check_phases_searched(config, backbones):
         ConfigError: naming the searched key.
     """
     names = [name for name in config_lib.parse_search_space(config["search"])
-             if name.startswith(config_lib.SEARCHED_TRAINING_PREFIX)]
+             if config_lib.searched_training_key(name) is not None]
     used = backbones or [config.model.get(search_space.BACKBONE, "scratch")]
     if names and all(value == "scratch" for value in used):
         raise ConfigError(f"search.{names[0]}: the phases are those of a pretrained backbone, "

@@ -50,7 +50,7 @@ def search_hyperparameters(config):
     # trials are not repeated for values they do not use.
     conditional = "scratch" in backbones and bool(pretrained)
     for name in sorted(space, key=lambda name: name != BACKBONE):  # the backbone first
-        phases_key = name.startswith(config_lib.SEARCHED_TRAINING_PREFIX)
+        phases_key = config_lib.searched_training_key(name) is not None
         with (hp.conditional_scope(BACKBONE, pretrained) if phases_key and conditional
               else contextlib.nullcontext()):
             _register(hp, name, space[name], _config_value(config, name))
@@ -84,17 +84,15 @@ def _register(hp, name, spec, default):
 def _config_value(config, name):
     """The config's value of hyperparameter `name`: `[model]`'s, or
     `[training]`'s for a `training.KEY` name."""
-    if name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
-        return config["training"].get(name[len(config_lib.SEARCHED_TRAINING_PREFIX):])
-    return config.model.get(name)
+    key = config_lib.searched_training_key(name)
+    return config.model.get(name) if key is None else config["training"].get(key)
 
 
 def training_values(values):
     """The searched `[training]` values among a trial's hyperparameter values
     (`training.KEY` names), by key."""
-    prefix = config_lib.SEARCHED_TRAINING_PREFIX
-    return {name[len(prefix):]: value for name, value in values.items()
-            if name.startswith(prefix)}
+    keys = {name: config_lib.searched_training_key(name) for name in values}
+    return {key: values[name] for name, key in keys.items() if key is not None}
 
 
 def trial_config(config, values):
@@ -150,7 +148,7 @@ def check_against_model(space, declared, tuner):
     read = {hp.name: hp for hp in declared.space}
     for hp in space.space:
         name = f"search.{hp.name}"
-        if hp.name.startswith(config_lib.SEARCHED_TRAINING_PREFIX):
+        if config_lib.searched_training_key(hp.name) is not None:
             continue  # dltool reads it (checked with the config)
         if hp.name == BACKBONE and isinstance(read.get(hp.name),
                                               keras_tuner.engine.hyperparameters.Choice):

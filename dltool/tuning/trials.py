@@ -188,6 +188,6 @@ def hyperparameter_overrides(hyperparameters):
         if not isinstance(value, (str, int, float, bool)):
             raise ConfigError(f"hyperparameter {name} has a value a config cannot hold: "
                               f"{value!r}")
-    training = config_lib.SEARCHED_TRAINING_PREFIX
-    return [f"{name if name.startswith(training) else 'model.' + name}={json.dumps(value)}"
-            for name, value in hyperparameters.items()]
+    def key(name):
+        return name if config_lib.searched_training_key(name) is not None else f"model.{name}"
+    return [f"{key(name)}={json.dumps(value)}" for name, value in hyperparameters.items()]
