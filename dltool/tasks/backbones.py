@@ -56,6 +56,10 @@ OFFLINE_MESSAGE = ("cannot download preset {name}: no network; download it where
                    "one, or give the path of a local preset folder")
 
 
+BACKBONE_KEY = "model.backbone"
+SEARCHED_KEY = "search.backbone"
+
+
 @dataclasses.dataclass(frozen=True)
 class Preset:
     """A pretrained backbone `model.backbone` names.
@@ -70,6 +74,15 @@ class Preset:
     name: str
     handle: str
     local: bool
+    # The config key that names it, for the errors about it: `model.backbone`,
+    # or `search.backbone` for a searched value (not part of its identity,
+    # so both share what is cached of a preset).
+    key: str = dataclasses.field(default=BACKBONE_KEY, compare=False)
+
+    def about(self, text):
+        """`text`, an error about the preset that names another key, saying
+        which searched value it is about (nothing added for `model.backbone`)."""
+        return text if self.key == BACKBONE_KEY else f"{self.key} {self.name!r}: {text}"
 
 
 def preset_handle(config, backbone):
@@ -88,63 +101,66 @@ def preset_handle(config, backbone):
     return str(path if path.is_absolute() else Path(config.root or ".") / path)
 
 
-def find_preset(config, kind):
+def find_preset(config, kind, key=BACKBONE_KEY):
     """Checks the preset `model.backbone` names, without loading its weights.
 
     Args:
         config: The project's or run's `Config`.
         kind: `image` or `text`: what the template classifies.
+        key: The key the errors name: `model.backbone`, or `search.backbone`
+            for a searched value (`searched_presets`).
 
     Returns:
         A `Preset`, or None for "scratch".
 
     Raises:
-        ConfigError: one line: an unknown name (with close matches), a preset
-            of the other kind, a folder that is not a preset, no network.
+        ConfigError: one line naming `key`: an unknown name (with close
+            matches), a preset of the other kind, a folder that is not a
+            preset, no network.
     """
     backbone = config.model.get("backbone", SCRATCH)
     if backbone == SCRATCH:
         return None
     if not isinstance(backbone, str) or not backbone.strip():
-        raise ConfigError(f'model.backbone must be "scratch" or a KerasHub preset name or '
+        raise ConfigError(f'{key} must be "scratch" or a KerasHub preset name or '
                           f"folder; got {backbone!r}")
     handle = preset_handle(config, backbone)
     if backbone in keras_hub.models.Backbone.presets:
-        _check_named_kind(backbone, kind)
-        return Preset(backbone, handle, local=False)
+        _check_named_kind(key, backbone, kind)
+        return Preset(backbone, handle, local=False, key=key)
     if "://" in backbone:
-        return Preset(backbone, handle, local=False)
+        return Preset(backbone, handle, local=False, key=key)
     if not _looks_like_path(backbone) and not Path(handle).exists():
         raise ConfigError(
-            f"model.backbone: unknown preset {backbone!r}"
+            f"{key}: unknown preset {backbone!r}"
             f"{did_you_mean(backbone, _TASKS[kind].presets)} (KerasHub's {kind} presets: "
             f"keras_hub.models.{_TASKS[kind].__name__}.presets; or give the path of a local "
             "preset folder)")
-    _check_folder(backbone, Path(handle), kind)
-    return Preset(backbone, handle, local=True)
+    _check_folder(key, backbone, Path(handle), kind)
+    return Preset(backbone, handle, local=True, key=key)
 
 
 def _looks_like_path(value):
     return "/" in value or "\\" in value or value.startswith((".", "~"))
 
 
-def _check_named_kind(name, kind):
+def _check_named_kind(key, name, kind):
     """Refuses a registry preset that is not of `kind`."""
     if name in _TASKS[kind].presets:
         return
     other = next((k for k in KINDS if k != kind and name in _TASKS[k].presets), None)
     what = f"{_WITH_ARTICLE[other]} preset" if other else \
         f"a preset KerasHub has no {kind} classifier for"
-    raise ConfigError(f"model.backbone: {name!r} is {what}; this template takes "
+    raise ConfigError(f"{key}: {name!r} is {what}; this template takes "
                       f"{_WITH_ARTICLE[kind]} backbone preset, e.g. {_EXAMPLES[kind]}")
 
 
-def _check_folder(name, folder, kind):
+def _check_folder(key, name, folder, kind):
     """Refuses a local folder that is not a KerasHub preset of `kind`.
 
     Reads only its `config.json` (JSON) and the registered class it names.
     """
-    where = f"model.backbone: {name!r}" + (f" ({folder})" if str(folder) != name else "")
+    where = f"{key}: {name!r}" + (f" ({folder})" if str(folder) != name else "")
     if not folder.is_dir():
         raise ConfigError(f"{where}: no such folder (and no KerasHub preset of that name)")
     config_file = folder / "config.json"
@@ -218,7 +234,7 @@ def loading_errors(preset):
 
 def _cannot_load(preset, error):
     first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return f"model.backbone: preset {preset.name!r} cannot be loaded: {first[:300]}"
+    return f"{preset.key}: preset {preset.name!r} cannot be loaded: {first[:300]}"
 
 
 def with_backbone(config, value):
@@ -227,24 +243,6 @@ def with_backbone(config, value):
     sections = {**config.sections, "model": {**config.model, "backbone": value},
                 "data": dict(config.sections.get("data", {}))}
     return dataclasses.replace(config, sections=sections)
-
-
-@contextlib.contextmanager
-def searched(value):
-    """Makes a `model.backbone` error one about the searched value: `search.backbone`.
-
-    Raises:
-        ConfigError: the block's, naming `search.backbone` (and the value).
-    """
-    try:
-        yield
-    except ConfigError as e:
-        text = str(e)
-        if text.startswith("model.backbone"):
-            text = "search.backbone" + text[len("model.backbone"):]
-        else:
-            text = f"search.backbone {value!r}: {text}"
-        raise ConfigError(text) from None
 
 
 def searched_presets(config, values, kind):
@@ -258,8 +256,7 @@ def searched_presets(config, values, kind):
     """
     presets = {}
     for value in values:
-        with searched(value):
-            preset = find_preset(with_backbone(config, value), kind)
+        preset = find_preset(with_backbone(config, value), kind, key=SEARCHED_KEY)
         if preset is not None:
             presets[value] = preset
     return presets
@@ -297,7 +294,7 @@ def _version(preset):
 def _architecture(preset, kind, version):
     with loading_errors(preset):
         backbone = keras_hub.models.Backbone.from_preset(preset.handle, load_weights=False)
-    _check_class_kind(f"model.backbone: {preset.name!r}", type(backbone), kind)
+    _check_class_kind(f"{preset.key}: {preset.name!r}", type(backbone), kind)
     return backbone
 
 
@@ -320,8 +317,9 @@ def _image_size_choice(preset, version):
     with loading_errors(preset):
         size = keras_hub.layers.ImageConverter.from_preset(preset.handle).image_size
     if size is None or None in size:
-        raise ConfigError(f'data.image_size = "auto": the ImageConverter of preset '
-                          f"{preset.name!r} has no image size; give [height, width]")
+        raise ConfigError(preset.about(f'data.image_size = "auto": the ImageConverter of '
+                                       f"preset {preset.name!r} has no image size; give "
+                                       "[height, width]"))
     return auto.Choice("data.image_size", [int(size[0]), int(size[1])],
                        f"the size the ImageConverter of preset {preset.name!r} resizes to")
 
@@ -339,18 +337,20 @@ def check_image_size(backbone, preset, image_size):
     """
     fixed = tuple(backbone.input_shape[1:3]) if len(backbone.input_shape) == 4 else ()
     if fixed and None not in fixed and list(fixed) != list(image_size):
-        raise ConfigError(f"data.image_size {list(image_size)}: the backbone of preset "
-                          f"{preset.name!r} takes only {list(fixed)} images (set it to "
-                          f'{list(fixed)} or "auto")')
+        raise ConfigError(preset.about(
+            f"data.image_size {list(image_size)}: the backbone of preset {preset.name!r} "
+            f'takes only {list(fixed)} images (set it to {list(fixed)} or "auto")'))
     try:
         features = backbone(keras.Input((*image_size, 3)))
     except (ValueError, TypeError) as e:
         first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise ConfigError(f"data.image_size {list(image_size)} is too small for the backbone "
-                          f"of preset {preset.name!r}: {first[:200]}") from None
+        raise ConfigError(preset.about(
+            f"data.image_size {list(image_size)} is too small for the backbone of preset "
+            f"{preset.name!r}: {first[:200]}")) from None
     if any(dim == 0 for dim in features.shape[1:]):
-        raise ConfigError(f"data.image_size {list(image_size)} is too small for the backbone "
-                          f"of preset {preset.name!r} (its feature map would be empty)")
+        raise ConfigError(preset.about(
+            f"data.image_size {list(image_size)} is too small for the backbone of preset "
+            f"{preset.name!r} (its feature map would be empty)"))
 
 
 def text_preprocessor(preset, sequence_length):

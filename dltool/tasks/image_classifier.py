@@ -95,8 +95,7 @@ class ImageClassifierTask(classifier.ClassifierTask):
         if size == "auto":
             sizes = {}
             for value, preset in presets.items():
-                with backbones.searched(value):
-                    sizes[value] = backbones.image_size_choice(preset).value
+                sizes[value] = backbones.image_size_choice(preset).value
             if len({tuple(s) for s in sizes.values()}) > 1:
                 shown = ", ".join(f"{v} {s}" for v, s in sizes.items())
                 raise ConfigError(f'data.image_size = "auto": the searched backbones\' presets '
@@ -105,10 +104,9 @@ class ImageClassifierTask(classifier.ClassifierTask):
             # Set before the data is opened: a search's "scratch" trials take
             # it too, so it is not the `open_data` choice of one preset.
             size = config.sections["data"]["image_size"] = next(iter(sizes.values()))
-        for value, preset in presets.items():
-            with backbones.searched(value):
-                backbones.check_image_size(backbones.load_architecture(preset, "image"),
-                                           preset, size)
+        for preset in presets.values():
+            backbones.check_image_size(backbones.load_architecture(preset, "image"), preset,
+                                       size)
 
     def model_facts(self, config):
         """The backbone, scratch or pretrained, and what each phase trains
