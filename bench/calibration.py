@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA_ROOT = REPO.parent / "shared" / "data"
 DLTOOL = [sys.executable, "-m", "dltool.cli"]
@@ -179,9 +181,7 @@ def main():
             shutil.rmtree(workdir / name)  # its runs' TensorBoard logs and weights
     print()
     print(markdown_table(rows))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "quick": args.quick,
-                               "epochs": epochs, "bins": 15, "rows": rows}, indent=2) + "\n")
+    results_file.write(out, {"quick": args.quick, "epochs": epochs, "bins": 15, "rows": rows})
     print(f"written to {out}")
 
 

@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
 DLTOOL = [sys.executable, "-m", "dltool.cli"]
@@ -102,10 +104,8 @@ def main():
               f"{row['balanced_accuracy']:>8.4f} {row['macro_f1']:>8.4f} "
               f"{row['cut_classes_recall']:>10.4f}  "
               + "  ".join(f"{row['recall'][c]:.3f}" for c in classes))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "epochs": args.epochs,
-                                    "cut_classes": classes, "kept": KEPT,
-                                    "train_counts": counts, "rows": rows}, indent=2) + "\n")
+    results_file.write(args.out, {"epochs": args.epochs, "cut_classes": classes, "kept": KEPT,
+                                  "train_counts": counts, "rows": rows})
     print(f"written to {args.out}")
 
 

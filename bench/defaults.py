@@ -36,6 +36,8 @@ import time
 import tomllib
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
 DLTOOL = [sys.executable, "-m", "dltool.cli"]
@@ -198,10 +200,8 @@ def main():
 
 def write(path, rows):
     """Writes the rows measured so far (a stopped run keeps them)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
-              "command": "python bench/defaults.py " + " ".join(sys.argv[1:]), "rows": rows}
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    results_file.write(path, {"command": "python bench/defaults.py " + " ".join(sys.argv[1:]),
+                              "rows": rows})
 
 
 if __name__ == "__main__":

@@ -38,7 +38,6 @@ prints a table per template and writes bench/results/export.json.
 """
 
 import argparse
-import json
 import os
 import re
 import subprocess
@@ -48,6 +47,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import results_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -338,8 +339,7 @@ def main():
         if not DATA[template].exists():
             sys.exit(f"no data for {template} at {DATA[template]}")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
-              "threads": THREADS, "templates": {}}
+    result = {"threads": THREADS, "templates": {}}
     for template in templates:
         with tempfile.TemporaryDirectory() as workdir:
             if template == "translator":
@@ -361,8 +361,7 @@ def main():
 
 
 def write(path, result):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    results_file.write(path, result)
 
 
 if __name__ == "__main__":

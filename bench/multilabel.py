@@ -40,6 +40,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 DLTOOL = [sys.executable, "-m", "dltool.cli"]
@@ -187,9 +189,7 @@ def main():
               f"{row['micro_f1_at_0.5']:>13.4f} {row['macro_f1_at_0.5']:>6.4f} "
               f"{row['exact_match_at_0.5']:>6.3f}")
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "quick": args.quick,
-                                   "settings": settings, "rows": rows}, indent=2) + "\n")
+        results_file.write(out, {"quick": args.quick, "settings": settings, "rows": rows})
         print(f"written to {out}")
 
 

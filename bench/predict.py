@@ -32,13 +32,14 @@ It prints a table and writes bench/results/predict.json.
 
 import argparse
 import csv
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_file
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
@@ -169,9 +170,7 @@ def main():
               f"{row['dltool_per_second']:>9.1f} {row['ratio']:>6.3f} "
               f"{wall[str(SMALL)]:>9.1f} {wall[str(LARGE)]:>10.1f} "
               f"{rss[str(SMALL)]:>9} {rss[str(LARGE)]:>10}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "rows": rows}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    results_file.write(args.out, {"rows": rows})
     print(f"written to {args.out}")
 
 

@@ -23,7 +23,6 @@ Results go to bench/results/scaling.json.
 
 import argparse
 import json
-import os
 import socket
 import statistics
 import subprocess
@@ -31,6 +30,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
@@ -102,11 +103,9 @@ def main():
     for row in rows:
         print(f"{row['setup']:<36} {row['replicas']:>8} {row['samples_per_second']:>10.1f} "
               f"{row['ratio_to_one_device']:>6.2f}")
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
-              "data": str(data if data == "builtin:cifar10" else "cifar10 (8,000 train)"),
-              "batch_size": 64, "rows": rows}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    results_file.write(args.out, {
+        "data": str(data if data == "builtin:cifar10" else "cifar10 (8,000 train)"),
+        "batch_size": 64, "rows": rows})
     print(f"written to {args.out}")
 
 

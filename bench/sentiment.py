@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sentiment" / "sst2"
 
@@ -183,10 +185,7 @@ def main():
             r = rates[name]
             print(f"{name:<14} {r['pipeline_steps_per_second']:>12.2f} "
                   f"{r['memory_steps_per_second']:>10.2f} {r['ratio']:>6.3f}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"),
-                                    "machine": f"{os.cpu_count()} CPU cores",
-                                    "rows": rows, "step_rate": rates}, indent=2) + "\n")
+    results_file.write(args.out, {"rows": rows, "step_rate": rates})
     print(f"written to {args.out}")
 
 

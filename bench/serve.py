@@ -43,6 +43,8 @@ from pathlib import Path
 
 import numpy as np
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10" / "test"
 DLTOOL = [sys.executable, "-m", "dltool.cli"]
@@ -227,9 +229,7 @@ def main():
         project, version_dir = export_model(Path(tmp))
         results = interleaved(project, version_dir, jpegs, levels, args.seconds, args.rounds,
                               args.max_batch)
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                subprocess.run(["lscpu"], capture_output=True, text=True).stdout.splitlines()
-                if line.startswith("Model name")), "unknown")
+    cpu = results_file.machine()["processor"]
     rows = [summary(level, results[level]) for level in levels]
     print(f"{'concurrency':>11} {'served req/s':>12} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'mean batch':>10} {'in-process ex/s':>15} {'ratio':>6}  each round's ratio")
@@ -240,13 +240,10 @@ def main():
               + " ".join(f"{r:.2f}" for r in row["ratios"]))
     print(f"Processor: {cpu}, {os.cpu_count()} cores; load average {load_before:.2f} "
           f"before, {os.getloadavg()[0]:.2f} after")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "cpu": cpu,
-                                    "cores": os.cpu_count(), "seconds": args.seconds,
-                                    "rounds": args.rounds, "max_batch": args.max_batch,
-                                    "batch_timeout_ms": BATCH_TIMEOUT_MS,
-                                    "load_before": load_before, "rows": rows},
-                                   indent=2) + "\n")
+    results_file.write(args.out, {"seconds": args.seconds, "rounds": args.rounds,
+                                  "max_batch": args.max_batch,
+                                  "batch_timeout_ms": BATCH_TIMEOUT_MS,
+                                  "load_before": load_before, "rows": rows})
 
 
 if __name__ == "__main__":

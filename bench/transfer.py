@@ -26,7 +26,6 @@ alike (e.g. `model.batchnorm_momentum=0.9`), not to the pretraining.
 
 import argparse
 import json
-import os
 import random
 import shutil
 import statistics
@@ -35,6 +34,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
@@ -137,14 +138,12 @@ def main():
         print(f"{size:>12} {'mean':>4} {means['scratch']:>8.4f} {means['init_from']:>9.4f}")
     wall = time.perf_counter() - started
     print(f"\nwall time {wall:.0f} s")
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
-              "pretrain_classes": PRETRAIN, "target_classes": TARGET,
+    result = {"pretrain_classes": PRETRAIN, "target_classes": TARGET,
               "pretrain_epochs": args.pretrain_epochs, "epochs": args.epochs,
               "overrides": args.overrides,
               "pretrained": pretrained, "rows": rows, "summary": summary,
               "wall_seconds": round(wall, 1)}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    results_file.write(args.out, result)
     print(f"written to {args.out}")
 
 

@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "fra-eng" / "fra.txt"
 SPLIT = ("data.validation_split=0.01", "data.test_split=0.015")
@@ -163,12 +165,10 @@ def main():
 
 
 def write(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-                                "machine": f"{os.cpu_count()} CPU cores (shared)",
-                                "command": "flock /tmp/dltool-bench.lock python "
-                                           "bench/translator.py " + " ".join(sys.argv[1:]),
-                                "rows": rows}, indent=2) + "\n")
+    results_file.write(path, {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                              "command": "flock /tmp/dltool-bench.lock python "
+                                         "bench/translator.py " + " ".join(sys.argv[1:]),
+                              "rows": rows})
 
 
 if __name__ == "__main__":

@@ -35,12 +35,13 @@ temporary folder. Results go to bench/results/tune.json.
 import argparse
 import csv
 import json
-import os
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import results_file
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
@@ -246,9 +247,8 @@ def main():
                                                args.factor, args.train_per_class, Path(tmp))
     # Parts not run this time keep their previous figures.
     merged = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
-    merged.update(results, date=time.strftime("%Y-%m-%d"), cpu_cores=os.cpu_count())
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(merged, indent=2) + "\n")
+    merged.update(results)
+    results_file.write(RESULTS, {**merged, **results_file.machine()})
     print(f"Wrote {RESULTS}")
 
 
