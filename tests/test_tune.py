@@ -549,6 +549,8 @@ def test_search_over_backbones_runs_the_phases(runner, preset_project, monkeypat
         else:
             assert "phases" not in run
     # One image size for both (the preset's), the momentum from tune.epochs.
+    assert "data.image_size = [24, 24] (auto: the size the ImageConverters of the searched " \
+           "backbones' presets (presets/tiny_resnet) resize to)" in result.output
     assert "model.batchnorm_momentum = 0.9 (auto: 16 training steps (8 an epoch x 2 " \
            "epochs)" in result.output
     assert "Phase 2 (epochs 2-2)" in result.output

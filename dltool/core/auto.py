@@ -232,6 +232,19 @@ def resolve(config, train_examples, chosen=()):
     return resolved, choices
 
 
+def apply(config, chosen):
+    """`config` with the `Choice`s made for its `auto` keys set (a search's
+    image size, decided before the data is opened); `config` itself when
+    none applies."""
+    choices = [c for c in chosen if is_auto(_get(config.sections, c.key))]
+    if not choices:
+        return config
+    sections = json.loads(json.dumps(config.sections))  # a deep copy of plain values
+    for choice in choices:
+        _set(sections, choice.key, choice.value)
+    return dataclasses.replace(config, sections=sections)
+
+
 def _get(sections, name):
     section, key = name.split(".", 1)
     return sections.get(section, {}).get(key)

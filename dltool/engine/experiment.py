@@ -108,7 +108,7 @@ class Experiment:
                             f"({role})")
         return made, description
 
-    def open_data(self, skip_bad=False, run_meta=None):
+    def open_data(self, skip_bad=False, run_meta=None, chosen=()):
         """Opens the config's data through the task (see `Task.open_data`),
         prepared as the run's training prepared it when opened `for_run`,
         or as `run_meta` says (the vocabulary of the weights training starts
@@ -118,15 +118,22 @@ class Experiment:
         experiment's `config` holds them from then on, `auto_choices` says
         what was chosen, and the data's report ends with one line per choice.
 
+        Args:
+            skip_bad: Skip unreadable examples instead of refusing the data.
+            run_meta: See above.
+            chosen: `auto.Choice`s decided before the data (a search's image
+                size, `Task.check_searched_backbones`): the data is opened
+                with them, and they are among the choices.
+
         Raises:
             DataError: missing or unusable data.
             ConfigError: an `auto` value this data cannot decide.
         """
         if run_meta is None and self.run is not None:
             run_meta = self.run.meta
-        data = self.task.open_data(self.config, self.project_dir, skip_bad=skip_bad,
-                                   run_meta=run_meta)
-        self._data_facts = (data.sizes, getattr(data, "auto_choices", []))
+        data = self.task.open_data(auto.apply(self.config, chosen), self.project_dir,
+                                   skip_bad=skip_bad, run_meta=run_meta)
+        self._data_facts = (data.sizes, [*chosen, *getattr(data, "auto_choices", [])])
         self.config, self.auto_choices = self.resolve(self.config)
         data.report = [*data.report, *(choice.line() for choice in self.auto_choices)]
         return data

@@ -171,13 +171,19 @@ class Task:
         the search's check of its space).
 
         Args:
-            config: The search's `Config`; a task may decide its `"auto"`
-                values for every trial here (an image size).
+            config: The search's `Config` (not changed).
             values: The searched values.
+
+        Returns:
+            The `dltool.core.auto.Choice`s of `"auto"` values that must be
+            the same for every trial, decided here from the backbones (an
+            image size: the data is decoded once); `[]` by default. The
+            search opens the data with them (`Experiment.open_data`).
 
         Raises:
             ConfigError: one line naming `search.backbone` and the value.
         """
+        return []
 
     def model_facts(self, config):
         """What `dltool info` says of the project's model (e.g. its pretrained

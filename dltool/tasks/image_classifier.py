@@ -90,9 +90,9 @@ class ImageClassifierTask(classifier.ClassifierTask):
         built = [*values, *([] if default in values else [default])]
         presets = backbones.searched_presets(config, built, "image")
         if not presets:
-            return
-        size = config["data"]["image_size"]
-        if size == "auto":
+            return []
+        size, chosen = config["data"]["image_size"], []
+        if auto.is_auto(size):
             sizes = {}
             for value, preset in presets.items():
                 sizes[value] = backbones.image_size_choice(preset).value
@@ -101,12 +101,16 @@ class ImageClassifierTask(classifier.ClassifierTask):
                 raise ConfigError(f'data.image_size = "auto": the searched backbones\' presets '
                                   f"take different sizes ({shown}); the data is decoded at one "
                                   "size for every trial: set data.image_size = [height, width]")
-            # Set before the data is opened: a search's "scratch" trials take
-            # it too, so it is not the `open_data` choice of one preset.
-            size = config.sections["data"]["image_size"] = next(iter(sizes.values()))
+            # The search's "scratch" trials take it too: the data is opened
+            # once, at this size, not at the `open_data` choice of one preset.
+            size = next(iter(sizes.values()))
+            chosen = [auto.Choice("data.image_size", size,
+                                  "the size the ImageConverters of the searched backbones' "
+                                  f"presets ({', '.join(sizes)}) resize to")]
         for preset in presets.values():
             backbones.check_image_size(backbones.load_architecture(preset, "image"), preset,
                                        size)
+        return chosen
 
     def model_facts(self, config):
         """The backbone, scratch or pretrained, and what each phase trains

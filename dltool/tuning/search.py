@@ -409,17 +409,15 @@ class Search:
         config = self.config
         backbones = search_space.searched_backbones(config)
         _check_phases_searched(config, backbones)
+        decided = []  # "auto" values the same for every trial (an image size)
         if backbones:  # before TensorFlow starts: checking a pretrained backbone builds it
             runtime.split_cpu(config["runtime"]["cpu_devices"])
-            task_for(config.template).check_searched_backbones(config, backbones)
+            decided = task_for(config.template).check_searched_backbones(config, backbones)
         experiment = Experiment(self.project_dir, config)
         trial_config = _trial_config(self.project_dir, self.overrides, config, self.objective)
-        # The values the checks decided (an image size: a pretrained backbone's preset's).
-        if "image_size" in config["data"]:  # the sentiment and translator data have none
-            trial_config.sections["data"]["image_size"] = config["data"]["image_size"]
         keras.utils.set_random_seed(config["training"]["seed"])
         strategy, description = experiment.prepare_runtime()
-        data = experiment.open_data(skip_bad=self.skip_bad)
+        data = experiment.open_data(skip_bad=self.skip_bad, chosen=decided)
         # The trials' "auto" values: e.g. data.image_size, and
         # model.batchnorm_momentum from the steps of tune.epochs.
         trial_config, choices = experiment.resolve(trial_config)
