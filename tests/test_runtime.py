@@ -1,5 +1,9 @@
 """Strategy and precision choice, and float32 outputs under mixed precision."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from dltool.engine import runtime
@@ -80,3 +84,36 @@ def test_template_model_outputs_float32_under_mixed_precision(project):
     finally:
         runtime.set_precision("float32")
     assert keras.mixed_precision.global_policy().name == "float32"
+
+
+NOISE = ("WARNING: All log messages before absl::InitializeLog() is called are written to "
+         "STDERR\n"
+         "I0000 00:00:1796192684.646935   25818 port.cc:153] oneDNN custom operations are on.\n"
+         "E0000 00:00:1796192689.078536   25818 cuda_platform.cc:52] failed call to cuInit: "
+         "INTERNAL: CUDA error\n")
+
+
+def test_native_log_lines_are_dropped_and_the_rest_kept(capfd, monkeypatch):
+    from dltool import _tf
+
+    monkeypatch.setattr(_tf, "LOGS_SET_BY_USER", False)
+    with _tf.quiet_native_logs():
+        os.write(2, (NOISE + "a line of the program\n").encode())
+    assert capfd.readouterr().err == "a line of the program\n"
+    with pytest.raises(ZeroDivisionError):  # the lines come out, then the error
+        with _tf.quiet_native_logs():
+            os.write(2, b"before the error\n")
+            1 / 0
+    assert capfd.readouterr().err == "before the error\n"
+    monkeypatch.setattr(_tf, "LOGS_SET_BY_USER", True)  # they asked for the logs
+    with _tf.quiet_native_logs():
+        os.write(2, NOISE.encode())
+    assert capfd.readouterr().err == NOISE
+
+
+def test_importing_tensorflow_prints_nothing(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}
+    result = subprocess.run([sys.executable, "-c", "import dltool._tf"], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
