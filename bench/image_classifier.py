@@ -110,20 +110,23 @@ def template(data, overrides, name="defaults", evaluate_also=()):
             "best_epoch": meta.get("best_epoch"),
             "train_command_wall_seconds": round(wall_seconds, 1),
             "parameters": meta["parameters"],
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "command": " ".join(sys.argv),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "processor": processor(),
+            "command": " ".join(sys.argv),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after]}
 
 
 def processor():
-    """The processor's model name (Linux), or None."""
+    """The processor's model name and whether it has AVX-512 (Linux), or None."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        pass
-    return None
+        return None
+    name = next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in lines
+                  if line.startswith("flags")), [])
+    return f"{name}{', AVX-512' if 'avx512f' in flags else ''}" if name else None
 
 
 def variant(text):
