@@ -34,6 +34,7 @@ import keras_hub
 from keras import layers
 
 from dltool.tasks.backbones import SCRATCH, preset_handle
+from dltool.tasks.losses import SmoothedSparseCrossentropy
 from dltool.tasks.mirror import MeanOfMirrors, MirrorBatch
 
 
@@ -107,25 +108,11 @@ def build_model(hp, config, num_classes, multi_label=False):
         metrics = [keras.metrics.BinaryAccuracy(name="binary_accuracy"),
                    keras.metrics.AUC(curve="PR", multi_label=True, name="pr_auc")]
     else:
-        loss = smoothed_crossentropy(label_smoothing) if label_smoothing else \
+        loss = SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else \
             "sparse_categorical_crossentropy"
         metrics = ["accuracy"]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
-
-
-def smoothed_crossentropy(smoothing):
-    """The cross-entropy of integer labels smoothed by `smoothing`
-    (`model.label_smoothing`): the target of each example is 1 - smoothing
-    on its class plus smoothing spread evenly over every class."""
-
-    def label_smoothed_crossentropy(y_true, y_pred):
-        classes = keras.ops.shape(y_pred)[-1]
-        labels = keras.ops.cast(keras.ops.reshape(y_true, [-1]), "int32")
-        return keras.losses.categorical_crossentropy(
-            keras.ops.one_hot(labels, classes), y_pred, label_smoothing=smoothing)
-
-    return label_smoothed_crossentropy
 
 
 def cnn_features(x, filters, blocks, batchnorm_momentum):
