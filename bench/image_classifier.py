@@ -14,7 +14,17 @@ included) and training samples per second for both, and the wall time of the
 whole `dltool train` command (start-up and data checks included), and writes
 them to bench/results/image_classifier.json.
 
+Candidates run in the same go, one after the other (never two trainings at
+once: the time is the measure), each a `--variant "NAME KEY=VALUE ..."`:
+the template with those config overrides beside its defaults
+(`--skip-default` leaves the defaults out, `--append` adds the rows to the
+results file instead of replacing it). `--evaluate-also KEY=VALUE` evaluates
+every trained run once more with that override (one that changes no weight,
+such as `model.test_time_flip`), so both figures come from the same weights.
+Each row records the processor and the load average before and after it.
+
     python bench/image_classifier.py [--data DIR] [--skip-baseline]
+        [--variant "NAME KEY=VALUE ..."]... [--evaluate-also KEY=VALUE]...
 """
 
 import argparse
@@ -59,15 +69,17 @@ def baseline(data, epochs):
     model.fit(train, epochs=epochs, verbose=2)
     seconds = time.perf_counter() - started
     _, accuracy = model.evaluate(test, verbose=0)
-    return {"name": f"TF-tutorial CNN, {epochs} epochs", "test_accuracy": round(accuracy, 4),
+    return {"name": f"TF-tutorial CNN, {epochs} epochs",
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "test_accuracy": round(accuracy, 4),
             "train_command_wall_seconds": None,
             "train_seconds": round(seconds, 1), "epochs": epochs,
             "samples_per_second": round(epochs * 8000 / seconds, 1)}
 
 
-def template(data, overrides):
+def template(data, overrides, name="defaults", evaluate_also=()):
     """`dltool new image-classifier`, `dltool train`, `dltool evaluate`."""
     dltool = [sys.executable, "-m", "dltool.cli"]
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         project = Path(tmp) / "cifar"
         subprocess.run([*dltool, "new", "image-classifier", str(project), "--data", str(data)],
@@ -76,19 +88,53 @@ def template(data, overrides):
         started = time.perf_counter()
         subprocess.run([*dltool, "train", "--project", str(project), *sets], check=True)
         wall_seconds = time.perf_counter() - started
-        evaluation = json.loads(subprocess.run(
-            [*dltool, "evaluate", "--project", str(project), "--json"],
-            check=True, capture_output=True, text=True).stdout)
+        load_after = os.getloadavg()
+
+        def evaluate(*more):
+            return json.loads(subprocess.run(
+                [*dltool, "evaluate", "--project", str(project), "--json",
+                 *[a for o in more for a in ("--set", o)]],
+                check=True, capture_output=True, text=True).stdout)
+
+        evaluation = evaluate()
+        also = {o: round(evaluate(o)["accuracy"], 4) for o in evaluate_also}
         (run,) = (project / "runs").iterdir()
         meta = json.loads((run / "run.json").read_text())
     seconds = meta["train_seconds"]
-    return {"name": "dltool image-classifier (defaults)" + (f" {overrides}" if overrides else ""),
+    return {"name": f"dltool image-classifier ({name})", "overrides": list(overrides),
             "test_accuracy": round(evaluation["accuracy"], 4),
+            **({"test_accuracy_also": also} if also else {}),
             "train_seconds": round(seconds, 1), "epochs": meta["epochs_done"],
             "samples_per_second": round(meta["epochs_done"] * meta["sizes"]["train"] / seconds, 1),
             "best_val_accuracy": round(meta["best_value"], 4),
+            "best_epoch": meta.get("best_epoch"),
             "train_command_wall_seconds": round(wall_seconds, 1),
-            "parameters": meta["parameters"]}
+            "parameters": meta["parameters"],
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "processor": processor(),
+            "command": " ".join(sys.argv),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in load_after]}
+
+
+def processor():
+    """The processor's model name and whether it has AVX-512 (Linux), or None."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return None
+    name = next((line.split(":", 1)[1].strip() for line in lines
+                 if line.startswith("model name")), None)
+    flags = next((line.split(":", 1)[1].split() for line in lines
+                  if line.startswith("flags")), [])
+    return f"{name}{', AVX-512' if 'avx512f' in flags else ''}" if name else None
+
+
+def variant(text):
+    """`NAME KEY=VALUE ...` of `--variant`: `(name, [overrides])`."""
+    name, *overrides = text.split()
+    if not overrides or not all("=" in o for o in overrides):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME KEY=VALUE ...")
+    return name, overrides
 
 
 def main():
@@ -98,24 +144,48 @@ def main():
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="config override for the template run")
+    parser.add_argument("--skip-default", action="store_true",
+                        help="run only the --variant rows of the template")
+    parser.add_argument("--variant", dest="variants", action="append", default=[],
+                        type=variant, metavar='"NAME KEY=VALUE ..."',
+                        help="a candidate: the template with these overrides too")
+    parser.add_argument("--evaluate-also", action="append", default=[], metavar="KEY=VALUE",
+                        help="evaluate each trained run again with this override")
+    parser.add_argument("--append", action="store_true",
+                        help="add this run to the results file instead of replacing it")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" /
                         "image_classifier.json")
     args = parser.parse_args()
     if not (args.data / "train").is_dir():
         sys.exit(f"no CIFAR-10 folder at {args.data}")
+    previous = json.loads(args.out.read_text())["rows"] \
+        if args.append and args.out.is_file() else []
     rows = [] if args.skip_baseline else [baseline(args.data, args.baseline_epochs)]
-    rows.append(template(args.data, args.overrides))
-    print(f"\n{'run':<36} {'test acc':>8} {'train s':>8} {'epochs':>6} {'samples/s':>9} "
+    runs = [] if args.skip_default else [("defaults", args.overrides)]
+    runs += [(name, [*args.overrides, *overrides]) for name, overrides in args.variants]
+    for name, overrides in runs:
+        rows.append(template(args.data, overrides, name, args.evaluate_also))
+        print(json.dumps(rows[-1]), flush=True)
+        write(args.out, [*previous, *rows])  # after each run: a killed bench keeps its rows
+    write(args.out, [*previous, *rows])
+    print(f"\n{'run':<44} {'test acc':>8} {'train s':>8} {'epochs':>6} {'samples/s':>9} "
           f"{'command s':>9}")
     for row in rows:
         wall = row["train_command_wall_seconds"]
-        print(f"{row['name']:<36} {row['test_accuracy']:>8.4f} {row['train_seconds']:>8.1f} "
+        print(f"{row['name']:<44} {row['test_accuracy']:>8.4f} {row['train_seconds']:>8.1f} "
               f"{row['epochs']:>6} {row['samples_per_second']:>9.1f} "
               f"{wall if wall is not None else '-':>9}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(), "rows": rows}
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
+        for override, accuracy in row.get("test_accuracy_also", {}).items():
+            print(f"{'  evaluated with ' + override:<44} {accuracy:>8.4f}")
     print(f"written to {args.out}")
+
+
+def write(path, rows):
+    """Writes the results file: the rows, with the machine they ran on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
+              "processor": processor(), "rows": rows}
+    path.write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

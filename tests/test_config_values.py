@@ -48,6 +48,12 @@ def _assert_refused(result, project, *expected):
     ("model.blocks=2.5",
      "model.blocks must be an integer like its value in config.toml (4); got 2.5"),
     ("model.augment=1", "model.augment must be true or false like its value in config.toml"),
+    ("model.label_smoothing=0.7",
+     "model.label_smoothing must be a number from 0.0 to 0.5; got 0.7"),
+    ("model.label_smoothing=-0.1",
+     "model.label_smoothing must be a number from 0.0 to 0.5; got -0.1"),
+    ("model.test_time_flip=1",
+     "model.test_time_flip must be true or false like its value in config.toml"),
     ("training.time_budget=inf", "training.time_budget must be a duration"),
     ("tune.time_budget=nan", "tune.time_budget must be a duration"),
     ("search.learning_rate={min = 0.0001, max = inf}",
@@ -72,6 +78,14 @@ def test_wrong_type_in_the_file_refused(runner, project):
     path.write_text(path.read_text().replace("learning_rate = 0.002", "learning_rate = nan"))
     result = invoke(runner, "train", "--project", project, *TINY_MODEL)
     _assert_refused(result, project, "model.learning_rate must be a finite number; got nan")
+
+
+def test_label_smoothing_given_as_text_in_the_file_refused(runner, project):
+    path = project / "config.toml"
+    path.write_text(path.read_text().replace("label_smoothing = 0.0", 'label_smoothing = "some"'))
+    result = invoke(runner, "train", "--project", project, *TINY_MODEL)
+    _assert_refused(result, project,
+                    "model.label_smoothing must be a number from 0.0 to 0.5; got 'some'")
 
 
 def test_integer_override_of_a_number_is_that_number(runner, project):

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from dltool._tf import keras, tf
 from dltool.core.errors import ModelFileError
+from dltool.tasks import losses, mirror  # noqa: F401  (register what models may hold)
 
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -54,13 +55,17 @@ _MAX_EXPANSION = 20
 # TransformerEncoder, and KerasHub backbones). Everything else is refused,
 # notably keras.src.utils (JaxLayer, TorchModuleWrapper, get_file),
 # keras.src.export (TFSMLayer, which loads a SavedModel), keras.src.saving,
-# keras.src.visualization, keras.src.backend and every non-Keras module.
+# keras.src.visualization, keras.src.backend and every non-Keras module but
+# dltool's own layers and losses (the image classifier's test-time mirroring,
+# `dltool.tasks.mirror`, and smoothed loss, `dltool.tasks.losses`, registered
+# with Keras when this module imports them).
 _MODELING_MODULES = (
     "keras.src.layers", "keras.src.models", "keras.src.ops", "keras.src.activations",
     "keras.src.initializers", "keras.src.regularizers", "keras.src.constraints",
     "keras.src.dtype_policies", "keras.src.quantizers", "keras.src.losses",
     "keras.src.metrics", "keras.src.optimizers",
     "keras_hub.src.layers", "keras_hub.src.models", "keras_hub.src.tokenizers",
+    "dltool.tasks.mirror", "dltool.tasks.losses",
 )
 # Functions are allowed from fewer modules: those of tensor math (an
 # activation, loss or metric is called with tensors). The class modules

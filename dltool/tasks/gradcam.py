@@ -99,6 +99,10 @@ class GradCam:
         # The examples of a batch are independent (training=False): the
         # gradient of the sum is each example's own gradient.
         gradients = tape.gradient(chosen, features)
+        # A model that also looks at each image's mirror (dltool.tasks.mirror)
+        # has a feature map of 2n rows: the first n are the images as given.
+        count = tf.shape(pixels)[0]
+        features, gradients = features[:count], gradients[:count]
         weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
         heatmaps = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))
         peak = tf.reduce_max(heatmaps, axis=(1, 2), keepdims=True)

@@ -15,6 +15,11 @@ from dltool.tasks import backbones, classifier, gradcam, multilabel
 from dltool.tasks.base import ServingEndpoint
 
 
+# What `model.label_smoothing` accepts: 0 (the labels as they are) to 0.5
+# (half of each target spread over the other classes).
+LABEL_SMOOTHING = (0.0, 0.5)
+
+
 class ImageClassifierTask(classifier.ClassifierTask):
     """Class folders or TFDS images in, class names out.
 
@@ -54,14 +59,20 @@ class ImageClassifierTask(classifier.ClassifierTask):
         and a `model.backbone` preset that cannot be used
         (`backbones.find_preset`), and with a pretrained backbone checks that
         the backbone takes `data.image_size` (an `"auto"` one: its preset's
-        size, which `open_data` chooses): before any data is read or run
-        written. With "scratch", an `"auto"` size is decided from the images
-        when the data is opened (`dltool.core.auto`).
+        size, which `open_data` chooses), and `model.label_smoothing`'s
+        range: before any data is read or run written. With "scratch", an
+        `"auto"` size is decided from the images when the data is opened
+        (`dltool.core.auto`).
 
         Raises:
             ConfigError: one line naming the key.
         """
         super().check_config(config)
+        smoothing = config.model.get("label_smoothing", 0.0)
+        number = isinstance(smoothing, (int, float)) and not isinstance(smoothing, bool)
+        if not (number and LABEL_SMOOTHING[0] <= smoothing <= LABEL_SMOOTHING[1]):
+            raise ConfigError(f"model.label_smoothing must be a number from "
+                              f"{LABEL_SMOOTHING[0]} to {LABEL_SMOOTHING[1]}; got {smoothing!r}")
         preset = backbones.find_preset(config, "image")
         if preset is None:
             return

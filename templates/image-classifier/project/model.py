@@ -13,6 +13,11 @@ numbers here.
 Images arrive as float32 pixels in [0, 255], shape (height, width, 3); the
 model rescales them itself, so the exported SavedModel takes raw image bytes.
 
+With `model.test_time_flip`, the model also looks at each image's horizontal
+mirror at inference and averages the two (their logits), inside the model:
+the validation, `dltool evaluate`, the calibration and every export see the
+same predictions; training sees each image once, as the augmentation gives it.
+
 With `model.backbone` naming a KerasHub preset instead of "scratch", the CNN
 is replaced by the preset's pretrained backbone, after the preset's own
 preprocessing (its ImageConverter's scale and mean/std, inside the model),
@@ -29,6 +34,8 @@ import keras_hub
 from keras import layers
 
 from dltool.tasks.backbones import SCRATCH, preset_handle
+from dltool.tasks.losses import SmoothedSparseCrossentropy
+from dltool.tasks.mirror import MeanOfMirrors, MirrorBatch
 
 
 def build_model(hp, config, num_classes, multi_label=False):
@@ -50,10 +57,13 @@ def build_model(hp, config, num_classes, multi_label=False):
     blocks = hp.Int("blocks", 1, 4, default=defaults["blocks"])
     dropout = hp.Float("dropout", 0.0, 0.6, default=defaults["dropout"])
     augment = hp.Boolean("augment", default=defaults["augment"])
+    test_time_flip = hp.Boolean("test_time_flip", default=defaults["test_time_flip"])
     optimizer = hp.Choice("optimizer", ["adamw", "sgd"], default=defaults["optimizer"])
     learning_rate = hp.Float("learning_rate", 1e-4, 1e-1, sampling="log",
                              default=defaults["learning_rate"])
     weight_decay = hp.Float("weight_decay", 0.0, 0.2, default=defaults["weight_decay"])
+    label_smoothing = hp.Float("label_smoothing", 0.0, 0.5,
+                               default=defaults["label_smoothing"])
     batchnorm_momentum = hp.Float("batchnorm_momentum", 0.0, 0.999,
                                   default=defaults["batchnorm_momentum"])
     # "scratch" or a KerasHub preset (a name, or a local folder's path).
@@ -67,6 +77,10 @@ def build_model(hp, config, num_classes, multi_label=False):
         # Active only while training; the exported model skips them.
         x = layers.RandomFlip("horizontal")(x)
         x = layers.RandomTranslation(0.1, 0.1, fill_mode="reflect")(x)
+    if test_time_flip:
+        # At inference only: each image and its horizontal mirror, whose
+        # logits are averaged below (dltool/tasks/mirror.py).
+        x = MirrorBatch(name="mirror_batch")(x)
     if backbone == SCRATCH:
         x = cnn_features(x, filters, blocks, batchnorm_momentum)
     else:
@@ -74,6 +88,8 @@ def build_model(hp, config, num_classes, multi_label=False):
     x = layers.GlobalAveragePooling2D()(x)
     x = layers.Dropout(dropout)(x)
     x = layers.Dense(num_classes)(x)
+    if test_time_flip:
+        x = MeanOfMirrors(name="mean_of_mirrors")(x)
     # float32 output even under a mixed precision policy.
     activation = "sigmoid" if multi_label else "softmax"
     outputs = layers.Activation(activation, dtype="float32", name="probabilities")(x)
@@ -87,11 +103,14 @@ def build_model(hp, config, num_classes, multi_label=False):
     if multi_label:
         # "accuracy" would compare argmaxes; the precision-recall AUC per label
         # (averaged) is what the evaluation's mean average precision measures.
-        loss = "binary_crossentropy"
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing) \
+            if label_smoothing else "binary_crossentropy"
         metrics = [keras.metrics.BinaryAccuracy(name="binary_accuracy"),
                    keras.metrics.AUC(curve="PR", multi_label=True, name="pr_auc")]
     else:
-        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+        loss = SmoothedSparseCrossentropy(label_smoothing) if label_smoothing else \
+            "sparse_categorical_crossentropy"
+        metrics = ["accuracy"]
     model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
     return model
 
