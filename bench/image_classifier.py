@@ -36,6 +36,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import results_file
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "images" / "cifar10"
 
@@ -110,23 +112,10 @@ def template(data, overrides, name="defaults", evaluate_also=()):
             "best_epoch": meta.get("best_epoch"),
             "train_command_wall_seconds": round(wall_seconds, 1),
             "parameters": meta["parameters"],
-            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "processor": processor(),
+            "finished": time.strftime("%Y-%m-%d %H:%M:%S"), "processor": results_file.machine()["processor"],
             "command": " ".join(sys.argv),
             "load_average_before": [round(x, 2) for x in load_before],
             "load_average_after": [round(x, 2) for x in load_after]}
-
-
-def processor():
-    """The processor's model name and whether it has AVX-512 (Linux), or None."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return None
-    name = next((line.split(":", 1)[1].strip() for line in lines
-                 if line.startswith("model name")), None)
-    flags = next((line.split(":", 1)[1].split() for line in lines
-                  if line.startswith("flags")), [])
-    return f"{name}{', AVX-512' if 'avx512f' in flags else ''}" if name else None
 
 
 def variant(text):
@@ -182,10 +171,7 @@ def main():
 
 def write(path, rows):
     """Writes the results file: the rows, with the machine they ran on."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    result = {"date": time.strftime("%Y-%m-%d"), "cpu_cores": os.cpu_count(),
-              "processor": processor(), "rows": rows}
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    results_file.write(path, {"rows": rows})
 
 
 if __name__ == "__main__":
