@@ -211,13 +211,13 @@ def resolve(config, train_examples, chosen=()):
         ConfigError: an `auto` key the data did not decide (the image size
             of a source whose sizes are unknown).
     """
-    sections = json.loads(json.dumps(config.sections))  # a deep copy of plain values
-    choices = [c for c in chosen if is_auto(_get(sections, c.key))]
+    choices = _applicable(config, chosen)
+    sections = json.loads(json.dumps(apply(config, choices).sections))  # a deep copy
     training = sections["training"]
     if is_auto(training.get("epochs")):
-        choices.append(choose_epochs(train_examples, training["batch_size"]))
-    for choice in choices:
+        choice = choose_epochs(train_examples, training["batch_size"])
         _set(sections, choice.key, choice.value)
+        choices.append(choice)
     steps = steps_per_epoch(train_examples, training["batch_size"])
     for key in MODEL_KEYS:
         if is_auto(sections["model"].get(key)):
@@ -236,13 +236,18 @@ def apply(config, chosen):
     """`config` with the `Choice`s made for its `auto` keys set (a search's
     image size, decided before the data is opened); `config` itself when
     none applies."""
-    choices = [c for c in chosen if is_auto(_get(config.sections, c.key))]
+    choices = _applicable(config, chosen)
     if not choices:
         return config
     sections = json.loads(json.dumps(config.sections))  # a deep copy of plain values
     for choice in choices:
         _set(sections, choice.key, choice.value)
     return dataclasses.replace(config, sections=sections)
+
+
+def _applicable(config, chosen):
+    """The `Choice`s among `chosen` whose key is still `auto` in `config`."""
+    return [c for c in chosen if is_auto(_get(config.sections, c.key))]
 
 
 def _get(sections, name):
