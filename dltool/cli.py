@@ -458,10 +458,10 @@ def evaluate(project, run_name, overrides, split, skip_bad, quiet, as_json):
 # quantizations (a click.Choice here would load TensorFlow for --help).
 @click.option("--format", "export_format", default="savedmodel", show_default=True,
               help="savedmodel (raw input in, labels out), litert or onnx (pixels or "
-                   "token ids in, under exports/NAME/FORMAT/VERSION; classifiers only).")
+                   "token ids in, under exports/NAME/FORMAT/VERSION).")
 @click.option("--quantize", default="none", show_default=True,
               help="none; for litert also float16, dynamic or int8 (calibrated on "
-                   "training examples); for onnx also dynamic.")
+                   "training examples); for onnx also dynamic (classifiers only).")
 @pass_project
 def export(project, run_name, overrides, name, export_format, quantize):
     """Export a run as saved_models/NAME/VERSION (raw input in, labels out), or
