@@ -28,7 +28,6 @@ writes them to bench/results/defaults.json.
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -92,7 +91,6 @@ def image_cost(sizes, images=384, batch_size=64):
     """Seconds per 1,000 images of one training epoch of the template's
     model (its defaults, batchnorm momentum 0.9) at each square size, on
     random pixels: the cost `data.image_size = "auto"` is capped by."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import importlib.util
 
     import dltool._tf  # noqa: F401  (TensorFlow's environment first)

@@ -338,7 +338,6 @@ def main():
     for template in templates:
         if not DATA[template].exists():
             sys.exit(f"no data for {template} at {DATA[template]}")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     result = {"threads": THREADS, "templates": {}}
     for template in templates:
         with tempfile.TemporaryDirectory() as workdir:

@@ -120,7 +120,6 @@ def template(data, overrides):
 
 def step_rates(data, overrides):
     """Training steps per second: TSV through dltool's pipeline vs NumPy arrays."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import numpy as np
 
     from dltool._tf import keras

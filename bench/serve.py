@@ -66,7 +66,6 @@ def export_model(root):
 
 def load_signature(version_dir):
     """The export's `serving_default` signature, loaded in this process."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from dltool.engine import modelfiles
 
     return modelfiles.load_saved_model(version_dir)
