@@ -26,6 +26,7 @@ over the rounds, and every round's ratio.
 It prints a table and writes bench/results/serve.json.
 
     python bench/serve.py [--data DIR] [--seconds 5] [--rounds 5] [--concurrency 1,8,32]
+        [--set SECTION.KEY=VALUE]...
 """
 
 import argparse
@@ -52,12 +53,14 @@ MAX_BATCH = 32
 BATCH_TIMEOUT_MS = 2
 
 
-def export_model(root):
-    """A default image-classifier project trained 1 epoch and exported."""
+def export_model(root, overrides=()):
+    """A default image-classifier project trained 1 epoch and exported, with
+    `overrides` (`SECTION.KEY=VALUE` strings) set for the training."""
     project = root / "bench"
+    sets = [arg for override in overrides for arg in ("--set", override)]
     for args in (["new", "image-classifier", str(project)],
                  ["train", "--project", str(project), "--epochs", "1",
-                  "--set", "training.verbose=0"],
+                  "--set", "training.verbose=0", *sets],
                  ["export", "--project", str(project)]):
         subprocess.run(DLTOOL + args, check=True, stdout=subprocess.DEVNULL)
     return project, next((project / "saved_models").glob("*/1"))
@@ -219,13 +222,17 @@ def main():
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--concurrency", default="1,8,32")
     parser.add_argument("--max-batch", type=int, default=MAX_BATCH)
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="SECTION.KEY=VALUE",
+                        help="a config override for the served model, e.g. "
+                             "model.test_time_flip=false (repeatable)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "serve.json")
     args = parser.parse_args()
     levels = [int(c) for c in args.concurrency.split(",")]
     jpegs = [p.read_bytes() for p in sorted(args.data.glob("*/*.jpg"))[:256]]
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        project, version_dir = export_model(Path(tmp))
+        project, version_dir = export_model(Path(tmp), args.overrides)
         results = interleaved(project, version_dir, jpegs, levels, args.seconds, args.rounds,
                               args.max_batch)
     cpu = results_file.machine()["processor"]
@@ -242,6 +249,7 @@ def main():
     results_file.write(args.out, {"seconds": args.seconds, "rounds": args.rounds,
                                   "max_batch": args.max_batch,
                                   "batch_timeout_ms": BATCH_TIMEOUT_MS,
+                                  "overrides": args.overrides,
                                   "load_before": load_before, "rows": rows})
 
 
