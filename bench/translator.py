@@ -15,7 +15,12 @@ Tatoeba pairs):
    sentence through its `translate_greedy` signature (BLEU, chrF, sentences
    per second) and the first 512 through `translate_beam` (sentences per
    second; the BLEU of beam search on the whole test split is step 2's),
-   in batches of 64 after one warm-up batch.
+   in batches of 64 after one warm-up batch;
+4. the same scores on the test pairs whose English holds a word outside
+   today's word vocabulary (the 8,000 most frequent words of the same
+   training pairs, as `data.tokens = "words"` learns them; the same subset
+   for every variant), and the SavedModel's beam translations of a few
+   sentences with names and rare words (`EXAMPLES`).
 
 Variants: `default` (the template's defaults: a bidirectional GRU encoder
 and a GRU decoder with attention, 256 units, embeddings 128, learning rate
@@ -51,6 +56,9 @@ VARIANTS = {
     "lstm": ("model.cell=lstm",),
 }
 DECODE_BATCH = 64
+EXAMPLES = ("A Boston Terrier is running on the grass.",
+            "Tom met Ekaterina in Wellington last summer.",
+            "My grandfather repaired the carburetor of his Studebaker.")
 
 
 def dltool(*args, capture=False):
@@ -70,6 +78,9 @@ def decode(version_dir, pairs, beam_sentences):
     loaded = tf.saved_model.load(str(version_dir))
     sources = [a for a, _ in pairs]
     results = {}
+    examples = loaded.signatures["translate_beam"](texts=tf.constant(list(EXAMPLES)))
+    results["examples"] = dict(zip(EXAMPLES, (t.decode("utf-8") for t in
+                                              examples["translation"].numpy())))
     for name, count in (("translate_greedy", len(sources)), ("translate_beam", beam_sentences)):
         serve = loaded.signatures[name]
         serve(texts=tf.constant(sources[:DECODE_BATCH]))  # warm-up
@@ -83,8 +94,39 @@ def decode(version_dir, pairs, beam_sentences):
         results[name.removeprefix("translate_")] = {
             "sentences": count, "bleu": scores["bleu"], "chrf": scores["chrf"],
             "sentences_per_second": round(count / seconds, 1),
-            "decode_seconds": round(seconds, 1)}
+            "decode_seconds": round(seconds, 1), "hypotheses": hypotheses}
     return results
+
+
+def word_vocabulary(project):
+    """The source words `data.tokens = "words"` learns on this split's training pairs."""
+    from dltool.core.config import load_config
+    from dltool.data import parallel
+
+    overrides = list(SPLIT)
+    config = load_config(project / "config.toml", overrides)
+    if "tokens" in config.sections["data"]:
+        config = load_config(project / "config.toml", [*overrides, "data.tokens=words"])
+    data = parallel.open_parallel_data(config.sections["data"], project,
+                                       seed=config.sections["training"]["seed"])
+    return set(data.source_vocabulary)
+
+
+def outside_vocabulary(sources, vocabulary):
+    """Indexes of the sources with a token outside `vocabulary`."""
+    from dltool._tf import tf
+    from dltool.data import parallel
+
+    tokens = parallel.tokenize(tf.constant(sources)).numpy()
+    return [i for i, row in enumerate(tokens)
+            if any(t not in vocabulary for t in row.decode("utf-8").split())]
+
+
+def subset_scores(indexes, hypotheses, references):
+    from dltool.tasks import translator
+
+    scores = translator.score([hypotheses[i] for i in indexes], [references[i] for i in indexes])
+    return {"sentences": len(indexes), "bleu": scores["bleu"], "chrf": scores["chrf"]}
 
 
 def run_variant(name, overrides, data, budget, folder, min_test_pairs=2000):
@@ -111,6 +153,14 @@ def run_variant(name, overrides, data, budget, folder, min_test_pairs=2000):
               for line in Path(data).read_text(encoding="utf-8").splitlines()
               if line.split("\t")[0].strip() in test_sources} - set(pairs)
     decoded = decode(project / "saved_models" / name / "1", pairs, min(len(pairs), 512))
+    references = [b for _, b in pairs]
+    oov = outside_vocabulary([a for a, _ in pairs], word_vocabulary(project))
+    translated = {tuple(row[:2]): row[2] for row in translator_rows(evaluation)}
+    beam = [translated[pair] for pair in pairs]
+    greedy = decoded["greedy"].pop("hypotheses")
+    decoded["beam"].pop("hypotheses")
+    outside = {"evaluate_beam": subset_scores(oov, beam, references),
+               "saved_model_greedy": subset_scores(oov, greedy, references)}
     return {
         "name": name, "overrides": list(overrides), "time_budget_minutes": budget,
         "train_seconds": meta["train_seconds"], "train_wall_seconds": round(wall, 1),
@@ -121,7 +171,15 @@ def run_variant(name, overrides, data, budget, folder, min_test_pairs=2000):
         "evaluate": {k: evaluation[k] for k in ("bleu", "chrf", "decoding", "examples",
                                                 "truncated", "signature")},
         "saved_model": decoded,
+        "test_sources_outside_word_vocabulary": outside,
     }
+
+
+def translator_rows(evaluation):
+    """`dltool evaluate`'s `(source, reference, translation)` rows of the test split."""
+    from dltool.tasks.translator import _read_translations
+
+    return _read_translations(Path(evaluation["translations_file"]))
 
 
 def main():
@@ -154,13 +212,15 @@ def main():
             write(args.out, rows)
 
     print(f"\n{'variant':<12} {'train s':>8} {'epochs':>6} {'BLEU beam':>9} {'chrF':>6} "
-          f"{'BLEU greedy':>11} {'greedy sent/s':>13} {'beam sent/s':>11}")
+          f"{'BLEU greedy':>11} {'greedy sent/s':>13} {'beam sent/s':>11} {'OOV BLEU/chrF':>13}")
     for row in rows:
         saved = row["saved_model"]
         print(f"{row['name']:<12} {row['train_seconds']:>8.0f} {row['epochs']:>6} "
               f"{row['evaluate']['bleu']:>9.2f} {row['evaluate']['chrf']:>6.2f} "
               f"{saved['greedy']['bleu']:>11.2f} {saved['greedy']['sentences_per_second']:>13.1f} "
-              f"{saved['beam']['sentences_per_second']:>11.1f}")
+              f"{saved['beam']['sentences_per_second']:>11.1f} "
+              f"{row['test_sources_outside_word_vocabulary']['evaluate_beam']['bleu']:>6.2f}/"
+              f"{row['test_sources_outside_word_vocabulary']['evaluate_beam']['chrf']:.2f}")
     print(f"written to {args.out}")
 
 
