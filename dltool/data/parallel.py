@@ -36,8 +36,8 @@ the most frequent ones, the rest `[UNK]`) or WordPiece subwords of them
 (`subwords`, the default): a vocabulary learned on the training pairs with
 KerasHub's `compute_word_piece_vocabulary`, applied by its
 `WordPieceTokenizer` to each word, so a rare word or a name becomes pieces
-(`Terrier` -> `Ter ##rier`) instead of `[UNK]`; `detokenize` glues a `##`
-piece to the one before.
+(`Terrier` -> `T ##er ##r ##ie ##r` with the builtin sample's vocabulary)
+instead of `[UNK]`; `detokenize` glues a `##` piece to the one before.
 """
 
 import collections
