@@ -439,6 +439,22 @@ def test_readme_client_translates_as_the_saved_model(trained_translator, monkeyp
         expected = loaded.signatures[signature](texts=tf.constant(texts))["translation"]
         assert client["translate_local"](texts, signature) == [
             t.decode() for t in expected.numpy()]
+    # In a fresh process, where nothing imported tensorflow_text (its WordPiece op) before
+    import os
+    import subprocess
+    import sys
+
+    (folder / "client.py").write_text(code, encoding="utf-8")
+    try:
+        out = subprocess.run([sys.executable, "-c", "import json, client; print(json.dumps("
+                              "client.translate_local(['How are you?'], 'translate_greedy')))"],
+                             capture_output=True, text=True, cwd=folder, timeout=300,
+                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    finally:
+        (folder / "client.py").unlink()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == client["translate_local"](
+        texts[:1], "translate_greedy")
 
 
 # Sentences the clients' tokenizer must split as dltool's graph does: none,

@@ -191,7 +191,10 @@ class TranslatorTask(Task):
             `run(source_ids)`.
         """
         if export_format == "savedmodel":
-            return _SAVEDMODEL_CLIENT
+            subwords = tokens_of(meta) == "subwords"
+            return (_SAVEDMODEL_CLIENT
+                    .replace("{text_ops_note}", _TEXT_OPS_NOTE if subwords else "")
+                    .replace("{text_ops}", _TEXT_OPS_IMPORT if subwords else ""))
         runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
         return _IDS_CLIENT.replace("{runtime}", runtime)
 
@@ -582,7 +585,7 @@ TensorFlow Serving (or `dltool serve`) from the folder above this one:
 
 or loaded here with TensorFlow (`translate_local`). Signatures:
 serving_default (the run's decoding), translate_greedy, translate_beam.
-"""
+{text_ops_note}"""
 import json
 import sys
 import urllib.request
@@ -602,7 +605,7 @@ def translate(texts, signature="serving_default"):
 def translate_local(texts, signature="serving_default"):
     """The same with the SavedModel loaded in this process."""
     import tensorflow as tf
-
+{text_ops}
     out = tf.saved_model.load(".").signatures[signature](texts=tf.constant(texts))
     return [t.decode() for t in out["translation"].numpy()]
 
@@ -611,6 +614,18 @@ if __name__ == "__main__":
     for text, translation in zip(sys.argv[1:], translate(sys.argv[1:])):
         print(text, "->", translation)
 '''
+
+# A subword translator's SavedModel holds TensorFlow Text's WordPiece op
+# (KerasHub's WordPieceTokenizer runs tf_text.FastWordpieceTokenizer): plain
+# TensorFlow loads it only once `tensorflow_text` registered the op.
+_TEXT_OPS_NOTE = """
+Its tokenizer is WordPiece (data.tokens = "subwords"): TensorFlow Text's op
+FastWordpieceTokenizeWithOffsets, which TensorFlow loads after
+`import tensorflow_text` (pip install tensorflow-text, the version matching
+TensorFlow's). TensorFlow Serving needs a binary with that TF Text op linked
+in (not checked with the stock tensorflow/serving image).
+"""
+_TEXT_OPS_IMPORT = "    import tensorflow_text  # noqa: F401  (registers the WordPiece op)\n"
 
 # The LiteRT and ONNX exports' README.md client. Its tokenizer is dltool's
 # (`parallel.tokenize`, the vocabulary lookup or, for subwords, WordPiece's
