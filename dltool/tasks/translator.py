@@ -683,7 +683,8 @@ TOKENIZE = [(re.compile(pattern), replacement) for pattern, replacement in [
     (f"([{N}]) +([.,:]) +([{N}])", r"\1 @\2@ \3"), (f"([{N}]) +([.,:]) +([{N}])", r"\1 @\2@ \3"),
     (f"[{WS}]+", " ")]]
 DETOKENIZE = [(re.compile(pattern), replacement) for pattern, replacement in [
-    (f"[{WS}]+", " "), *([("(^| )##", "")] if SUBWORDS else []), (" ?@-@ ?", "-"), (" ?@([.,:])@ ?", r"\1"), (f"([{L}]') ", r"\1"),
+    (f"[{WS}]+", " "), *([("(^| )##", "")] if SUBWORDS else []),  # a ## piece joins
+    (" ?@-@ ?", "-"), (" ?@([.,:])@ ?", r"\1"), (f"([{L}]') ", r"\1"),
     (" ([.,)\u2026%])", r"\1"), ("([(]) ", r"\1")]]
 
 
