@@ -55,7 +55,6 @@ START, END = "[start]", "[end]"
 UNKNOWN = "[UNK]"
 HYPHEN = "@-@"
 SUFFIX = "##"  # WordPiece's mark of a piece continuing the one before
-TOKENS = ("subwords", "words")
 _TOKEN_NAMES = {"words": "tokens", "subwords": "subword tokens"}
 _VAL_NAMES = ("val", "validation", "dev")
 _BATCH = 2048
@@ -202,8 +201,10 @@ def learn_subwords(texts, vocabulary_size, reserved):
 
     KerasHub's `compute_word_piece_vocabulary` (TensorFlow Text's BERT
     vocabulary learner) on the words of `texts`, split only at spaces; the
-    learner keeps every character it sees (up to 1,000) and the pieces
-    frequent enough, so it may return fewer than `vocabulary_size`.
+    learner keeps every character it sees (up to 1,000) and the pieces seen
+    at least 10 times, so it may return fewer than `vocabulary_size`. When it
+    returns more, KerasHub cuts its list, whose rarest entries (last) can be
+    `##` characters: a word holding one is then `[UNK]`.
 
     Args:
         texts: Raw strings (the training side of one language).

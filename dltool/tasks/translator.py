@@ -156,7 +156,7 @@ class TranslatorTask(Task):
             content = ("the WordPiece pieces of the sentence's words (parallel.tokenize: "
                        "punctuation split off, hyphens and apostrophes kept apart; then "
                        "each word's greedy longest match first in meta.source_vocabulary, "
-                       "a piece after the first marked ##, a word without pieces 1), the "
+                       "a piece after the first marked ##, a word without pieces [UNK] = 1), the "
                        f"first {length}, as their index in meta.source_vocabulary, "
                        "padded with 0")
             output = ("the translation's piece ids in meta.target_vocabulary (a ## piece "
@@ -362,7 +362,7 @@ def _run_vocabularies(run_meta):
 
 def tokens_of(meta):
     """The kind of tokens of a run's vocabularies: `meta["tokens"]`, or
-    `words` for a run made before `data.tokens` (every one was)."""
+    `words` for a run made before `data.tokens` existed (all were words)."""
     return (meta or {}).get("tokens", "words")
 
 
