@@ -26,7 +26,9 @@ Variants: `default` (the template's defaults: a bidirectional GRU encoder
 and a GRU decoder with attention, 256 units, embeddings 128, learning rate
 0.003) and `transformer` (`model.architecture=transformer`, 2+2 layers,
 width 128, feed-forward 512, learning rate 0.001); `lstm` (the default with
-`model.cell=lstm`) on request.
+`model.cell=lstm`) and `words` (the default with whole-word vocabularies,
+`data.tokens=words`, as every row before subwords became the default) on
+request.
 
 It prints a table and writes bench/results/translator.json.
 
@@ -54,6 +56,7 @@ VARIANTS = {
     "transformer": ("model.architecture=transformer", "model.units=512",
                     "model.learning_rate=0.001"),
     "lstm": ("model.cell=lstm",),
+    "words": ("data.tokens=words",),
 }
 DECODE_BATCH = 64
 EXAMPLES = ("A Boston Terrier is running on the grass.",

@@ -60,6 +60,163 @@ def test_tokenize_keeps_case_accents_apostrophes_and_splits_punctuation():
                                           "Il dit : « Va ! »", "bad \ufffd byte", ""]
 
 
+@pytest.fixture(scope="module")
+def builtin_subwords():
+    """The builtin sample's pairs and subword vocabularies learned on all of them."""
+    pairs = parallel.read_tsv(parallel.images.resolve_folder("builtin:fra-eng", ".") / "fra.txt")
+    return {"pairs": pairs,
+            "source": parallel.learn_subwords([a for a, _ in pairs], 8000, ["", "[UNK]"]),
+            "target": parallel.learn_subwords([b for _, b in pairs], 8000,
+                                              ["", "[UNK]", "[start]", "[end]"])}
+
+
+def _pieces(texts, vocabulary):
+    """The WordPiece pieces (strings) of raw texts, as the model sees them."""
+    ids = parallel.make_vectorizer(vocabulary=vocabulary, tokens="subwords")(
+        parallel.tokenize(tf.constant(texts)))
+    return tf.gather(tf.constant(vocabulary), ids)
+
+
+def test_subwords_round_trip_the_builtin_sample(builtin_subwords):
+    pairs = builtin_subwords["pairs"]
+    assert len(pairs) == 5000
+    for side, vocabulary in ((0, builtin_subwords["source"]), (1, builtin_subwords["target"])):
+        texts = [pair[side] for pair in pairs] + ["Qu'est-ce que c'est ?", "A-t-il 3,5 ans ?"]
+        pieces = _pieces(texts, vocabulary)
+        words = tf.strings.split(parallel.tokenize(tf.constant(texts)))
+        assert [t.decode() for t in parallel.detokenize(pieces, subwords=True).numpy()] == [
+            t.decode() for t in parallel.detokenize(words).numpy()]
+        flat = [t.decode() for t in pieces.flat_values.numpy()]
+        assert "[UNK]" not in flat
+        assert any(t.startswith("##") for t in flat) and len(flat) > len(words.flat_values)
+    # WordPiece's own splitting is off: the elision and the hyphen mark are whole pieces
+    assert {"@-@", "l'"} <= set(builtin_subwords["target"])
+    assert "[start]" not in builtin_subwords["source"]
+
+
+def test_rare_words_and_names_become_pieces_not_unknown(builtin_subwords):
+    text = "A Boston Terrier is running on the grass."
+    subwords = _pieces([text], builtin_subwords["source"]).numpy()[0].tolist()
+    assert b"[UNK]" not in subwords and b"##r" in subwords, subwords
+    assert parallel.detokenize(tf.constant([subwords]), subwords=True).numpy()[0].decode() == text
+    words = parallel.make_vectorizer(10)
+    words.adapt(tf.data.Dataset.from_tensor_slices(parallel.tokenize(tf.constant(
+        [a for a, _ in builtin_subwords["pairs"]]))).batch(64))
+    assert "[UNK]" in [words.get_vocabulary()[i] for i in
+                       words(parallel.tokenize(tf.constant([text]))).numpy()[0]]
+    # a word with a character the training pairs never had is one [UNK]
+    assert _pieces(["Tom 日本"], builtin_subwords["source"]).numpy()[0].tolist() == [
+        b"Tom", b"[UNK]"]
+
+
+def test_subword_vocabularies_are_learned_on_the_training_pairs_only(tmp_path):
+    for split, pairs in (("train", _pairs(30)),
+                         ("test", [("Zbigniew sees Qwxyz.", "Zbigniew voit Qwxyz.")])):
+        (tmp_path / f"en.{split}.txt").write_text("".join(a + "\n" for a, _ in pairs))
+        (tmp_path / f"fr.{split}.txt").write_text("".join(b + "\n" for _, b in pairs))
+    data = _open(tmp_path, tmp_path, validation_split=0.0, max_length=8,
+                 source_vocabulary_size=200, target_vocabulary_size=200)
+    assert data.tokens == "subwords" and data.sizes == {"train": 30, "test": 1}
+    assert data.source_vocabulary == parallel.learn_subwords(
+        [a for a, _ in data.pairs["train"]], 200, ["", "[UNK]"])
+    assert data.target_vocabulary[:4] == ["", "[UNK]", "[start]", "[end]"]
+    for vocabulary in (data.source_vocabulary, data.target_vocabulary):
+        assert not {"Z", "Q", "##b", "##w", "##x", "##y", "##z"} & set(vocabulary)
+    assert "vocabulary: %d source and %d target subword tokens" % (
+        len(data.source_vocabulary), len(data.target_vocabulary)) in data.report
+    inputs, target_out = next(iter(data.splits["test"]))
+    pieces = [data.source_vocabulary[i] for i in inputs["source_ids"].numpy()]
+    assert pieces == ["[UNK]", "see", "##s", "[UNK]", "."]
+    start, end = (data.target_vocabulary.index(t) for t in ("[start]", "[end]"))
+    assert inputs["target_ids"][0] == start and target_out[-1] == end
+
+
+def test_max_length_counts_subword_pieces(tmp_path):
+    # A word seen once is spelt out: "Zbigniewski" is 11 pieces, the pair 14 and 15 tokens
+    pairs = _pairs(30) + [("I see Zbigniewski.", "Je vois Zbigniewski.")]
+    path = _write_tsv(tmp_path / "fra.txt", pairs)
+    kept = dict(validation_split=0.0, test_split=0.0, max_length=9)
+    words = _open(path, tmp_path, tokens="words", **kept)
+    subwords = _open(path, tmp_path, **kept)
+    assert words.sizes["train"] == 31 and subwords.sizes["train"] == 30
+    assert "train: left out 1 pair(s) longer than 9 subword tokens (data.max_length)" in \
+        subwords.report
+    assert parallel.token_counts(["I see Zbigniewski."], parallel.make_vectorizer(
+        vocabulary=subwords.source_vocabulary, tokens="subwords")).tolist() == [14]
+
+
+def test_word_level_runs_without_tokens_in_their_meta_still_open_and_translate(tmp_path):
+    path = _write_tsv(tmp_path / "fra.txt", _pairs(20))
+    old = _open(path, tmp_path, tokens="words", validation_split=0.0, test_split=0.0)
+    run_meta = {"source_vocabulary": old.source_vocabulary,
+                "target_vocabulary": old.target_vocabulary}  # a run made before data.tokens
+    config = {"data": {**DATA, "source": str(path), "validation_split": 0.0, "test_split": 0.0},
+              "training": {"seed": 1}, "decoding": {"method": "greedy", "beam_width": 2}}
+    assert config["data"]["tokens"] == "subwords"  # the new default does not apply to it
+    data = task_for("translator").open_data(config, tmp_path, run_meta=run_meta)
+    assert data.meta["tokens"] == "words" and data.source_vocabulary == old.source_vocabulary
+    assert [list(x["source_ids"].numpy()) for x, _ in data.splits["train"]] == [
+        list(x["source_ids"].numpy()) for x, _ in old.splits["train"]]
+    new = task_for("translator").open_data(config, tmp_path)
+    assert new.meta["tokens"] == "subwords" and new.source_vocabulary != old.source_vocabulary
+    translate = translator.Translator(_bigram_model(), {**run_meta, "max_length": 6})
+    assert not translate.subwords
+    ids, _ = translate.source_ids(tf.constant(["I see 3 cats."]))
+    assert [old.source_vocabulary[i] for i in ids.numpy()[0]] == ["I", "see", "3", "cats", "."]
+    spec = task_for("translator").input_spec("onnx", {**run_meta, "max_length": 6,
+                                                      "decoding": config["decoding"]})
+    assert "WordPiece" not in spec["content"]
+
+
+def test_tokens_choice_is_checked(tmp_path, runner):
+    assert invoke(runner, "new", "translator", tmp_path / "fr").exit_code == 0
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.load_config(tmp_path / "fr" / "config.toml", ["data.tokens=pieces"])
+    assert str(error.value).endswith("data.tokens must be one of subwords, words; got 'pieces'")
+    assert config_lib.load_config(tmp_path / "fr" / "config.toml")["data"]["tokens"] == "subwords"
+
+
+def _ids_client(meta, folder, monkeypatch):
+    """The LiteRT / ONNX README client's tokenizer (`encode`, `decode`) for `meta`."""
+    (folder / "dltool.json").write_text(json.dumps({"meta": meta}), encoding="utf-8")
+    monkeypatch.chdir(folder)
+    client = {"__name__": "client"}
+    exec(compile(translator._IDS_CLIENT.replace("{runtime}", ""), "client.py", "exec"), client)
+    return client
+
+
+@pytest.mark.parametrize("tokens", ["subwords", "words"])
+def test_export_client_tokenizer_is_the_graphs(builtin_subwords, tokens, tmp_path, monkeypatch):
+    pairs = builtin_subwords["pairs"]
+    if tokens == "subwords":
+        vocabularies = builtin_subwords["source"], builtin_subwords["target"]
+    else:
+        words = _open("builtin:fra-eng", tmp_path, tokens="words")
+        vocabularies = words.source_vocabulary, words.target_vocabulary
+    meta = {"source_vocabulary": vocabularies[0], "target_vocabulary": vocabularies[1],
+            "tokens": tokens, "max_length": 24}
+    client = _ids_client(meta, tmp_path, monkeypatch)
+    texts = [a for a, _ in pairs[::5]] + TRICKY_SOURCES + [
+        "A Boston Terrier is running on the grass.", "Tom 日本 Zbigniew Brzeziński",
+        "a" * 100, "a" * 101, "é" * 50, "é" * 51, "##", "ab##cd"]
+    graph = translator.Translator(_bigram_model(), meta)
+    ids, truncated = graph.source_ids(tf.constant(texts))
+    ids = np.pad(ids.numpy(), [(0, 0), (0, 24 - ids.shape[1])])
+    client_ids, client_truncated = client["encode"](texts)
+    np.testing.assert_array_equal(client_ids, ids)
+    assert client_truncated == truncated.numpy().tolist()
+    # decoding: the target ids of the targets, [end] then padding
+    targets = [b for _, b in pairs[::5]] + ["Où est-il ? L'été, 3,5 km.", "Zbigniew à Zürich"]
+    target = parallel.make_vectorizer(vocabulary=vocabularies[1], tokens=tokens)
+    rows = target(parallel.target_text(parallel.tokenize(tf.constant(targets))))[:, 1:]
+    rows = rows.to_tensor(shape=[len(targets), 40]).numpy()
+    end = vocabularies[1].index("[end]")
+    tokens_before_end = np.where(np.cumsum(rows == end, axis=1) == 0, rows, 0)
+    expected = parallel.detokenize(tf.gather(tf.constant(vocabularies[1]), tokens_before_end),
+                                   subwords=tokens == "subwords").numpy()
+    assert [client["decode"](row) for row in rows] == [t.decode() for t in expected]
+
+
 # Data sources ----------------------------------------------------------------
 
 
@@ -238,7 +395,10 @@ def test_train_writes_the_split_and_vocabularies(trained_translator):
     (run,) = (trained_translator / "runs").iterdir()
     meta = json.loads((run / "run.json").read_text())
     assert meta["status"] == "finished"
-    assert len(meta["meta"]["target_vocabulary"]) == 400
+    assert meta["meta"]["tokens"] == "subwords"
+    vocabulary = meta["meta"]["target_vocabulary"]
+    assert len(vocabulary) <= 400 and vocabulary[:4] == ["", "[UNK]", "[start]", "[end]"]
+    assert any(token.startswith("##") for token in vocabulary)
     test_pairs = (run / "test-pairs.tsv").read_text(encoding="utf-8").splitlines()
     assert len(test_pairs) == meta["sizes"]["test"] > 200
     assert all(len(line.split("\t")) == 2 for line in test_pairs)
@@ -279,12 +439,29 @@ def test_readme_client_translates_as_the_saved_model(trained_translator, monkeyp
         expected = loaded.signatures[signature](texts=tf.constant(texts))["translation"]
         assert client["translate_local"](texts, signature) == [
             t.decode() for t in expected.numpy()]
+    # In a fresh process, where nothing imported tensorflow_text (its WordPiece op) before
+    import os
+    import subprocess
+    import sys
+
+    (folder / "client.py").write_text(code, encoding="utf-8")
+    try:
+        out = subprocess.run([sys.executable, "-c", "import json, client; print(json.dumps("
+                              "client.translate_local(['How are you?'], 'translate_greedy')))"],
+                             capture_output=True, text=True, cwd=folder, timeout=300,
+                             env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    finally:
+        (folder / "client.py").unlink()
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == client["translate_local"](
+        texts[:1], "translate_greedy")
 
 
 # Sentences the clients' tokenizer must split as dltool's graph does: none,
 # punctuation, numbers, apostrophes, hyphens, non-breaking spaces, too long.
 TRICKY_SOURCES = ["", "Hello... world!", "It's 3.5 km: l'été, n'est-ce pas?", "well-known",
-                  "a\u00a0b\u2019c", "word " * 40]
+                  "a\u00a0b\u2019c", "word " * 40, "A Boston Terrier is running on the grass.",
+                  "Zbigniew Brzeziński 日本", "x" * 101]
 
 
 @pytest.mark.slow

@@ -30,20 +30,32 @@ Tokenization runs in the TensorFlow graph, the same function in training
 and in the exported model: `tokenize` keeps case, accents and apostrophes,
 splits punctuation into tokens, elided words (`l'homme` -> `l' homme`),
 hyphenated words (`dis-moi` -> `dis @-@ moi`) and numbers (`3,5` ->
-`3 @,@ 5`); `detokenize` undoes it.
+`3 @,@ 5`); `detokenize` undoes it. The model's tokens are then, as
+`data.tokens` says, either these words (a `TextVectorization` vocabulary of
+the most frequent ones, the rest `[UNK]`) or WordPiece subwords of them
+(`subwords`, the default): a vocabulary learned on the training pairs with
+KerasHub's `compute_word_piece_vocabulary`, applied by its
+`WordPieceTokenizer` to each word, so a rare word or a name becomes pieces
+(`Terrier` -> `T ##er ##r ##ie ##r` with the builtin sample's vocabulary)
+instead of `[UNK]`; `detokenize` glues a `##` piece to the one before.
 """
 
 import collections
 import dataclasses
 from pathlib import Path
 
-from dltool._tf import keras, tf
+from dltool._tf import keras, tf  # first: TensorFlow's environment, before keras_hub
+
+import keras_hub  # noqa: E402
 from dltool.data import images, lines, splits as splits_lib
 from dltool.data.tfds_loader import prepared_builder
 from dltool.core.errors import DataError
 
 START, END = "[start]", "[end]"
+UNKNOWN = "[UNK]"
 HYPHEN = "@-@"
+SUFFIX = "##"  # WordPiece's mark of a piece continuing the one before
+_TOKEN_NAMES = {"words": "tokens", "subwords": "subword tokens"}
 _VAL_NAMES = ("val", "validation", "dev")
 _BATCH = 2048
 _LETTER = r"[\p{L}\p{N}]"
@@ -62,6 +74,7 @@ class ParallelData:
         report: Lines describing the data to show.
         source_vocabulary: Source tokens, index = id (0 padding, 1 unknown).
         target_vocabulary: Target tokens, `[start]` and `[end]` included.
+        tokens: `words` or `subwords` (WordPiece pieces of the words).
         run_files: Dict of file name to text the run folder keeps (the
             split, so the test pairs are known).
         meta: What an exported model needs to know (set by the task).
@@ -73,6 +86,7 @@ class ParallelData:
     report: list
     source_vocabulary: list
     target_vocabulary: list
+    tokens: str = "words"
     run_files: dict = dataclasses.field(default_factory=dict)
     meta: dict = dataclasses.field(default_factory=dict)
 
@@ -106,18 +120,22 @@ def tokenize(texts):
     return tf.strings.strip(texts)
 
 
-def detokenize(tokens):
+def detokenize(tokens, subwords=False):
     """Joins a batch of token rows back into text (the reverse of `tokenize`).
 
     Args:
         tokens: A 2-D string tensor or ragged tensor, one row per text;
             empty strings (padding) are dropped.
+        subwords: The tokens are WordPiece pieces: a piece starting with
+            `##` is glued to the one before (a row's first loses its `##`).
 
     Returns:
         A 1-D string tensor.
     """
     texts = tf.strings.reduce_join(tokens, axis=-1, separator=" ")
     texts = tf.strings.regex_replace(texts, r"\s+", " ")
+    if subwords:  # `tokenize` splits `#` off, so no word starts with `##`
+        texts = tf.strings.regex_replace(texts, f"(^| ){SUFFIX}", "")
     texts = tf.strings.regex_replace(texts, f" ?{HYPHEN} ?", "-")
     texts = tf.strings.regex_replace(texts, r" ?@([.,:])@ ?", r"\1")
     texts = tf.strings.regex_replace(texts, r"(\pL') ", r"\1")
@@ -131,24 +149,87 @@ def target_text(tokens):
     return tf.strings.join([START + " ", tokens, " " + END])
 
 
-def make_vectorizer(vocabulary_size=None, vocabulary=None):
-    """A `TextVectorization` layer over `tokenize`d text, ragged output.
+def make_vectorizer(vocabulary_size=None, vocabulary=None, tokens="words"):
+    """A layer from `tokenize`d text to ragged token ids.
 
     Args:
-        vocabulary_size: Most tokens to keep when adapting.
-        vocabulary: A vocabulary from `get_vocabulary()`, or None to adapt.
+        vocabulary_size: Most tokens to keep when adapting (`words`).
+        vocabulary: A vocabulary from `get_vocabulary()`, or None to adapt
+            (`words`; `subwords` needs one, see `learn_subwords`).
+        tokens: `words`: a `TextVectorization` layer, one id a word;
+            `subwords`: a `WordPieces` layer, one id a piece.
     """
+    if tokens == "subwords":
+        return WordPieces(vocabulary=vocabulary)
     return keras.layers.TextVectorization(
         max_tokens=None if vocabulary else vocabulary_size, standardize=None,
         split="whitespace", ragged=True, vocabulary=vocabulary or None)
 
 
-def token_counts(texts):
-    """Returns the number of tokens of each string (a NumPy int array)."""
+class WordPieces(keras_hub.tokenizers.WordPieceTokenizer):
+    """KerasHub's WordPiece tokenizer over `tokenize`d text: each word (the
+    text split at its spaces) becomes its pieces, greedy longest match first,
+    a piece after a word's first marked `##`; a word that has no pieces (a
+    character not in the vocabulary, or more than 100 UTF-8 bytes) is one
+    `[UNK]`. No splitting, lowercasing or accent stripping of its own:
+    `tokenize` has split the words, and WordPiece's punctuation splitting
+    would cut `l'` and `@-@`. Always the TensorFlow path (`tf_text`'s
+    `FastWordpieceTokenizer`), eager or traced, so Python and the exported
+    graph give the same ids.
+    """
+
+    def __init__(self, vocabulary, **kwargs):
+        super().__init__(vocabulary=vocabulary, lowercase=False, strip_accents=False,
+                         split=False, suffix_indicator=SUFFIX, oov_token=UNKNOWN,
+                         _allow_python_workflow=False, **kwargs)
+
+    def build(self, input_shape=None):  # no shape needed, as TextVectorization's
+        super().build(input_shape)
+
+    def call(self, texts):
+        return self._ids(tf.convert_to_tensor(texts, tf.string))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
+    def _ids(self, texts):
+        # Traced, also when called eagerly: eagerly, KerasHub's layers return
+        # Python lists; in a tf.function, tensors.
+        return super().call(tf.strings.split(texts))
+
+
+def learn_subwords(texts, vocabulary_size, reserved):
+    """Learns a WordPiece vocabulary of `tokenize`d words.
+
+    KerasHub's `compute_word_piece_vocabulary` (TensorFlow Text's BERT
+    vocabulary learner) on the words of `texts`, split only at spaces; the
+    learner keeps every character it sees (up to 1,000) and the pieces seen
+    at least 10 times, so it may return fewer than `vocabulary_size`. When it
+    returns more, KerasHub cuts its list, whose rarest entries (last) can be
+    `##` characters: a word holding one is then `[UNK]`.
+
+    Args:
+        texts: Raw strings (the training side of one language).
+        vocabulary_size: Most tokens, `reserved` included.
+        reserved: The tokens it starts with (padding `""`, `[UNK]`...).
+
+    Returns:
+        The vocabulary, a list (index = id).
+    """
+    words = tf.data.Dataset.from_tensor_slices(tf.constant(texts, tf.string)).batch(
+        _BATCH).map(lambda t: tf.strings.split(tokenize(t)))
+    vocabulary = keras_hub.tokenizers.compute_word_piece_vocabulary(
+        words, vocabulary_size, lowercase=False, strip_accents=False, split=False,
+        suffix_indicator=SUFFIX, reserved_tokens=list(reserved))
+    return [str(t) for t in vocabulary]
+
+
+def token_counts(texts, vectorizer=None):
+    """Returns the number of tokens of each string (a NumPy int array): its
+    words, or its ids with `vectorizer` (`make_vectorizer`'s)."""
     counts = []
     for start in range(0, len(texts), _BATCH * 8):
-        chunk = tf.constant(texts[start:start + _BATCH * 8], tf.string)
-        counts.append(tf.strings.split(tokenize(chunk)).row_lengths().numpy())
+        tokens = tokenize(tf.constant(texts[start:start + _BATCH * 8], tf.string))
+        tokens = vectorizer(tokens) if vectorizer is not None else tf.strings.split(tokens)
+        counts.append(tokens.row_lengths().numpy())
     import numpy as np
 
     return np.concatenate(counts) if counts else np.zeros((0,), np.int64)
@@ -162,8 +243,9 @@ def open_parallel_data(data, root, *, seed, skip_bad=False, vocabularies=None):
         root: Folder that relative paths in `source` are relative to.
         seed: Seed of the validation and test split.
         skip_bad: Drop unusable lines (and say how many) instead of failing.
-        vocabularies: `(source, target)` vocabularies of a trained run; None
-            adapts them on the training pairs.
+        vocabularies: `(source, target)` vocabularies of a trained run (of
+            `data["tokens"]`); None adapts (`words`) or learns (`subwords`)
+            them on the training pairs.
 
     Returns:
         A `ParallelData`.
@@ -187,46 +269,67 @@ def open_parallel_data(data, root, *, seed, skip_bad=False, vocabularies=None):
         pairs.update(parts)
         report.append("held out by source sentence (seed %d): %s" % (seed, ", ".join(
             f"{s} {f:.1%}" for s, f in fractions.items())))
+    dropped = {}
     for split in ("train", "val"):
         if split in pairs:
-            pairs[split], dropped = _length_filter(pairs[split], data["max_length"])
-            if dropped:
-                report.append(f"{split}: left out {dropped} pair(s) longer than "
-                              f"{data['max_length']} tokens (data.max_length)")
+            pairs[split], dropped[split] = _length_filter(pairs[split], data["max_length"])
     if not pairs["train"]:
         raise DataError("no training pairs left after the split and the length filter")
 
+    tokens = data["tokens"]
     source_vectorizer, target_vectorizer = _vectorizers(pairs["train"], data, vocabularies)
+    if tokens == "subwords":  # a word has one piece or more: count the pieces now
+        for split in dropped:
+            pairs[split], more = _length_filter(pairs[split], data["max_length"],
+                                                source_vectorizer, target_vectorizer)
+            dropped[split] += more
+    for split, count in dropped.items():
+        if count:
+            report.append(f"{split}: left out {count} pair(s) longer than "
+                          f"{data['max_length']} {_TOKEN_NAMES[tokens]} (data.max_length)")
+    if not pairs["train"]:
+        raise DataError("no training pairs left after the split and the length filter")
     source_vocabulary = [str(t) for t in source_vectorizer.get_vocabulary()]
     target_vocabulary = [str(t) for t in target_vectorizer.get_vocabulary()]
     report.insert(0, "pairs: " + ", ".join(f"{s} {len(p)}" for s, p in pairs.items()))
     report.append(f"vocabulary: {len(source_vocabulary)} source and "
-                  f"{len(target_vocabulary)} target tokens")
+                  f"{len(target_vocabulary)} target {_TOKEN_NAMES[tokens]}")
     return ParallelData(
         pairs=pairs, report=report,
         splits={s: _token_dataset(p, source_vectorizer, target_vectorizer)
                 for s, p in pairs.items()},
         sizes={s: len(p) for s, p in pairs.items()},
         source_vocabulary=source_vocabulary, target_vocabulary=target_vocabulary,
+        tokens=tokens,
         run_files={f"{s}-pairs.tsv": "".join(f"{a}\t{b}\n" for a, b in p)
                    for s, p in pairs.items() if s != "train"})
 
 
-def _length_filter(pairs, max_length):
+def _length_filter(pairs, max_length, source_vectorizer=None, target_vectorizer=None):
+    """Keeps the pairs of at most `max_length` tokens a side (words, or the
+    vectorizers' ids); returns them and how many were left out."""
     if not pairs:
         return pairs, 0
-    source_counts = token_counts([a for a, _ in pairs])
-    target_counts = token_counts([b for _, b in pairs])
+    source_counts = token_counts([a for a, _ in pairs], source_vectorizer)
+    target_counts = token_counts([b for _, b in pairs], target_vectorizer)
     kept = [p for p, n, m in zip(pairs, source_counts, target_counts)
             if n <= max_length and m <= max_length]
     return kept, len(pairs) - len(kept)
 
 
 def _vectorizers(train_pairs, data, vocabularies):
+    """The source and target vectorizers: of `vocabularies`, or adapted
+    (`words`) or learned (`subwords`) on the training pairs only."""
     source_vocabulary, target_vocabulary = vocabularies or (None, None)
-    source = make_vectorizer(data["source_vocabulary_size"], source_vocabulary)
-    target = make_vectorizer(data["target_vocabulary_size"], target_vocabulary)
-    if vocabularies is None:
+    if data["tokens"] == "subwords" and vocabularies is None:
+        source_vocabulary = learn_subwords([a for a, _ in train_pairs],
+                                           data["source_vocabulary_size"], ["", UNKNOWN])
+        target_vocabulary = learn_subwords([b for _, b in train_pairs],
+                                           data["target_vocabulary_size"],
+                                           ["", UNKNOWN, START, END])
+    source = make_vectorizer(data["source_vocabulary_size"], source_vocabulary, data["tokens"])
+    target = make_vectorizer(data["target_vocabulary_size"], target_vocabulary, data["tokens"])
+    if data["tokens"] == "words" and vocabularies is None:
         texts = tf.data.Dataset.from_tensor_slices(
             (tf.constant([a for a, _ in train_pairs]), tf.constant([b for _, b in train_pairs])))
         texts = texts.batch(_BATCH)

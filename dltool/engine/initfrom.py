@@ -202,10 +202,13 @@ def _check_template(found, template, label):
 
 def data_meta(source):
     """The metadata the new run's data is opened with (`Task.open_data`'s
-    `run_meta`): the source's vocabularies, or None."""
+    `run_meta`): the source's vocabularies (with the translator's kind of
+    tokens, `tokens`, when the source has one), or None."""
     if source is None or not source.meta:
         return None
     kept = {key: source.meta[key] for key in _VOCABULARY_KEYS if key in source.meta}
+    if kept and "tokens" in source.meta:
+        kept["tokens"] = source.meta["tokens"]
     return kept or None
 
 

@@ -53,18 +53,21 @@ class TranslatorTask(Task):
         """Opens the parallel text of `config["data"]` (see `parallel.open_parallel_data`).
 
         For a trained run (`run_meta`, as `dltool evaluate` opens it), the
-        pairs are vectorized with that run's vocabularies, exactly as in
-        training.
+        pairs are vectorized with that run's vocabularies and kind of
+        tokens (`tokens_of`), exactly as in training.
 
         Returns:
-            The `ParallelData`, with a `meta` dict added: vocabularies,
-            maximum length, decoding settings.
+            The `ParallelData`, with a `meta` dict added: vocabularies, kind
+            of tokens, maximum length, decoding settings.
         """
-        data = parallel.open_parallel_data(config["data"], root,
+        vocabularies = _run_vocabularies(run_meta)
+        tokens = tokens_of(run_meta) if vocabularies else config["data"]["tokens"]
+        data = parallel.open_parallel_data({**config["data"], "tokens": tokens}, root,
                                            seed=config["training"]["seed"], skip_bad=skip_bad,
-                                           vocabularies=_run_vocabularies(run_meta))
+                                           vocabularies=vocabularies)
         data.meta = {"source_vocabulary": data.source_vocabulary,
                      "target_vocabulary": data.target_vocabulary,
+                     "tokens": tokens,
                      "max_length": config["data"]["max_length"],
                      "decoding": dict(config["decoding"])}
         return data
@@ -141,22 +144,35 @@ class TranslatorTask(Task):
             the vocabularies in `meta`.
         """
         length, decoding = meta["max_length"], meta["decoding"]
+        unit = "subword tokens" if tokens_of(meta) == "subwords" else "tokens"
         if export_format == "savedmodel":
             return {"name": "texts", "shape": [None], "dtype": "string",
-                    "content": f"raw UTF-8 source sentences, cut to {length} tokens "
+                    "content": f"raw UTF-8 source sentences, cut to {length} {unit} "
                                "in the graph",
                     "decoding": f"serving_default: {decoding['method']}; also "
                                 "translate_greedy and translate_beam signatures"}
         batch = 1 if export_format == "litert" else None
-        return {
-            "name": "source_ids", "shape": [batch, length], "dtype": "int32",
-            "content": "the sentence's tokens (parallel.tokenize: punctuation split off, "
+        if tokens_of(meta) == "subwords":
+            content = ("the WordPiece pieces of the sentence's words (parallel.tokenize: "
+                       "punctuation split off, hyphens and apostrophes kept apart; then "
+                       "each word's greedy longest match first in meta.source_vocabulary, "
+                       "a piece after the first marked ##, a word without pieces [UNK] = 1), the "
+                       f"first {length}, as their index in meta.source_vocabulary, "
+                       "padded with 0")
+            output = ("the translation's piece ids in meta.target_vocabulary (a ## piece "
+                      "joins the one before), then [end], then 0")
+        else:
+            content = ("the sentence's tokens (parallel.tokenize: punctuation split off, "
                        "hyphens and apostrophes kept apart), the first "
                        f"{length}, as their index in meta.source_vocabulary (1 for a token "
-                       "not in it), padded with 0",
+                       "not in it), padded with 0")
+            output = ("the translation's token ids in meta.target_vocabulary, "
+                      "then [end], then 0")
+        return {
+            "name": "source_ids", "shape": [batch, length], "dtype": "int32",
+            "content": content,
             "output": {"name": "target_ids", "shape": [batch, length + 1], "dtype": "int32",
-                       "content": "the translation's token ids in meta.target_vocabulary, "
-                                  "then [end], then 0"},
+                       "content": output},
             "decoding": "greedy, inside the model (a while loop calling the decoder once "
                         "per token)" + ("" if decoding["method"] == "greedy" else
                                         f"; the SavedModel's serving_default uses "
@@ -175,7 +191,10 @@ class TranslatorTask(Task):
             `run(source_ids)`.
         """
         if export_format == "savedmodel":
-            return _SAVEDMODEL_CLIENT
+            subwords = tokens_of(meta) == "subwords"
+            return (_SAVEDMODEL_CLIENT
+                    .replace("{text_ops_note}", _TEXT_OPS_NOTE if subwords else "")
+                    .replace("{text_ops}", _TEXT_OPS_IMPORT if subwords else ""))
         runtime = _LITERT_RUNTIME if export_format == "litert" else _ONNX_RUNTIME
         return _IDS_CLIENT.replace("{runtime}", runtime)
 
@@ -341,6 +360,12 @@ def _run_vocabularies(run_meta):
     return run_meta["source_vocabulary"], run_meta["target_vocabulary"]
 
 
+def tokens_of(meta):
+    """The kind of tokens of a run's vocabularies: `meta["tokens"]`, or
+    `words` for a run made before `data.tokens` existed (all were words)."""
+    return (meta or {}).get("tokens", "words")
+
+
 def _pair_length(inputs, target):
     return tf.maximum(tf.shape(inputs["source_ids"])[0], tf.shape(target)[0])
 
@@ -437,12 +462,14 @@ class Translator:
         model: The trained Keras model (`source_ids`, `target_ids` in,
             next-token logits out).
         meta: The run's metadata (`source_vocabulary`, `target_vocabulary`,
-            `max_length`).
+            `tokens`, `max_length`).
     """
 
     def __init__(self, model, meta):
         self.model = model
-        self.source_vectorizer = parallel.make_vectorizer(vocabulary=meta["source_vocabulary"])
+        self.subwords = tokens_of(meta) == "subwords"
+        self.source_vectorizer = parallel.make_vectorizer(vocabulary=meta["source_vocabulary"],
+                                                          tokens=tokens_of(meta))
         self.source_vectorizer.build()  # a built layer can be tracked by the export
         vocabulary = list(meta["target_vocabulary"])
         self.target_tokens = tf.constant(vocabulary)
@@ -505,7 +532,7 @@ class Translator:
         before_end = tf.equal(tf.cumsum(tf.cast(tf.equal(token_ids, self.end_id), tf.int32),
                                         axis=1), 0)
         tokens = tf.where(before_end, tf.gather(self.target_tokens, token_ids), "")
-        translation = parallel.detokenize(tokens)
+        translation = parallel.detokenize(tokens, subwords=self.subwords)
         empty = tf.equal(tf.strings.length(parallel.tokenize(texts)), 0)
         return {"translation": tf.where(empty, "", translation), "truncated": truncated}
 
@@ -558,7 +585,7 @@ TensorFlow Serving (or `dltool serve`) from the folder above this one:
 
 or loaded here with TensorFlow (`translate_local`). Signatures:
 serving_default (the run's decoding), translate_greedy, translate_beam.
-"""
+{text_ops_note}"""
 import json
 import sys
 import urllib.request
@@ -578,7 +605,7 @@ def translate(texts, signature="serving_default"):
 def translate_local(texts, signature="serving_default"):
     """The same with the SavedModel loaded in this process."""
     import tensorflow as tf
-
+{text_ops}
     out = tf.saved_model.load(".").signatures[signature](texts=tf.constant(texts))
     return [t.decode() for t in out["translation"].numpy()]
 
@@ -588,16 +615,31 @@ if __name__ == "__main__":
         print(text, "->", translation)
 '''
 
+# A subword translator's SavedModel holds TensorFlow Text's WordPiece op
+# (KerasHub's WordPieceTokenizer runs tf_text.FastWordpieceTokenizer): plain
+# TensorFlow loads it only once `tensorflow_text` registered the op.
+_TEXT_OPS_NOTE = """
+Its tokenizer is WordPiece (data.tokens = "subwords"): TensorFlow Text's op
+FastWordpieceTokenizeWithOffsets, which TensorFlow loads after
+`import tensorflow_text` (pip install tensorflow-text, the version matching
+TensorFlow's). TensorFlow Serving needs a binary with that TF Text op linked
+in (not checked with the stock tensorflow/serving image).
+"""
+_TEXT_OPS_IMPORT = "    import tensorflow_text  # noqa: F401  (registers the WordPiece op)\n"
+
 # The LiteRT and ONNX exports' README.md client. Its tokenizer is dltool's
-# (`parallel.tokenize`, the vocabulary lookup, `parallel.detokenize`) in
-# Python's standard library: RE2's \pL and \pN built from `unicodedata`, RE2's
-# ASCII \s. Checked identical to dltool's graph on 11,019 sentences of the
+# (`parallel.tokenize`, the vocabulary lookup or, for subwords, WordPiece's
+# greedy longest match first as `tf_text.FastWordpieceTokenizer` and KerasHub's
+# Python path do it, `parallel.detokenize`) in Python's standard library:
+# RE2's \pL and \pN built from `unicodedata`, RE2's ASCII \s. The word-level
+# tokenizer was checked identical to dltool's graph on 11,019 sentences of the
 # samples and 20,000 random strings of Unicode spaces, apostrophes, hyphens,
-# digits and emoji; `tests/test_export_formats.py` runs it.
+# digits and emoji; `tests/test_translator.py` runs it against the graph.
 _IDS_CLIENT = r'''"""Translates sentences with this export: python client.py "SENTENCE"...
 
 Run it in this folder: it reads dltool.json (the vocabularies). The model
-decodes greedily inside itself; encode() and decode() are dltool's tokenizer.
+decodes greedily inside itself; encode() and decode() are dltool's tokenizer
+(its words, or their WordPiece pieces when META["tokens"] is "subwords").
 """
 import json
 import re
@@ -611,6 +653,7 @@ SOURCE = {token: index for index, token in enumerate(META["source_vocabulary"])}
 TARGET = META["target_vocabulary"]
 END = TARGET.index("[end]")
 LENGTH = META["max_length"]
+SUBWORDS = META.get("tokens", "words") == "subwords"
 
 
 def _category_class(first_letters):
@@ -640,7 +683,8 @@ TOKENIZE = [(re.compile(pattern), replacement) for pattern, replacement in [
     (f"([{N}]) +([.,:]) +([{N}])", r"\1 @\2@ \3"), (f"([{N}]) +([.,:]) +([{N}])", r"\1 @\2@ \3"),
     (f"[{WS}]+", " ")]]
 DETOKENIZE = [(re.compile(pattern), replacement) for pattern, replacement in [
-    (f"[{WS}]+", " "), (" ?@-@ ?", "-"), (" ?@([.,:])@ ?", r"\1"), (f"([{L}]') ", r"\1"),
+    (f"[{WS}]+", " "), *([("(^| )##", "")] if SUBWORDS else []),  # a ## piece joins
+    (" ?@-@ ?", "-"), (" ?@([.,:])@ ?", r"\1"), (f"([{L}]') ", r"\1"),
     (" ([.,)\u2026%])", r"\1"), ("([(]) ", r"\1")]]
 
 
@@ -651,10 +695,32 @@ def tokens(text):
     return [token for token in re.split(f"[{STRIP}]+", text.strip(STRIP)) if token]
 
 
+def pieces(word):
+    """The ids of a word's WordPiece pieces: the longest piece in the source
+    vocabulary the word starts with, then the longest "##" piece where that
+    one ends, and so on; [UNK] (1) alone when some part has no piece or the
+    word is longer than 100 UTF-8 bytes."""
+    if len(word.encode("utf-8")) > 100:
+        return [1]
+    ids, start = [], 0
+    while start < len(word):
+        for end in range(len(word), start, -1):
+            piece = ("##" if start else "") + word[start:end]
+            if piece in SOURCE:
+                ids.append(SOURCE[piece])
+                break
+        else:
+            return [1]
+        start = end
+    return ids
+
+
 def encode(texts):
     """The model's input for a list of sentences: int32 ids (n, LENGTH), and
     whether each sentence had more than LENGTH tokens (it is cut)."""
-    ids = [[SOURCE.get(token, 1) for token in tokens(text)] for text in texts]
+    ids = [[i for token in tokens(text)
+            for i in (pieces(token) if SUBWORDS else [SOURCE.get(token, 1)])]
+           for text in texts]
     return (np.array([row[:LENGTH] + [0] * (LENGTH - len(row)) for row in ids], np.int32),
             [len(row) > LENGTH for row in ids])
 
