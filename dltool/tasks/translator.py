@@ -622,8 +622,9 @@ _TEXT_OPS_NOTE = """
 Its tokenizer is WordPiece (data.tokens = "subwords"): TensorFlow Text's op
 FastWordpieceTokenizeWithOffsets, which TensorFlow loads after
 `import tensorflow_text` (pip install tensorflow-text, the version matching
-TensorFlow's). TensorFlow Serving needs a binary with that TF Text op linked
-in (not checked with the stock tensorflow/serving image).
+TensorFlow's). TensorFlow Serving's model server links TensorFlow Text's
+ops in (its BUILD lists tensorflow_text:ops_lib among the supported ops;
+not run with it here); a server built without them cannot load this model.
 """
 _TEXT_OPS_IMPORT = "    import tensorflow_text  # noqa: F401  (registers the WordPiece op)\n"
 
